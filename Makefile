@@ -1,0 +1,68 @@
+# Developer entry points. `make` alone lists them.
+#
+# Variables:
+#   PYTHON       the Python 3.11 to build .venv with (default: python3.11, else python3 if 3.11)
+#   ARGS         arguments for `python -m alchemy` in `make run` (default: run)
+#   PYTEST_ARGS  arguments for pytest in `make test`, e.g. PYTEST_ARGS="-x tests/queue"
+#   BENCH_ARGS   arguments for `python -m bench` in `make bench`
+
+PYTHON ?=
+ARGS ?= run
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+IS_PY311 := -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
+
+.DEFAULT_GOAL := help
+.PHONY: help venv services run test lint bench clean
+
+help:
+	@echo "make run      set up .venv, make sure Redis + Postgres answer, run python -m alchemy \$$ARGS"
+	@echo "make test     same setup, then the whole test suite (pass PYTEST_ARGS=...)"
+	@echo "make lint     ruff check, ruff format --check, mypy"
+	@echo "make bench    same setup, then python -m bench (pass BENCH_ARGS=...)"
+	@echo "make services make sure Redis and Postgres answer at the configured URLs"
+	@echo "make venv     create .venv with Python 3.11 and install the package with [dev] extras"
+	@echo "make clean    remove .venv and tool caches (keeps .local/ and running services)"
+
+venv: $(VENV)/.installed
+
+# Reinstalls only when pyproject.toml is newer than the stamp.
+$(VENV)/.installed: pyproject.toml
+	@if [ ! -x $(VENV_PY) ]; then \
+		py=; \
+		for candidate in $(or $(PYTHON),python3.11 python3); do \
+			if $$candidate $(IS_PY311) >/dev/null 2>&1; then py=$$candidate; break; fi; \
+		done; \
+		if [ -z "$$py" ]; then \
+			echo "make: Python 3.11 is required: install python3.11 or pass PYTHON=/path/to/python3.11" >&2; \
+			exit 1; \
+		fi; \
+		echo "$$py -m venv $(VENV)"; \
+		$$py -m venv $(VENV) || exit 1; \
+	elif ! $(VENV_PY) $(IS_PY311); then \
+		echo "make: $(VENV) is not Python 3.11: run 'make clean' and try again" >&2; \
+		exit 1; \
+	fi
+	$(VENV_PY) -m pip install -e '.[dev]'
+	@touch $@
+
+services: venv
+	$(VENV_PY) scripts/ensure_services.py
+
+run: venv services
+	$(VENV_PY) -m alchemy $(ARGS)
+
+test: venv services
+	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+
+bench: venv services
+	$(VENV_PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

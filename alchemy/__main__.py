@@ -1,0 +1,3 @@
+from alchemy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,306 @@
+"""Configuration: loaded once from ``config.toml`` plus environment overrides, validated,
+and frozen.
+
+Every problem raises :class:`~alchemy.errors.ConfigError` naming the dotted key, so startup
+can stop with one line and exit status 78. Nothing else in alchemy reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, get_type_hints
+from urllib.parse import urlsplit, urlunsplit
+
+from alchemy.errors import ConfigError
+
+DEFAULT_CONFIG_PATH: Final = Path("config.toml")
+QUEUE_NAME_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+HANDLER_PATTERN: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+# Environment variable -> dotted key it overrides.
+ENV_OVERRIDES: Final[Mapping[str, str]] = {
+    "REDIS_URL": "redis.url",
+    "DATABASE_URL": "database.url",
+    "ANTHROPIC_API_KEY": "providers.anthropic_api_key",
+    "OPENAI_API_KEY": "providers.openai_api_key",
+    "ALCHEMY_REDIS_PREFIX": "redis.prefix",
+    "ALCHEMY_WORKER_NAME": "worker.name",
+    "ALCHEMY_WORKER_HOST": "worker.host",
+    "ALCHEMY_LOG_LEVEL": "log.level",
+    "ALCHEMY_LOG_FORMAT": "log.format",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A value that must never be printed: its repr and str are masked."""
+
+    value: str
+
+    def reveal(self) -> str:
+        return self.value
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self.value else "Secret('')"
+
+    __str__ = __repr__
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe to log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _spec(default: Any = dataclasses.MISSING, **checks: Any) -> Any:
+    if default is dataclasses.MISSING:
+        return field(metadata=checks)
+    return field(default=default, metadata=checks)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: Secret = _spec(Secret("redis://127.0.0.1:6379/0"), url=("redis", "rediss", "unix"))
+    prefix: str = _spec("alchemy", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    block_timeout: float = _spec(1.0, min=0.1, max=10.0)
+    socket_timeout: float = _spec(5.0, min=0.5, max=120.0)
+    max_connections: int = _spec(32, min=4, max=10_000)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: Secret = _spec(
+        Secret("postgresql://postgres@127.0.0.1:5432/postgres"), url=("postgresql", "postgres")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    name: str = _spec("main", pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    host: str = _spec("", pattern=r"^[A-Za-z0-9_.-]{0,128}$")
+    shutdown_timeout: float = _spec(25.0, min=0.0, max=3600.0)
+    heartbeat_interval: float = _spec(2.0, min=0.1, max=60.0)
+    heartbeat_ttl: float = _spec(8.0, min=0.5, max=600.0)
+    recovery_interval: float = _spec(2.0, min=0.1, max=600.0)
+    reconcile_interval: float = _spec(10.0, min=0.5, max=3600.0)
+    max_recoveries: int = _spec(2, min=0, max=1000)
+
+    @property
+    def identity(self) -> str:
+        return f"{self.host or socket.gethostname()}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = _spec("info", choices=("debug", "info", "warning", "error"))
+    format: str = _spec("auto", choices=("auto", "json", "console"))
+
+
+@dataclass(frozen=True, slots=True)
+class ProvidersConfig:
+    anthropic_api_key: Secret = _spec(Secret(""))
+    openai_api_key: Secret = _spec(Secret(""))
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    name: str
+    handler: str = _spec(pattern=HANDLER_PATTERN.pattern)
+    enabled: bool = _spec(True)
+    concurrency: int = _spec(1, min=1, max=10_000)
+    rate_limit: int = _spec(0, min=0, max=10_000_000)
+    rate_period: float = _spec(60.0, min=0.001, max=86_400.0)
+    rate_burst: int = _spec(0, min=0, max=10_000_000)
+    max_attempts: int = _spec(3, min=1, max=1000)
+    backoff_initial: float = _spec(5.0, min=0.0, max=86_400.0)
+    backoff_multiplier: float = _spec(2.0, min=1.0, max=100.0)
+    backoff_max: float = _spec(600.0, min=0.0, max=604_800.0)
+    backoff_jitter: float = _spec(0.5, min=0.0, max=1.0)
+    timeout: float = _spec(300.0, min=0.001, max=86_400.0)
+    max_payload_bytes: int = _spec(1_048_576, min=64, max=512 * 1_048_576)
+
+    @property
+    def burst(self) -> int:
+        """Bucket capacity: ``rate_burst``, or ``rate_limit`` when left at 0."""
+        return self.rate_burst or self.rate_limit
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    redis: RedisConfig
+    database: DatabaseConfig
+    worker: WorkerConfig
+    log: LogConfig
+    providers: ProvidersConfig
+    queues: tuple[QueueConfig, ...]
+    source: str = "<defaults>"
+
+    def queue(self, name: str) -> QueueConfig:
+        for queue in self.queues:
+            if queue.name == name:
+                return queue
+        raise KeyError(name)
+
+
+_SECTIONS: Final[Mapping[str, type]] = {
+    "redis": RedisConfig,
+    "database": DatabaseConfig,
+    "worker": WorkerConfig,
+    "log": LogConfig,
+    "providers": ProvidersConfig,
+}
+
+
+def load_config(path: Path | None, environ: Mapping[str, str]) -> Config:
+    """Read ``path`` (or the defaults when it is ``None``), apply env overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", f"file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(str(path), f"cannot read: {exc}") from None
+    _apply_env(raw, environ)
+    return parse_config(raw, source=source)
+
+
+def parse_config(raw: Mapping[str, Any], *, source: str = "<mapping>") -> Config:
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"queues"})
+    if unknown:
+        raise ConfigError(unknown[0], "unknown section or key")
+    sections = {name: _build(cls, _table(raw, name), name) for name, cls in _SECTIONS.items()}
+    queues_raw = _table(raw, "queues")
+    queues = tuple(
+        _build_queue(name, _table(queues_raw, name, prefix="queues")) for name in queues_raw
+    )
+    config = Config(queues=queues, source=source, **sections)
+    _check_relations(config)
+    return config
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for variable, dotted in ENV_OVERRIDES.items():
+        value = environ.get(variable)
+        if value is None or value == "":
+            continue
+        section, key = dotted.split(".")
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(section, "must be a table")
+        table[key] = value
+
+
+def _table(raw: Mapping[str, Any], name: str, *, prefix: str = "") -> Mapping[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{prefix}.{name}" if prefix else name, "must be a table")
+    return value
+
+
+def _build_queue(name: str, table: Mapping[str, Any]) -> QueueConfig:
+    if not QUEUE_NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"queues.{name}", "queue names are 1-64 of a-z 0-9 _ - and start with a letter or digit"
+        )
+    if "handler" not in table:
+        raise ConfigError(f"queues.{name}.handler", 'missing ("module:callable")')
+    queue: QueueConfig = _build(QueueConfig, table, f"queues.{name}", fixed={"name": name})
+    return queue
+
+
+def _build(cls: type, table: Mapping[str, Any], path: str, fixed: Mapping[str, Any] = {}) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in fixed}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}", "unknown key")
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = dict(fixed)
+    for name, spec in fields.items():
+        if name in table:
+            values[name] = _coerce(table[name], hints[name], spec.metadata, f"{path}.{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, kind: Any, checks: Mapping[str, Any], key: str) -> Any:
+    if kind is Secret:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {type(value).__name__}")
+        if "url" in checks:
+            scheme = urlsplit(value).scheme
+            if scheme not in checks["url"]:
+                allowed = ", ".join(f"{s}://" for s in checks["url"])
+                raise ConfigError(key, f"must be a URL starting with {allowed}")
+        return Secret(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        value = _from_env_number(value, int, key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+    elif kind is float:
+        value = _from_env_number(value, float, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"must be a number, got {value!r}")
+        value = float(value)
+    elif kind is str and not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got {value!r}")
+    _check_bounds(value, checks, key)
+    return value
+
+
+def _from_env_number(value: Any, kind: type, key: str) -> Any:
+    # Environment overrides arrive as strings; TOML values already have their type.
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ConfigError(key, f"must be a number, got {value!r}") from None
+    return value
+
+
+def _check_bounds(value: Any, checks: Mapping[str, Any], key: str) -> None:
+    if "min" in checks and value < checks["min"]:
+        raise ConfigError(key, f"must be >= {checks['min']}, got {value!r}")
+    if "max" in checks and value > checks["max"]:
+        raise ConfigError(key, f"must be <= {checks['max']}, got {value!r}")
+    if "choices" in checks and value not in checks["choices"]:
+        raise ConfigError(key, f"must be one of {', '.join(checks['choices'])}; got {value!r}")
+    if "pattern" in checks and not re.match(checks["pattern"], value):
+        raise ConfigError(key, f"{value!r} does not match {checks['pattern']}")
+
+
+def _check_relations(config: Config) -> None:
+    worker = config.worker
+    if worker.heartbeat_ttl < 2 * worker.heartbeat_interval:
+        raise ConfigError(
+            "worker.heartbeat_ttl", "must be at least twice worker.heartbeat_interval"
+        )
+    for queue in config.queues:
+        path = f"queues.{queue.name}"
+        if queue.backoff_max < queue.backoff_initial:
+            raise ConfigError(f"{path}.backoff_max", "must be >= backoff_initial")
+        if queue.rate_limit == 0 and queue.rate_burst:
+            raise ConfigError(f"{path}.rate_burst", "needs rate_limit > 0")

@@ -1,0 +1,65 @@
+"""Every error alchemy raises on purpose, as one tree.
+
+    AlchemyError
+    ├── ConfigError            bad configuration; the process exits 78 (EX_CONFIG)
+    ├── IdentityInUseError     another live process runs with this worker identity
+    └── JobError               raised by handlers; the consumer decides from the type alone
+        ├── PermanentError     never retried: straight to the dead-letter list
+        └── RetryableError     retried with backoff, or after ``delay`` seconds when given
+            └── RateLimitedError   the upstream said "retry after N seconds": the whole
+                                   queue pauses for N seconds in every process and the job
+                                   is retried without spending an attempt
+
+Any other exception raised by a handler (including a timeout) counts as a failed attempt
+and is retried with the queue's backoff until ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+
+class AlchemyError(Exception):
+    """Root of every error alchemy raises on purpose."""
+
+
+class ConfigError(AlchemyError):
+    """The configuration is unusable. ``key`` is the dotted path of the offending key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class IdentityInUseError(AlchemyError):
+    """Another live process already runs with this worker identity."""
+
+
+class JobError(AlchemyError):
+    """Base for errors a handler raises to steer what happens to its job."""
+
+
+class PermanentError(JobError):
+    """The job can never succeed (bad data, refused by the upstream): dead-letter it now."""
+
+
+class RetryableError(JobError):
+    """The job may succeed later. ``delay`` (seconds) overrides the queue's backoff."""
+
+    def __init__(self, message: str = "", *, delay: float | None = None) -> None:
+        super().__init__(message)
+        if delay is not None and delay < 0:
+            raise ValueError("delay must be >= 0")
+        self.delay = delay
+
+
+class RateLimitedError(RetryableError):
+    """The upstream asked us to slow down for ``retry_after`` seconds (an HTTP 429).
+
+    The queue pauses for that long across every process and the job is retried after the
+    pause without spending an attempt.
+    """
+
+    def __init__(self, retry_after: float, message: str = "") -> None:
+        text = message or f"rate limited, retry after {retry_after:g}s"
+        super().__init__(text, delay=retry_after)
+        self.retry_after = retry_after

@@ -1,0 +1,1 @@
+"""Queue handlers, one module each, named in config.toml as ``"module:callable"``."""

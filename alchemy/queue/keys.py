@@ -1,0 +1,69 @@
+"""Key layout of protocol version 1 (docs/protocol.md). Nothing else builds a key string.
+
+Every key of one queue carries the queue name as a Redis Cluster hash tag, ``{name}``, so
+each atomic step of a queue touches a single slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+PROTOCOL_VERSION: Final = 1
+
+KEY_TEMPLATES: Final = {
+    "wait": "{prefix}:{{{queue}}}:wait",
+    "processing": "{prefix}:{{{queue}}}:processing:{identity}",
+    "delayed": "{prefix}:{{{queue}}}:delayed",
+    "dead": "{prefix}:{{{queue}}}:dead",
+    "bucket": "{prefix}:{{{queue}}}:ratelimit",
+    "paused_until": "{prefix}:{{{queue}}}:paused-until",
+    "paused": "{prefix}:{{{queue}}}:paused",
+    "consumers": "{prefix}:{{{queue}}}:consumers",
+    "heartbeat": "{prefix}:{{{queue}}}:heartbeat:{identity}",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue under one prefix."""
+
+    prefix: str
+    queue: str
+
+    def _key(self, name: str, identity: str = "") -> str:
+        return KEY_TEMPLATES[name].format(prefix=self.prefix, queue=self.queue, identity=identity)
+
+    @property
+    def wait(self) -> str:
+        return self._key("wait")
+
+    @property
+    def delayed(self) -> str:
+        return self._key("delayed")
+
+    @property
+    def dead(self) -> str:
+        return self._key("dead")
+
+    @property
+    def bucket(self) -> str:
+        return self._key("bucket")
+
+    @property
+    def paused_until(self) -> str:
+        return self._key("paused_until")
+
+    @property
+    def paused(self) -> str:
+        return self._key("paused")
+
+    @property
+    def consumers(self) -> str:
+        return self._key("consumers")
+
+    def processing(self, identity: str) -> str:
+        return self._key("processing", identity)
+
+    def heartbeat(self, identity: str) -> str:
+        return self._key("heartbeat", identity)

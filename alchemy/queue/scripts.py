@@ -1,0 +1,245 @@
+"""Lua source of every multi-step state change. Each runs atomically inside Redis, so a
+crash of any process between two of its lines can neither lose nor duplicate a job.
+
+Time always comes from the Redis server (TIME), never from a worker's clock. Every step that
+moves a job out of a processing list first checks that LREM removed it, so re-sending a step
+after a lost reply does nothing twice.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+_NOW: Final = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
+# Token bucket refill; leaves `tokens` and saves nothing. Needs rate, cap, now.
+_REFILL: Final = """
+local state = redis.call('HMGET', bucket, 'tokens', 'ts')
+local tokens = tonumber(state[1]) or cap
+local ts = tonumber(state[2]) or now
+if now > ts then
+  tokens = math.min(cap, tokens + (now - ts) * rate)
+  ts = now
+end
+local function save_bucket()
+  redis.call('HSET', bucket, 'tokens', tostring(tokens), 'ts', tostring(ts))
+  redis.call('PEXPIRE', bucket, bucket_ttl)
+end
+"""
+
+# KEYS: wait, processing, delayed, bucket, paused_until, paused
+# ARGV: max_jobs, rate (tokens per ms, 0 = unlimited), cap, bucket_ttl_ms, promote_batch
+# Returns {1, item...} claimed | {0} nothing waiting (a token is reserved for the
+# blocking fetch) | {2, ms} throttled for ms | {3, ms} paused for ms (-1: until resumed)
+CLAIM: Final = (
+    _NOW
+    + """
+local wait, processing, delayed, bucket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local rate, cap, bucket_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local due = redis.call('ZRANGE', delayed, '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[5]))
+for i = 1, #due do
+  redis.call('ZREM', delayed, due[i])
+  redis.call('LPUSH', wait, due[i])
+end
+if redis.call('EXISTS', KEYS[6]) == 1 then return {3, -1} end
+local pause = redis.call('PTTL', KEYS[5])
+if pause > 0 then return {3, pause} end
+local take = math.min(tonumber(ARGV[1]), redis.call('LLEN', wait))
+if rate > 0 then
+"""
+    + _REFILL
+    + """
+  if tokens < 1 then
+    save_bucket()
+    return {2, math.ceil((1 - tokens) / rate)}
+  end
+  take = math.min(take, math.floor(tokens))
+  tokens = tokens - math.max(take, 1)
+  save_bucket()
+end
+if take == 0 then return {0} end
+local out = {1}
+for i = 1, take do
+  out[i + 1] = redis.call('LMOVE', wait, processing, 'RIGHT', 'LEFT')
+end
+return out
+"""
+)
+
+# KEYS: bucket   ARGV: rate, cap, bucket_ttl_ms
+# Gives back the token reserved for a blocking fetch that found nothing.
+REFUND: Final = (
+    _NOW
+    + """
+local bucket = KEYS[1]
+local rate, cap, bucket_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+"""
+    + _REFILL
+    + """
+tokens = math.min(cap, tokens + 1)
+save_bucket()
+return 1
+"""
+)
+
+# KEYS: processing, wait, paused_until, paused, bucket
+# ARGV: item, rate, cap, bucket_ttl_ms
+# After a blocking fetch: if the queue was paused meanwhile, put the job back at the front
+# of the wait list and refund the token. Returns {1} go | {3, ms} paused.
+CONFIRM: Final = (
+    _NOW
+    + """
+local pause = redis.call('PTTL', KEYS[3])
+if redis.call('EXISTS', KEYS[4]) == 1 then pause = -1 elseif pause <= 0 then return {1} end
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+end
+local bucket = KEYS[5]
+local rate, cap, bucket_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if rate > 0 then
+"""
+    + _REFILL
+    + """
+  tokens = math.min(cap, tokens + 1)
+  save_bucket()
+end
+return {3, pause}
+"""
+)
+
+# KEYS: processing   ARGV: item...   Returns how many were removed.
+ACK: Final = """
+local removed = 0
+for i = 1, #ARGV do
+  removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i])
+end
+return removed
+"""
+
+# KEYS: processing, delayed   ARGV: item, envelope, delay_ms
+RETRY: Final = (
+    _NOW
+    + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+return 1
+"""
+)
+
+# KEYS: processing, delayed, paused_until   ARGV: item, envelope, delay_ms
+# The upstream said "retry after": pause the whole queue (never shortening a pause already
+# in force) and bring the job back when the pause ends, without spending an attempt.
+DEFER_AND_PAUSE: Final = (
+    _NOW
+    + """
+local delay = tonumber(ARGV[3])
+if redis.call('PTTL', KEYS[3]) < delay then
+  redis.call('SET', KEYS[3], tostring(now + delay), 'PX', delay)
+end
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], now + delay, ARGV[2])
+return 1
+"""
+)
+
+# KEYS: processing, dead   ARGV: item, entry
+DEAD_LETTER: Final = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+return 1
+"""
+
+# KEYS: processing, wait   ARGV: item
+# Back to the front of the wait list, unchanged: no attempt spent, no recovery counted.
+REQUEUE: Final = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: processing, wait   Every job left in a processing list back to the front of the
+# wait list, oldest first, unchanged.
+REQUEUE_ALL: Final = """
+local moved = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do
+  moved = moved + 1
+end
+return moved
+"""
+
+# KEYS: processing (of the dead process), wait, dead, heartbeat (of the dead process),
+#       consumers
+# ARGV: identity, max_recoveries, queue, require_dead ("1": do nothing while the heartbeat
+#       lives)
+# Returns {recovered, poisoned} or {-1} when the process is alive after all.
+RECOVER: Final = (
+    _NOW
+    + """
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return {-1} end
+local max_recoveries = tonumber(ARGV[2])
+local recovered, poisoned = 0, 0
+while true do
+  local item = redis.call('LPOP', KEYS[1])
+  if not item then break end
+  local meta, job = nil, item
+  local ok, obj = pcall(cjson.decode, item)
+  if ok and type(obj) == 'table' and type(obj['_alchemy']) == 'table'
+      and type(obj['job']) == 'string' then
+    meta, job = obj['_alchemy'], obj['job']
+  else
+    meta = {v = 1, attempt = 1, recoveries = 0}
+  end
+  meta['recoveries'] = (tonumber(meta['recoveries']) or 0) + 1
+  if meta['recoveries'] > max_recoveries then
+    local entry = {
+      v = 1, queue = ARGV[3], id = meta['id'] or cjson.null, reason = 'poison',
+      error = {type = 'ProcessDied', message = 'the process running this job died '
+        .. meta['recoveries'] .. ' times (limit ' .. max_recoveries .. ')'},
+      attempts = tonumber(meta['attempt']) or 1, recoveries = meta['recoveries'],
+      first_attempt_ms = meta['first_attempt_ms'] or cjson.null, dead_at_ms = now, job = job
+    }
+    redis.call('LPUSH', KEYS[3], cjson.encode(entry))
+    poisoned = poisoned + 1
+  else
+    redis.call('RPUSH', KEYS[2],
+      '{"_alchemy":' .. cjson.encode(meta) .. ',"job":' .. cjson.encode(job) .. '}')
+    recovered = recovered + 1
+  end
+end
+if ARGV[4] == '1' then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+end
+return {recovered, poisoned}
+"""
+)
+
+# KEYS: consumers, heartbeat   ARGV: identity, value, ttl_ms
+HEARTBEAT: Final = (
+    _NOW
+    + """
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', tonumber(ARGV[3]))
+return now
+"""
+)
+
+# KEYS: consumers, heartbeat, processing   ARGV: identity
+# Leave the queue only with an empty processing list; otherwise the heartbeat is dropped
+# and the recovery sweep of another process returns what is left.
+DEREGISTER: Final = """
+redis.call('DEL', KEYS[2])
+if redis.call('LLEN', KEYS[3]) > 0 then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS: dead, wait   ARGV: entry, job
+# One dead-letter entry back to the wait list as the producer wrote it (attempts reset).
+RETRY_DEAD: Final = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+return 1
+"""

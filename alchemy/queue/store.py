@@ -1,0 +1,197 @@
+"""Public operations of one queue, each one atomic Redis step (see scripts.py)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final, cast
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from alchemy.queue import scripts
+from alchemy.queue.keys import QueueKeys
+
+PROMOTE_BATCH: Final = 100
+
+
+class ClaimKind(Enum):
+    JOBS = 1
+    EMPTY = 0
+    THROTTLED = 2
+    PAUSED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    kind: ClaimKind
+    items: Sequence[bytes] = ()
+    wait_ms: int = 0  # THROTTLED / PAUSED: how long; -1 = paused until resumed
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A token bucket: ``limit`` starts per ``period`` seconds, at most ``burst`` at once."""
+
+    limit: int
+    period: float
+    burst: int
+
+    @property
+    def per_ms(self) -> float:
+        return self.limit / (self.period * 1000.0) if self.limit else 0.0
+
+    @property
+    def ttl_ms(self) -> int:
+        if not self.limit:
+            return 1000
+        return math.ceil(self.burst / self.per_ms) + 1000
+
+    def args(self) -> list[Any]:
+        return [repr(self.per_ms), self.burst, self.ttl_ms]
+
+
+UNLIMITED: Final = RateLimit(0, 1.0, 0)
+
+
+class _Scripts:
+    """The Lua steps, registered once per Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.claim = redis.register_script(scripts.CLAIM)
+        self.refund = redis.register_script(scripts.REFUND)
+        self.confirm = redis.register_script(scripts.CONFIRM)
+        self.ack = redis.register_script(scripts.ACK)
+        self.retry = redis.register_script(scripts.RETRY)
+        self.defer_and_pause = redis.register_script(scripts.DEFER_AND_PAUSE)
+        self.dead_letter = redis.register_script(scripts.DEAD_LETTER)
+        self.requeue = redis.register_script(scripts.REQUEUE)
+        self.requeue_all = redis.register_script(scripts.REQUEUE_ALL)
+        self.recover = redis.register_script(scripts.RECOVER)
+        self.heartbeat = redis.register_script(scripts.HEARTBEAT)
+        self.deregister = redis.register_script(scripts.DEREGISTER)
+        self.retry_dead = redis.register_script(scripts.RETRY_DEAD)
+
+
+async def _run(script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+    return await script(keys=keys, args=args)
+
+
+class QueueStore:
+    """The Redis side of one queue as seen by one process (``identity``)."""
+
+    def __init__(
+        self, redis: Redis, *, prefix: str, queue: str, identity: str, rate: RateLimit = UNLIMITED
+    ) -> None:
+        self.redis = redis
+        self.keys = QueueKeys(prefix, queue)
+        self.queue = queue
+        self.identity = identity
+        self.rate = rate
+        self.processing = self.keys.processing(identity)
+        self._s = _Scripts(redis)
+
+    # -- fetching -------------------------------------------------------------------------
+    async def claim(self, max_jobs: int) -> Claim:
+        """Promote due retries, then take up to ``max_jobs`` jobs and as many tokens."""
+        k = self.keys
+        reply = await _run(
+            self._s.claim,
+            [k.wait, self.processing, k.delayed, k.bucket, k.paused_until, k.paused],
+            [max_jobs, *self.rate.args(), PROMOTE_BATCH],
+        )
+        kind = ClaimKind(int(reply[0]))
+        if kind is ClaimKind.JOBS:
+            return Claim(kind, items=reply[1:])
+        if kind is ClaimKind.EMPTY:
+            return Claim(kind)
+        return Claim(kind, wait_ms=int(reply[1]))
+
+    async def block_fetch(self, connection: Redis, block_seconds: float) -> bytes | None:
+        """BRPOPLPUSH on a connection of its own, with a server-side timeout."""
+        item = await connection.brpoplpush(self.keys.wait, self.processing, block_seconds)
+        return cast(bytes | None, item)
+
+    async def refund(self) -> None:
+        if self.rate.limit:
+            await _run(self._s.refund, [self.keys.bucket], self.rate.args())
+
+    async def confirm(self, item: bytes) -> Claim:
+        """After a blocking fetch: go on, or (paused meanwhile) the job went back."""
+        k = self.keys
+        reply = await _run(
+            self._s.confirm,
+            [self.processing, k.wait, k.paused_until, k.paused, k.bucket],
+            [item, *self.rate.args()],
+        )
+        if int(reply[0]) == 1:
+            return Claim(ClaimKind.JOBS, items=(item,))
+        return Claim(ClaimKind.PAUSED, wait_ms=int(reply[1]))
+
+    # -- finishing ------------------------------------------------------------------------
+    async def ack(self, items: Sequence[bytes]) -> int:
+        return int(await _run(self._s.ack, [self.processing], list(items)))
+
+    async def retry(self, item: bytes, envelope: bytes, delay: float) -> bool:
+        ms = max(0, round(delay * 1000))
+        keys = [self.processing, self.keys.delayed]
+        return bool(await _run(self._s.retry, keys, [item, envelope, ms]))
+
+    async def defer_and_pause(self, item: bytes, envelope: bytes, delay: float) -> bool:
+        ms = max(1, round(delay * 1000))
+        keys = [self.processing, self.keys.delayed, self.keys.paused_until]
+        return bool(await _run(self._s.defer_and_pause, keys, [item, envelope, ms]))
+
+    async def dead_letter(self, item: bytes, entry: bytes) -> bool:
+        keys = [self.processing, self.keys.dead]
+        return bool(await _run(self._s.dead_letter, keys, [item, entry]))
+
+    async def requeue(self, item: bytes) -> bool:
+        return bool(await _run(self._s.requeue, [self.processing, self.keys.wait], [item]))
+
+    async def requeue_all(self) -> int:
+        return int(await _run(self._s.requeue_all, [self.processing, self.keys.wait], []))
+
+    async def processing_items(self) -> list[bytes]:
+        items = await self.redis.lrange(self.processing, 0, -1)
+        return cast(list[bytes], items)
+
+    # -- membership -----------------------------------------------------------------------
+    async def heartbeat(self, value: str, ttl: float) -> None:
+        keys = [self.keys.consumers, self.keys.heartbeat(self.identity)]
+        await _run(self._s.heartbeat, keys, [self.identity, value, max(1, round(ttl * 1000))])
+
+    async def heartbeat_of(self, identity: str) -> bytes | None:
+        value = await self.redis.get(self.keys.heartbeat(identity))
+        return cast(bytes | None, value)
+
+    async def consumers(self) -> list[str]:
+        members = await self.redis.zrange(self.keys.consumers, 0, -1)
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    async def recover(
+        self, identity: str, *, max_recoveries: int, require_dead: bool
+    ) -> tuple[int, int] | None:
+        """Return a process's processing list to the wait list, counting a recovery for each
+        job and dead-lettering those past ``max_recoveries``. ``None``: it is alive."""
+        k = self.keys
+        reply = await _run(
+            self._s.recover,
+            [k.processing(identity), k.wait, k.dead, k.heartbeat(identity), k.consumers],
+            [identity, max_recoveries, self.queue, "1" if require_dead else "0"],
+        )
+        if int(reply[0]) == -1:
+            return None
+        return int(reply[0]), int(reply[1])
+
+    async def deregister(self) -> bool:
+        k = self.keys
+        keys = [k.consumers, k.heartbeat(self.identity), self.processing]
+        return bool(await _run(self._s.deregister, keys, [self.identity]))
+
+    # -- dead letters ---------------------------------------------------------------------
+    async def retry_dead(self, entry: bytes, raw_job: bytes) -> bool:
+        keys = [self.keys.dead, self.keys.wait]
+        return bool(await _run(self._s.retry_dead, keys, [entry, raw_job]))

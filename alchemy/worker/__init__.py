@@ -1,0 +1,1 @@
+"""The process side: the supervisor, one consumer per queue, membership and recovery."""

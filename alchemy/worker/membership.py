@@ -1,0 +1,147 @@
+"""Who is alive: this process's identity, its heartbeats, and recovery of the dead.
+
+Each process has a stable identity (``host:name``) and, per queue it serves, a heartbeat key
+with a TTL plus an entry in the queue's consumer registry. A process returns its own
+leftovers at once when it starts; every process sweeps the registry on a timer and returns
+the processing list of any member whose heartbeat has expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+
+import structlog
+
+from alchemy.config import WorkerConfig
+from alchemy.errors import IdentityInUseError
+from alchemy.queue.store import QueueStore
+from alchemy.worker.connections import is_transient
+
+log = structlog.get_logger("alchemy.membership")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Membership:
+    def __init__(self, stores: Sequence[QueueStore], config: WorkerConfig) -> None:
+        self.stores = stores
+        self.config = config
+        self.identity = config.identity
+        self.host = config.host or socket.gethostname()
+        self.incarnation = uuid.uuid4().hex
+        self.started_ms = int(time.time() * 1000)
+        # Sweeping others waits until Redis has answered us for a whole heartbeat TTL, so a
+        # Redis outage (which expires everyone's heartbeat) never looks like deaths.
+        self._healthy_since = time.monotonic()
+
+    def heartbeat_value(self) -> str:
+        return json.dumps(
+            {
+                "identity": self.identity,
+                "host": self.host,
+                "pid": os.getpid(),
+                "incarnation": self.incarnation,
+                "started_ms": self.started_ms,
+                "queues": [s.queue for s in self.stores],
+            },
+            separators=(",", ":"),
+        )
+
+    async def claim_identity(self) -> None:
+        """Refuse to run beside a live process with the same identity."""
+        for store in self.stores:
+            value = await store.heartbeat_of(self.identity)
+            if value is None:
+                continue
+            try:
+                other = json.loads(value)
+            except ValueError:
+                continue
+            if other.get("incarnation") == self.incarnation:
+                continue
+            pid = other.get("pid")
+            if other.get("host") == self.host:
+                if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
+                    raise IdentityInUseError(
+                        f"worker identity {self.identity} is in use by live pid {pid}; "
+                        "give this process another worker.name"
+                    )
+            else:
+                raise IdentityInUseError(
+                    f"worker identity {self.identity} is in use by host {other.get('host')} "
+                    f"(queue {store.queue}); give this process another worker.name"
+                )
+
+    async def recover_own(self) -> None:
+        """Return what a previous run with this identity left in its processing lists."""
+        for store in self.stores:
+            result = await store.recover(
+                self.identity, max_recoveries=self.config.max_recoveries, require_dead=False
+            )
+            if result and any(result):
+                log.warning(
+                    "recovered_own_jobs",
+                    queue=store.queue,
+                    recovered=result[0],
+                    poisoned=result[1],
+                    worker=self.identity,
+                )
+
+    async def beat(self) -> None:
+        value = self.heartbeat_value()
+        for store in self.stores:
+            await store.heartbeat(value, self.config.heartbeat_ttl)
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except Exception as exc:
+                self._healthy_since = time.monotonic()
+                log.warning("heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(self.config.heartbeat_interval)
+
+    async def recovery_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.recovery_interval)
+            if time.monotonic() - self._healthy_since < self.config.heartbeat_ttl:
+                continue
+            try:
+                await self.sweep()
+            except Exception as exc:
+                self._healthy_since = time.monotonic()
+                level = log.warning if is_transient(exc) else log.error
+                level("recovery_sweep_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def sweep(self) -> None:
+        """Return the processing lists of every registered process whose heartbeat expired."""
+        for store in self.stores:
+            for member in await store.consumers():
+                if member == self.identity or await store.heartbeat_of(member) is not None:
+                    continue
+                result = await store.recover(
+                    member, max_recoveries=self.config.max_recoveries, require_dead=True
+                )
+                if result is not None:
+                    log.warning(
+                        "recovered_dead_worker",
+                        queue=store.queue,
+                        dead_worker=member,
+                        recovered=result[0],
+                        poisoned=result[1],
+                        worker=self.identity,
+                    )

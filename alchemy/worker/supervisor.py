@@ -1,0 +1,150 @@
+"""The one asyncio supervisor of a worker process: it starts a consumer per queue, keeps
+the heartbeats and recovery sweeps going, and stops everything in order on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+
+import structlog
+
+from alchemy.config import Config, QueueConfig
+from alchemy.errors import ConfigError
+from alchemy.queue.store import QueueStore, RateLimit
+from alchemy.worker.connections import blocking_client, shared_client, until_done
+from alchemy.worker.consumer import QueueConsumer
+from alchemy.worker.handlers import Unavailable, load_handler
+from alchemy.worker.membership import Membership
+
+log = structlog.get_logger("alchemy.supervisor")
+
+DRAIN_REDIS_GRACE = 10.0  # seconds past the shutdown grace to finish the Redis steps
+
+
+def select_queues(config: Config, names: Sequence[str] | None) -> list[QueueConfig]:
+    if not names:
+        return [q for q in config.queues if q.enabled]
+    known = {q.name: q for q in config.queues}
+    for name in names:
+        if name not in known:
+            raise ConfigError("--queues", f"no queue named {name!r} in {config.source}")
+    return [known[name] for name in names]
+
+
+def rate_of(queue: QueueConfig) -> RateLimit:
+    return RateLimit(queue.rate_limit, queue.rate_period, queue.burst)
+
+
+class Supervisor:
+    def __init__(self, config: Config, queue_names: Sequence[str] | None = None) -> None:
+        self.config = config
+        self.queues = select_queues(config, queue_names)
+        self.stop_requested = asyncio.Event()
+        self._signals = 0
+
+    def request_stop(self, reason: str = "requested") -> None:
+        if not self.stop_requested.is_set():
+            log.info("worker_stopping", reason=reason)
+        self.stop_requested.set()
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and self._signals > 1:
+            log.warning("worker_forced_exit", signal=name)
+            os._exit(130)
+        self.request_stop(name)
+
+    async def run(self) -> int:
+        if not self.queues:
+            raise ConfigError("queues", "no enabled queue to run")
+        cfg = self.config
+        identity = cfg.worker.identity
+        async with contextlib.AsyncExitStack() as stack:
+            redis = shared_client(cfg.redis)
+            stack.push_async_callback(redis.aclose)
+            consumers: list[QueueConsumer] = []
+            for queue in self.queues:
+                store = QueueStore(
+                    redis,
+                    prefix=cfg.redis.prefix,
+                    queue=queue.name,
+                    identity=identity,
+                    rate=rate_of(queue),
+                )
+                blocking = blocking_client(cfg.redis)
+                stack.push_async_callback(blocking.aclose)
+                handler = load_handler(queue.handler)
+                if isinstance(handler, Unavailable):
+                    log.error("handler_unavailable", queue=queue.name, reason=handler.reason)
+                consumers.append(
+                    QueueConsumer(
+                        config=queue,
+                        store=store,
+                        blocking=blocking,
+                        handler=handler,
+                        block_timeout=cfg.redis.block_timeout,
+                        reconcile_interval=cfg.worker.reconcile_interval,
+                    )
+                )
+            membership = Membership([c.store for c in consumers], cfg.worker)
+            stack.enter_context(self._signal_handlers())
+            await until_done(membership.claim_identity, what="claim_identity")
+            await until_done(membership.recover_own, what="recover_own")
+            await until_done(membership.beat, what="heartbeat")
+            return await self._serve(membership, consumers)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _serve(self, membership: Membership, consumers: list[QueueConsumer]) -> int:
+        background = [
+            asyncio.create_task(membership.heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(membership.recovery_loop(), name="recovery"),
+        ]
+        for consumer in consumers:
+            background.append(asyncio.create_task(consumer.ack_loop(), name="ack"))
+            background.append(asyncio.create_task(consumer.reconcile_loop(), name="reconcile"))
+        fetchers = [asyncio.create_task(c.fetch_loop(), name=f"fetch:{c.name}") for c in consumers]
+        log.info(
+            "worker_started",
+            worker=membership.identity,
+            pid=os.getpid(),
+            queues=[c.name for c in consumers],
+        )
+        try:
+            await self.stop_requested.wait()
+            stopped_at = time.monotonic()
+            for consumer in consumers:
+                consumer.request_stop()
+            await asyncio.gather(*fetchers, return_exceptions=True)
+            grace = max(0.0, self.config.worker.shutdown_timeout - (time.monotonic() - stopped_at))
+            in_flight = sum(c.in_flight for c in consumers)
+            log.info("worker_draining", in_flight=in_flight, grace_s=round(grace, 3))
+            try:
+                # Past this, Redis is away: what is left stays in our processing lists and
+                # is returned when this identity starts again (or by another's sweep).
+                async with asyncio.timeout(grace + DRAIN_REDIS_GRACE):
+                    returned = await asyncio.gather(*(c.drain(grace) for c in consumers))
+            except TimeoutError:
+                log.error("worker_stopped_unclean", reason="redis unreachable while draining")
+                return 1
+            log.info("worker_stopped", returned_to_wait=sum(returned))
+            return 0
+        finally:
+            for task in [*fetchers, *background]:
+                task.cancel()
+            await asyncio.gather(*fetchers, *background, return_exceptions=True)
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            yield
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)

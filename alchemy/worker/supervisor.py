@@ -40,8 +40,15 @@ def rate_of(queue: QueueConfig) -> RateLimit:
 
 
 class Supervisor:
-    def __init__(self, config: Config, queue_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        queue_names: Sequence[str] | None = None,
+        *,
+        handle_signals: bool = True,
+    ) -> None:
         self.config = config
+        self.handle_signals = handle_signals
         self.queues = select_queues(config, queue_names)
         self.stop_requested = asyncio.Event()
         self._signals = 0
@@ -92,7 +99,8 @@ class Supervisor:
                     )
                 )
             membership = Membership([c.store for c in consumers], cfg.worker)
-            stack.enter_context(self._signal_handlers())
+            if self.handle_signals:
+                stack.enter_context(self._signal_handlers())
             await until_done(membership.claim_identity, what="claim_identity")
             await until_done(membership.recover_own, what="recover_own")
             await until_done(membership.beat, what="heartbeat")

@@ -1,0 +1,216 @@
+"""Fixtures: a real Redis, a private key prefix per test, configs, in-process and
+subprocess workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from alchemy.config import Config, parse_config
+from alchemy.worker.supervisor import Supervisor
+
+REPO = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+os.environ.setdefault("ALCHEMY_TEST_REDIS_URL", REDIS_URL)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def redis(prefix: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+def queue_table(name: str, **settings: Any) -> dict[str, Any]:
+    return {name: {"handler": "tests.support.handlers:scripted", **settings}}
+
+
+def build_config_dict(
+    prefix: str, queues: dict[str, Any], worker: dict[str, Any] | None = None, **sections: Any
+) -> dict[str, Any]:
+    return {
+        "redis": {"url": REDIS_URL, "prefix": prefix, **sections.pop("redis", {})},
+        "worker": {
+            "name": "w1",
+            "shutdown_timeout": 5.0,
+            "heartbeat_interval": 0.5,
+            "heartbeat_ttl": 2.0,
+            "recovery_interval": 0.5,
+            "reconcile_interval": 1.0,
+            **(worker or {}),
+        },
+        "log": {"format": "json", "level": "info"},
+        "queues": queues,
+        **sections,
+    }
+
+
+def to_toml(config: dict[str, Any]) -> str:
+    lines: list[str] = []
+
+    def emit(path: str, table: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        if scalars:
+            lines.append(f"[{path}]")
+            lines.extend(f"{k} = {json.dumps(v)}" for k, v in scalars.items())
+        for k, v in table.items():
+            if isinstance(v, dict):
+                emit(f"{path}.{k}" if path else k, v)
+
+    for section, table in config.items():
+        emit(section, table)
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def make_config(prefix: str) -> Callable[..., Config]:
+    def make(queues: dict[str, Any], worker: dict[str, Any] | None = None) -> Config:
+        return parse_config(build_config_dict(prefix, queues, worker))
+
+    return make
+
+
+@pytest.fixture
+async def run_worker() -> AsyncIterator[Callable[[Config], Supervisor]]:
+    """Start a Supervisor in this event loop; every one started is stopped at teardown."""
+    running: list[tuple[Supervisor, asyncio.Task[int]]] = []
+
+    def start(config: Config, queues: list[str] | None = None) -> Supervisor:
+        supervisor = Supervisor(config, queues, handle_signals=False)
+        task = asyncio.create_task(supervisor.run())
+        supervisor.task = task  # type: ignore[attr-defined]
+        running.append((supervisor, task))
+        return supervisor
+
+    yield start
+    for supervisor, _ in running:
+        supervisor.request_stop("test teardown")
+    for _, task in running:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 15)
+
+
+async def wait_for(
+    predicate: Callable[[], Any], *, within: float = 10.0, interval: float = 0.02
+) -> Any:
+    """Poll an (async) predicate until it returns something truthy."""
+    deadline = time.monotonic() + within
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(interval)
+
+
+class WorkerProcess:
+    """``python -m alchemy run`` as a real subprocess, its JSON log in a file."""
+
+    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str]) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "alchemy", "--config", str(config_path), "run"],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def has_event(self, name: str) -> bool:
+        return any(e.get("event") == name for e in self.events())
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.flush()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def spawn_worker(tmp_path: Path, prefix: str) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker subprocesses from a config dict; all are killed at teardown."""
+    started: list[WorkerProcess] = []
+
+    def spawn(
+        queues: dict[str, Any],
+        worker: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        **sections: Any,
+    ) -> WorkerProcess:
+        n = len(started)
+        config = build_config_dict(prefix, queues, worker, **sections)
+        config_path = tmp_path / f"worker{n}.toml"
+        config_path.write_text(to_toml(config))
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "ALCHEMY_TEST_REDIS_URL": REDIS_URL,
+            **(env or {}),
+        }
+        for variable in ("REDIS_URL", "ALCHEMY_WORKER_NAME", "ALCHEMY_REDIS_PREFIX"):
+            if variable not in (env or {}):
+                full_env.pop(variable, None)
+        process = WorkerProcess(config_path, tmp_path / f"worker{n}.log", full_env)
+        started.append(process)
+        return process
+
+    yield spawn
+    for process in started:
+        process.kill()
+
+
+async def wait_started(process: WorkerProcess, within: float = 15.0) -> None:
+    def ready() -> bool:
+        if process.proc.poll() is not None:
+            raise AssertionError(
+                f"worker exited {process.proc.returncode}: {process.log_path.read_text()}"
+            )
+        return process.has_event("worker_started")
+
+    await wait_for(ready, within=within, interval=0.05)

@@ -1,0 +1,96 @@
+"""Handlers for the tests, steered by the job's own data.
+
+Every handler records what it did in the test Redis (``ALCHEMY_TEST_REDIS_URL``) under the
+key named by ``data["record"]``, so a test can read what happened from Redis even when the
+handler ran in another process.
+
+``scripted`` understands these data fields (all optional):
+    record                  list key: one JSON line per start {"id","attempt","recoveries",
+                            "pid","t","worker"} and "<record>:done" per finish
+    sleep                   seconds to sleep
+    sleep_first_run_only    sleep only while job.recoveries == 0
+    fail_until_attempt      raise while job.attempt < this (0 = never, -1 = always)
+    error                   plain | permanent | retryable | rate_limited  (default plain)
+    delay                   RetryableError delay
+    retry_after             RateLimitedError retry_after
+    crash_while_recoveries_below   SIGKILL our own process while job.recoveries < this
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+from alchemy.errors import PermanentError, RateLimitedError, RetryableError
+from alchemy.queue.job import Job
+
+_clients: dict[int, Redis] = {}
+_in_flight: dict[str, int] = {}
+
+
+def test_redis() -> Redis:
+    loop_id = id(asyncio.get_running_loop())
+    client = _clients.get(loop_id)
+    if client is None:
+        url = os.environ.get("ALCHEMY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+        client = Redis.from_url(url)
+        _clients[loop_id] = client
+    return client
+
+
+async def record(key: str, job: Job, **extra: Any) -> None:
+    entry = {
+        "id": job.id,
+        "attempt": job.attempt,
+        "recoveries": job.recoveries,
+        "pid": os.getpid(),
+        "t": time.time(),
+        "data": dict(job.data),
+        **extra,
+    }
+    await test_redis().rpush(key, json.dumps(entry))
+
+
+async def scripted(job: Job) -> None:
+    data = job.data
+    key = data.get("record")
+    counter = f"{job.queue}:{key}"
+    _in_flight[counter] = _in_flight.get(counter, 0) + 1
+    try:
+        if key:
+            await record(key, job, in_flight=_in_flight[counter])
+        limit = data.get("crash_while_recoveries_below")
+        if limit is not None and job.recoveries < int(limit):
+            os.kill(os.getpid(), signal.SIGKILL)
+        sleep = float(data.get("sleep", 0))
+        if sleep and not (data.get("sleep_first_run_only") and job.recoveries > 0):
+            await asyncio.sleep(sleep)
+        until = int(data.get("fail_until_attempt", 0))
+        if until == -1 or job.attempt < until:
+            raise _error(data)
+        if key:
+            await record(f"{key}:done", job)
+    finally:
+        _in_flight[counter] -= 1
+
+
+def _error(data: Any) -> Exception:
+    kind = data.get("error", "plain")
+    if kind == "permanent":
+        return PermanentError("told to fail for good")
+    if kind == "retryable":
+        return RetryableError("told to fail for now", delay=data.get("delay"))
+    if kind == "rate_limited":
+        return RateLimitedError(float(data["retry_after"]))
+    return ValueError("told to fail")
+
+
+async def record_only(job: Job) -> None:
+    """Cheapest recording handler: RPUSH the job id onto ``data["record"]``."""
+    await test_redis().rpush(job.data["record"], job.id)

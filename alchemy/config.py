@@ -257,27 +257,15 @@ def _coerce(value: Any, kind: Any, checks: Mapping[str, Any], key: str) -> Any:
             raise ConfigError(key, f"must be true or false, got {value!r}")
         return value
     if kind is int:
-        value = _from_env_number(value, int, key)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(key, f"must be an integer, got {value!r}")
     elif kind is float:
-        value = _from_env_number(value, float, key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"must be a number, got {value!r}")
         value = float(value)
     elif kind is str and not isinstance(value, str):
         raise ConfigError(key, f"must be a string, got {value!r}")
     _check_bounds(value, checks, key)
-    return value
-
-
-def _from_env_number(value: Any, kind: type, key: str) -> Any:
-    # Environment overrides arrive as strings; TOML values already have their type.
-    if isinstance(value, str):
-        try:
-            return kind(value)
-        except ValueError:
-            raise ConfigError(key, f"must be a number, got {value!r}") from None
     return value
 
 

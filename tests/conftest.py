@@ -214,3 +214,18 @@ async def wait_started(process: WorkerProcess, within: float = 15.0) -> None:
         return process.has_event("worker_started")
 
     await wait_for(ready, within=within, interval=0.05)
+
+
+async def wait_exited(process: WorkerProcess, within: float = 15.0) -> int:
+    """Poll (without blocking the event loop) until the subprocess has exited; its status."""
+
+    def exited() -> bool:
+        return process.proc.poll() is not None
+
+    await wait_for(exited, within=within, interval=0.02)
+    return process.proc.returncode
+
+
+async def read_records(redis: Redis, key: str) -> list[dict[str, Any]]:
+    """The JSON entries the ``scripted`` handler appended to ``key``."""
+    return [json.loads(raw) for raw in await redis.lrange(key, 0, -1)]

@@ -32,8 +32,9 @@ end
 
 # KEYS: wait, processing, delayed, bucket, paused_until, paused
 # ARGV: max_jobs, rate (tokens per ms, 0 = unlimited), cap, bucket_ttl_ms, promote_batch
-# Returns {1, item...} claimed | {0} nothing waiting (a token is reserved for the
-# blocking fetch) | {2, ms} throttled for ms | {3, ms} paused for ms (-1: until resumed)
+# Returns {1, item...} claimed | {0, ms} nothing waiting: a token is reserved for the
+# blocking fetch, and the next retry is due in ms (-1: none) | {2, ms} throttled for ms |
+# {3, ms} paused for ms (-1: until resumed)
 CLAIM: Final = (
     _NOW
     + """
@@ -60,7 +61,11 @@ if rate > 0 then
   tokens = tokens - math.max(take, 1)
   save_bucket()
 end
-if take == 0 then return {0} end
+if take == 0 then
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  if first[2] then return {0, math.max(0, tonumber(first[2]) - now)} end
+  return {0, -1}
+end
 local out = {1}
 for i = 1, take do
   out[i + 1] = redis.call('LMOVE', wait, processing, 'RIGHT', 'LEFT')

@@ -28,7 +28,9 @@ class ClaimKind(Enum):
 class Claim:
     kind: ClaimKind
     items: Sequence[bytes] = ()
-    wait_ms: int = 0  # THROTTLED / PAUSED: how long; -1 = paused until resumed
+    # THROTTLED / PAUSED: how long (-1: paused until resumed); EMPTY: when the next retry
+    # is due (-1: none)
+    wait_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +107,6 @@ class QueueStore:
         kind = ClaimKind(int(reply[0]))
         if kind is ClaimKind.JOBS:
             return Claim(kind, items=reply[1:])
-        if kind is ClaimKind.EMPTY:
-            return Claim(kind)
         return Claim(kind, wait_ms=int(reply[1]))
 
     async def block_fetch(self, connection: Redis, block_seconds: float) -> bytes | None:

@@ -113,7 +113,7 @@ class QueueConsumer:
             try:
                 claim = await self.store.claim(free)
                 if claim.kind is ClaimKind.EMPTY:
-                    claim = await self._block_fetch(stopping)
+                    claim = await self._block_fetch(stopping, claim.wait_ms)
                 backoff.reset()
             except Exception as exc:
                 delay = backoff.next_delay()
@@ -139,8 +139,12 @@ class QueueConsumer:
             wait_ms = 1000 if claim.wait_ms < 0 else min(claim.wait_ms, 1000)
             await sleep_unless(stopping, wait_ms / 1000)
 
-    async def _block_fetch(self, stopping: asyncio.Event) -> Claim:
-        item = await self.store.block_fetch(self.blocking, self.block_timeout)
+    async def _block_fetch(self, stopping: asyncio.Event, next_due_ms: int) -> Claim:
+        # Wake up in time to promote the next due retry (the claim step promotes them).
+        block = self.block_timeout
+        if next_due_ms >= 0:
+            block = min(block, max(0.01, next_due_ms / 1000))
+        item = await self.store.block_fetch(self.blocking, block)
         if item is None:
             await self.store.refund()
             return Claim(ClaimKind.EMPTY)

@@ -9,6 +9,7 @@ handler ran in another process.
                             "pid","t","worker"} and "<record>:done" per finish
     sleep                   seconds to sleep
     sleep_first_run_only    sleep only while job.recoveries == 0
+    sleep_until_attempt     sleep only while job.attempt < this
     fail_until_attempt      raise while job.attempt < this (0 = never, -1 = always)
     error                   plain | permanent | retryable | rate_limited  (default plain)
     delay                   RetryableError delay
@@ -69,7 +70,10 @@ async def scripted(job: Job) -> None:
         if limit is not None and job.recoveries < int(limit):
             os.kill(os.getpid(), signal.SIGKILL)
         sleep = float(data.get("sleep", 0))
-        if sleep and not (data.get("sleep_first_run_only") and job.recoveries > 0):
+        skip = (data.get("sleep_first_run_only") and job.recoveries > 0) or (
+            "sleep_until_attempt" in data and job.attempt >= int(data["sleep_until_attempt"])
+        )
+        if sleep and not skip:
             await asyncio.sleep(sleep)
         until = int(data.get("fail_until_attempt", 0))
         if until == -1 or job.attempt < until:
@@ -94,3 +98,17 @@ def _error(data: Any) -> Exception:
 async def record_only(job: Job) -> None:
     """Cheapest recording handler: RPUSH the job id onto ``data["record"]``."""
     await test_redis().rpush(job.data["record"], job.id)
+
+
+async def rate_limited_once(job: Job) -> None:
+    """``scripted``, except that a job naming ``data["once_key"]`` raises
+    ``RateLimitedError(data["retry_after"])`` the first time it runs: the first run SETNXes
+    that key in the test Redis, so the retry (same attempt number) runs as ``scripted``.
+    The limited run is recorded into ``data["record"]`` with ``"limited": true``."""
+    once_key = job.data.get("once_key")
+    if once_key and await test_redis().set(once_key, "1", nx=True):
+        key = job.data.get("record")
+        if key:
+            await record(key, job, limited=True)
+        raise RateLimitedError(float(job.data["retry_after"]))
+    await scripted(job)

@@ -1,0 +1,178 @@
+"""Configuration: defaults, the shipped config.toml, validation errors naming the key,
+environment overrides, and secrets that never print."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from alchemy.config import Secret, load_config, mask_url, parse_config
+from alchemy.errors import ConfigError
+from tests.conftest import REPO
+
+EX_CONFIG = 78
+
+
+def test_shipped_config_declares_the_original_queues() -> None:
+    config = load_config(REPO / "config.toml", {})
+    queues = {q.name: q for q in config.queues}
+    assert set(queues) == {"content-generation", "research", "media-generation"}
+    expected = {"content-generation": (3, 10), "research": (2, 5), "media-generation": (2, 10)}
+    for name, (concurrency, per_minute) in expected.items():
+        queue = queues[name]
+        assert (queue.concurrency, queue.rate_limit, queue.rate_period) == (
+            concurrency,
+            per_minute,
+            60.0,
+        )
+        assert queue.max_attempts == 3
+    assert config.redis.prefix == "alchemy"
+
+
+def test_every_default_is_written_in_config_toml() -> None:
+    text = (REPO / "config.toml").read_text()
+    defaults = parse_config({"queues": {"q": {"handler": "m:f"}}})
+    for section in ("redis", "database", "worker", "log", "providers"):
+        for field in getattr(defaults, section).__dataclass_fields__:
+            assert f"{field} = " in text, f"{section}.{field} is not documented in config.toml"
+    for field in defaults.queues[0].__dataclass_fields__:
+        if field != "name":
+            assert field in text, f"queue key {field} is not documented in config.toml"
+
+
+def q(**settings: Any) -> dict[str, Any]:
+    return {"queues": {"q": {"handler": "m:f", **settings}}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "words"),
+    [
+        (q(concurency=2), "queues.q.concurency", "unknown"),
+        ({"redis": {"prefx": "x"}}, "redis.prefx", "unknown"),
+        ({"colour": {}}, "colour", "unknown"),
+        (
+            q(concurrency="3"),
+            "queues.q.concurrency",
+            "integer",
+        ),
+        (q(concurrency=0), "queues.q.concurrency", ">= 1"),
+        (
+            q(enabled="yes"),
+            "queues.q.enabled",
+            "true or false",
+        ),
+        ({"queues": {"q": {"handler": "no-colon"}}}, "queues.q.handler", "match"),
+        ({"queues": {"q": {}}}, "queues.q.handler", "missing"),
+        ({"queues": {"Bad:Name": {"handler": "m:f"}}}, "queues.Bad:Name", "queue names"),
+        ({"redis": {"url": "http://x"}}, "redis.url", "redis://"),
+        ({"log": {"level": "loud"}}, "log.level", "one of"),
+        (
+            {"worker": {"heartbeat_ttl": 1.0, "heartbeat_interval": 1.0}},
+            "worker.heartbeat_ttl",
+            "twice",
+        ),
+        (
+            q(backoff_initial=10.0, backoff_max=1.0),
+            "queues.q.backoff_max",
+            ">= backoff_initial",
+        ),
+        (
+            q(rate_burst=5),
+            "queues.q.rate_burst",
+            "rate_limit",
+        ),
+        ({"queues": "nope"}, "queues", "table"),
+    ],
+)
+def test_bad_values_name_their_key(raw: dict[str, Any], key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    assert caught.value.key == key
+    assert words in str(caught.value)
+
+
+def test_environment_overrides_the_deployment_values(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[redis]\nurl = "redis://127.0.0.1:1/0"\n[queues.q]\nhandler = "m:f"\n')
+    env = {
+        "REDIS_URL": "redis://127.0.0.1:6379/3",
+        "DATABASE_URL": "postgresql://u:pw@127.0.0.1/db",
+        "ANTHROPIC_API_KEY": "sk-ant-secret-value",
+        "OPENAI_API_KEY": "sk-openai-secret-value",
+        "ALCHEMY_WORKER_NAME": "w7",
+        "ALCHEMY_LOG_LEVEL": "debug",
+    }
+    config = load_config(path, env)
+    assert config.redis.url.reveal() == "redis://127.0.0.1:6379/3"
+    assert config.database.url.reveal() == "postgresql://u:pw@127.0.0.1/db"
+    assert config.providers.anthropic_api_key.reveal() == "sk-ant-secret-value"
+    assert config.worker.name == "w7"
+    assert config.log.level == "debug"
+    assert "sk-ant-secret-value" not in repr(config)
+    assert "pw@" not in repr(config)
+
+
+def test_secrets_and_url_passwords_are_masked() -> None:
+    assert repr(Secret("hunter2")) == "Secret('***')"
+    assert str(Secret("hunter2")) == "Secret('***')"
+    assert mask_url("redis://:hunter2@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert mask_url("postgresql://bob:pw@db:5432/x") == "postgresql://bob:***@db:5432/x"
+    assert mask_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "ALCHEMY_CONFIG"}}
+    return subprocess.run(
+        [sys.executable, "-m", "alchemy", *args],
+        cwd=REPO,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_bad_config_stops_startup_with_one_line_and_exit_78(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[queues.research]\nhandler = "m:f"\nconcurrency = -2\n')
+    result = run_cli("--config", str(path), "run")
+    assert result.returncode == EX_CONFIG
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["alchemy: config error: queues.research.concurrency: must be >= 1, got -2"]
+
+
+def test_missing_config_file_and_broken_toml_exit_78(tmp_path: Path) -> None:
+    missing = run_cli("--config", str(tmp_path / "nope.toml"))
+    assert missing.returncode == EX_CONFIG
+    assert "file not found" in missing.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[redis\n")
+    result = run_cli("--config", str(broken), "check-config")
+    assert result.returncode == EX_CONFIG
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_check_config_never_prints_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[queues.q]\nhandler = "alchemy.handlers.noop:handle"\n')
+    result = run_cli(
+        "--config",
+        str(path),
+        "check-config",
+        env={
+            "ANTHROPIC_API_KEY": "sk-ant-very-secret",
+            "DATABASE_URL": "postgresql://postgres:db-password-123@127.0.0.1:5432/postgres",
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    assert "sk-ant-very-secret" not in out
+    assert "db-password-123" not in out
+    assert "providers.anthropic_api_key = ***" in out

@@ -11,7 +11,9 @@ handler ran in another process.
     sleep_first_run_only    sleep only while job.recoveries == 0
     sleep_until_attempt     sleep only while job.attempt < this
     fail_until_attempt      raise while job.attempt < this (0 = never, -1 = always)
-    error                   plain | permanent | retryable | rate_limited  (default plain)
+    error                   plain | permanent | retryable | rate_limited | leak_env
+                            (default plain; leak_env puts os.environ[data["variable"]] in
+                            the message)
     delay                   RetryableError delay
     retry_after             RateLimitedError retry_after
     crash_while_recoveries_below   SIGKILL our own process while job.recoveries < this
@@ -86,6 +88,8 @@ async def scripted(job: Job) -> None:
 
 def _error(data: Any) -> Exception:
     kind = data.get("error", "plain")
+    if kind == "leak_env":  # an error whose message carries a secret from the environment
+        return RuntimeError(f"upstream said: bad key {os.environ[data['variable']]}")
     if kind == "permanent":
         return PermanentError("told to fail for good")
     if kind == "retryable":

@@ -14,6 +14,7 @@ import structlog
 
 from alchemy.config import Config, QueueConfig
 from alchemy.errors import ConfigError
+from alchemy.logs import flush_logs
 from alchemy.queue.store import QueueStore, RateLimit
 from alchemy.worker.connections import blocking_client, shared_client, until_done
 from alchemy.worker.consumer import QueueConsumer
@@ -63,6 +64,7 @@ class Supervisor:
         name = signal.Signals(signum).name
         if signum == signal.SIGINT and self._signals > 1:
             log.warning("worker_forced_exit", signal=name)
+            flush_logs()
             os._exit(130)
         self.request_stop(name)
 

@@ -16,6 +16,7 @@ from alchemy.config import Config, QueueConfig
 from alchemy.errors import ConfigError
 from alchemy.logs import flush_logs
 from alchemy.queue.store import QueueStore, RateLimit
+from alchemy.services import open_services
 from alchemy.worker.connections import blocking_client, shared_client, until_done
 from alchemy.worker.consumer import QueueConsumer
 from alchemy.worker.handlers import Unavailable, load_handler
@@ -76,6 +77,7 @@ class Supervisor:
         async with contextlib.AsyncExitStack() as stack:
             redis = shared_client(cfg.redis)
             stack.push_async_callback(redis.aclose)
+            await stack.enter_async_context(open_services(cfg, redis))
             consumers: list[QueueConsumer] = []
             for queue in self.queues:
                 store = QueueStore(

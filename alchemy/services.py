@@ -1,0 +1,65 @@
+"""What handlers share inside one worker process: the configuration, Redis, a producer for
+follow-up jobs, and (opened on first use) one asyncpg pool.
+
+The supervisor opens the services once and makes them current for every job task it starts;
+a handler reads them with :func:`current_services`. Tests open their own with
+:func:`open_services`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
+from typing import Any
+
+from redis.asyncio import Redis
+
+from alchemy.config import Config
+from alchemy.queue.producer import Producer
+
+_current: ContextVar[Services] = ContextVar("alchemy_services")
+
+
+class Services:
+    def __init__(self, config: Config, redis: Redis) -> None:
+        self.config = config
+        self.redis = redis
+        self.producer = Producer(redis, prefix=config.redis.prefix)
+        self._db: Any = None
+        self._db_lock = asyncio.Lock()
+        self._closers: list[Any] = []
+
+    async def db(self) -> Any:
+        """The process's asyncpg pool, created on first use."""
+        if self._db is None:
+            async with self._db_lock:
+                if self._db is None:
+                    import asyncpg
+
+                    self._db = await asyncpg.create_pool(self.config.database.url.reveal())
+        return self._db
+
+    async def aclose(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+
+def current_services() -> Services:
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError("no alchemy services are open in this context") from None
+
+
+@contextlib.asynccontextmanager
+async def open_services(config: Config, redis: Redis) -> AsyncIterator[Services]:
+    services = Services(config, redis)
+    token = _current.set(services)
+    try:
+        yield services
+    finally:
+        _current.reset(token)
+        await services.aclose()

@@ -178,8 +178,9 @@ def _unwrap_envelope(item: bytes) -> tuple[bytes, Meta] | None:
         return None
     raw_job = job.encode("utf-8", "surrogateescape")
     error = meta.get("last_error")
+    job_id = meta.get("id") or _inner_id(raw_job) or uuid.uuid4().hex
     return raw_job, Meta(
-        id=str(meta.get("id") or uuid.uuid4().hex),
+        id=str(job_id),
         attempt=_int(meta.get("attempt"), 1),
         recoveries=_int(meta.get("recoveries"), 0),
         first_attempt_ms=_int(meta.get("first_attempt_ms"), 0) or None,
@@ -187,6 +188,15 @@ def _unwrap_envelope(item: bytes) -> tuple[bytes, Meta] | None:
         if isinstance(error, dict)
         else None,
     )
+
+
+def _inner_id(raw_job: bytes) -> str | None:
+    try:
+        obj = json.loads(raw_job)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    job_id = obj.get("id") if isinstance(obj, dict) else None
+    return job_id if isinstance(job_id, str) and job_id else None
 
 
 def _int(value: Any, default: int) -> int:

@@ -196,6 +196,7 @@ while true do
     meta, job = obj['_alchemy'], obj['job']
   else
     meta = {v = 1, attempt = 1, recoveries = 0}
+    if ok and type(obj) == 'table' and type(obj['id']) == 'string' then meta['id'] = obj['id'] end
   end
   meta['recoveries'] = (tonumber(meta['recoveries']) or 0) + 1
   if meta['recoveries'] > max_recoveries then

@@ -1,0 +1,196 @@
+"""Acceptance 7: a worker rides out a Redis restart.
+
+The worker talks to a private redis-server (AOF, fsync always) that is stopped for a few
+seconds and started again on the same port and data directory, in the middle of a run. The
+handler records into the main test Redis, so its records outlive the outage. The worker must
+stay up, log that Redis was away, and finish every job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from alchemy.queue.keys import QueueKeys
+from alchemy.queue.producer import Producer
+from tests.conftest import WorkerProcess, queue_table, read_records, wait_for, wait_started
+
+QUEUE = "outage"
+HOST = socket.gethostname()
+REDIS_SERVER = "/usr/bin/redis-server"
+JOBS = 200
+DOWN_FOR = 3.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A persistent redis-server of our own, started and stopped by pid."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        self.starts += 1
+        log = (self.directory / f"redis-{self.starts}.log").open("wb")
+        with log:
+            self.proc = subprocess.Popen(
+                [
+                    REDIS_SERVER,
+                    "--port", str(self.port),
+                    "--bind", "127.0.0.1",
+                    "--dir", str(self.directory),
+                    "--appendonly", "yes",
+                    "--appendfsync", "always",
+                    "--save", "",
+                    "--daemonize", "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def stop(self) -> int:
+        """SIGTERM (Redis fsyncs the AOF and exits), then wait for it."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    async def wait_ready(self, client: Redis) -> None:
+        async def ready() -> bool:
+            assert self.proc is not None
+            assert self.proc.poll() is None, "redis-server died"
+            with contextlib.suppress(Exception):
+                return bool(await client.ping())
+            return False
+
+        await wait_for(ready, within=10, interval=0.05)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    directory = tmp_path / "redis-data"
+    directory.mkdir()
+    server = PrivateRedis(directory, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None:
+            server.stop()
+
+
+@pytest.fixture
+async def private(private_redis: PrivateRedis) -> AsyncIterator[Redis]:
+    """A client of the private server (its keys go away with its data directory)."""
+    client = Redis.from_url(private_redis.url)
+    await private_redis.wait_ready(client)
+    yield client
+    await client.aclose()
+
+
+@pytest.mark.parametrize("names", [["w1"], ["w1", "w2"]], ids=["one-worker", "two-workers"])
+async def test_workers_survive_a_redis_restart(
+    redis: Redis,
+    prefix: str,
+    spawn_worker: Callable[..., WorkerProcess],
+    private_redis: PrivateRedis,
+    private: Redis,
+    names: list[str],
+) -> None:
+    """The outage (3 s) outlasts the heartbeat TTL (2 s): with two workers, neither may
+    take the other for dead and recover its jobs while they still run."""
+    keys = QueueKeys(prefix, QUEUE)
+    record = f"{prefix}:rec"
+    identities = [f"{HOST}:{name}" for name in names]
+    producer = Producer(private, prefix=prefix)
+    data = {"record": record, "sleep": 0.1 * len(names)}
+    ids = [await producer.enqueue(QUEUE, {**data, "n": i}, id=f"job-{i}") for i in range(JOBS)]
+    queues = queue_table(QUEUE, concurrency=4)
+    processes = [
+        spawn_worker(queues, {"name": name}, redis={"url": private_redis.url}) for name in names
+    ]
+    for process in processes:
+        await wait_started(process)
+    # redis.url came through the config and the prefix stayed: the queue lives in the
+    # private server only.
+    assert sorted(await private.zrange(keys.consumers, 0, -1)) == [i.encode() for i in identities]
+    assert await redis.exists(keys.wait, keys.consumers) == 0
+
+    await wait_for(lambda: _count_at_least(redis, f"{record}:done", 30), within=10)
+    private_redis.stop()
+    stopped_at = time.monotonic()
+    done_before_outage = await redis.llen(f"{record}:done")
+    await asyncio.sleep(DOWN_FOR)  # the outage itself, not an assertion
+    assert all(p.proc.poll() is None for p in processes), "a worker died while Redis was down"
+    private_redis.start()
+    await private_redis.wait_ready(private)
+    assert await private.llen(keys.wait) > 0, "the AOF lost the queue"
+
+    await wait_for(lambda: _all_done(redis, f"{record}:done", ids), within=25)
+    finished_in = time.monotonic() - stopped_at
+    for identity in identities:
+        await wait_for(lambda identity=identity: _gone(private, keys.processing(identity)))
+
+    assert all(p.proc.poll() is None for p in processes), "a worker died after Redis came back"
+    assert await private.llen(keys.wait) == 0
+    assert await private.zcard(keys.delayed) == 0
+    assert await private.lrange(keys.dead, 0, -1) == []
+    events = [e for p in processes for e in p.events()]
+    counts = Counter(e.get("event") for e in events)
+    assert counts["fetch_failed"] > 0, counts
+    assert counts["redis_unavailable"] > 0, counts
+    assert {e["level"] for e in events if e.get("event") in _OUTAGE_EVENTS} == {"warning"}
+    assert counts["recovered_dead_worker"] == 0, "a live worker was taken for dead"
+    done = await read_records(redis, f"{record}:done")
+    runs = Counter(d["id"] for d in done)
+    duplicates = {job_id: n for job_id, n in runs.items() if n > 1}
+    print(
+        f"{len(names)} worker(s): done before outage {done_before_outage}, all done "
+        f"{finished_in:.1f}s after the stop, duplicates {duplicates}, events {dict(counts)}"
+    )
+    assert set(runs) == set(ids)
+    assert duplicates == {}, "a job ran twice although no process crashed"
+    assert {d["recoveries"] for d in done} == {0}
+
+
+_OUTAGE_EVENTS = frozenset({"fetch_failed", "redis_unavailable"})
+
+
+async def _count_at_least(redis: Redis, key: str, n: int) -> bool:
+    return await redis.llen(key) >= n
+
+
+async def _all_done(redis: Redis, key: str, ids: list[str]) -> bool:
+    done = {r["id"] for r in await read_records(redis, key)}
+    return done >= set(ids)
+
+
+async def _gone(client: Redis, key: str) -> bool:
+    with contextlib.suppress(Exception):
+        return await client.exists(key) == 0
+    return False

@@ -85,7 +85,7 @@ class LineSink:
         try:
             self.stream.write(b"\n".join(lines) + b"\n")
             self.stream.flush()
-        except (OSError, ValueError):  # stdout closed: nothing left to tell
+        except Exception:  # stdout closed or unusable: nothing left to tell, never loop
             pass
 
 

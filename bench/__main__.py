@@ -1,0 +1,141 @@
+"""``python -m bench [--jobs N] [--concurrency N] [--rate R] [--seconds S] [--rounds N]``
+
+1. ``--rounds`` times, alternating:
+   floor drain: N prefilled items taken by the bare BRPOPLPUSH + LREM loop (bench/floor.py)
+   with ``concurrency`` coroutines, in a process of its own; and
+   engine drain: N prefilled no-op jobs run by one ``python -m alchemy run`` process at
+   ``concurrency`` (the same process every round);
+2. floor pickup (a control): the bare loop, idle, fed R jobs/s for S seconds;
+3. engine pickup: the worker, idle, fed R jobs/s for S seconds by alchemy's Producer;
+   then its peak RSS.
+
+Prints a table, then one JSON line, the last line of the output. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import redis as redis_py
+from redis.asyncio import Redis
+
+from bench.measure import Drain, Results, Settings, run
+
+GOAL_RATIO = 1.0
+GOAL_P99_MS = 5.0
+GOAL_RSS_MB = 80.0
+
+
+async def redis_version(url: str) -> str:
+    client = Redis.from_url(url)
+    try:
+        info: dict[str, Any] = await client.info("server")
+        return str(info.get("redis_version", "?"))
+    finally:
+        await client.aclose()
+
+
+def report(s: Settings, r: Results, server: str) -> str:
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+
+    def spread(rounds: list[Drain]) -> str:
+        if len(rounds) < 2:
+            return ""
+        return f"median of {', '.join(f'{d.jobs_per_s:,.0f}' for d in rounds)}"
+
+    rows = [
+        (
+            f"engine drain, {s.jobs:,} no-op jobs",
+            f"{r.engine_jobs_per_s:,.0f} jobs/s",
+            "",
+            spread(r.engine_rounds),
+        ),
+        (
+            f"floor drain, {s.jobs:,} items",
+            f"{r.floor_jobs_per_s:,.0f} jobs/s",
+            "",
+            spread(r.floor_rounds),
+        ),
+        ("ratio engine / floor", f"{r.ratio:.2f}x", f">= {GOAL_RATIO:.1f}x", verdict(r.ratio >= 1)),
+        (
+            "CPU per job, engine / floor",
+            f"{r.engine_cpu_us:.0f} / {r.floor_cpu_us:.0f} us",
+            "",
+            "",
+        ),
+        (f"pickup p50 at {s.rate:g} jobs/s", f"{r.p50_ms:.2f} ms", "", ""),
+        (
+            f"pickup p99 at {s.rate:g} jobs/s",
+            f"{r.p99_ms:.2f} ms",
+            f"< {GOAL_P99_MS:g} ms",
+            verdict(r.p99_ms < GOAL_P99_MS),
+        ),
+        (
+            "  control: floor pickup p50 / p99",
+            f"{r.floor_p50_ms:.2f} / {r.floor_p99_ms:.2f} ms",
+            "",
+            "",
+        ),
+        (
+            "worker peak RSS",
+            f"{r.rss_mb:.1f} MB",
+            f"< {GOAL_RSS_MB:g} MB",
+            verdict(r.rss_mb < GOAL_RSS_MB),
+        ),
+    ]
+    head = (
+        f"alchemy bench: Redis {server} at {s.url}, redis-py {redis_py.__version__}, "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs; "
+        f"concurrency {s.concurrency}, {r.latency_jobs:,} latency jobs"
+    )
+    lines = [head, "", f"{'measure':<34}{'value':>16}  goal"]
+    lines += [f"{a:<34}{b:>16}  {c:<10}{d}".rstrip() for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Engine vs. floor drain speed, pickup latency and the worker's peak RSS.",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="Redis to use (default: $REDIS_URL or redis://127.0.0.1:6379/0)",
+    )
+    parser.add_argument("--jobs", type=int, default=20_000, help="backlog size (20000)")
+    parser.add_argument("--concurrency", type=int, default=10, help="worker concurrency (10)")
+    parser.add_argument("--rate", type=float, default=200.0, help="latency feed, jobs/s (200)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="latency run length (10)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="drains of each side, medians reported (3)"
+    )
+    args = parser.parse_args(argv)
+    if min(args.jobs, args.concurrency, args.rounds) < 1 or args.rate <= 0 or args.seconds <= 0:
+        parser.error("every option must be positive")
+    return Settings(
+        args.redis_url, args.jobs, args.concurrency, args.rate, args.seconds, args.rounds
+    )
+
+
+def main(argv: list[str]) -> int:
+    settings = parse_args(argv)
+    started = time.monotonic()
+    server = asyncio.run(redis_version(settings.url))
+    results = asyncio.run(run(settings))
+    print(report(settings, results, server))
+    print(f"(took {time.monotonic() - started:.1f}s)\n")
+    print(json.dumps(results.to_json()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,172 @@
+"""Rate limits shared by every process, "retry after" pauses, and the concurrency cap.
+
+Start times come from the ``scripted`` handler's records (``time.time()`` in each worker
+process; every process and Redis run on this machine, so they share one clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+from redis.asyncio import Redis
+
+from alchemy.queue.job import encode_job
+from alchemy.queue.keys import QueueKeys
+from alchemy.queue.producer import Producer
+from tests.conftest import WorkerProcess, queue_table, wait_for, wait_started
+
+RATE_LIMIT = 20
+RATE_PERIOD = 5.0
+RATE_BURST = 5
+
+
+async def read_records(redis: Redis, key: str) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in await redis.lrange(key, 0, -1)]
+
+
+async def stop_all(workers: list[WorkerProcess]) -> None:
+    for worker in workers:
+        worker.signal(signal.SIGTERM)
+    for worker in workers:
+        assert await asyncio.to_thread(worker.wait, 20) == 0, worker.log_path.read_text()
+
+
+def max_in_any_window(times: list[float], width: float) -> tuple[int, float]:
+    """The most starts in any closed window ``[t, t + width]`` that opens at a start, and
+    where that window opens."""
+    times = sorted(times)
+    best, at = 0, times[0] if times else 0.0
+    for i, t in enumerate(times):
+        count = bisect.bisect_right(times, t + width) - i
+        if count > best:
+            best, at = count, t
+    return best, at
+
+
+async def test_rate_limit_is_shared_by_all_processes(
+    redis: Redis, prefix: str, spawn_worker: Any
+) -> None:
+    record = f"{prefix}:starts"
+    producer = Producer(redis, prefix=prefix)
+    for i in range(120):
+        await producer.enqueue("q", {"record": record, "n": i})
+    queues = queue_table(
+        "q",
+        concurrency=4,
+        rate_limit=RATE_LIMIT,
+        rate_period=RATE_PERIOD,
+        rate_burst=RATE_BURST,
+    )
+    workers = [spawn_worker(queues, worker={"name": f"w{i}"}) for i in range(3)]
+    for worker in workers:
+        await wait_started(worker)
+
+    # The initial burst, then 4 starts/s: 75 starts leave ~17 s of steady state to measure.
+    async def enough_starts() -> bool:
+        return await redis.llen(record) >= 75
+
+    await wait_for(enough_starts, within=45, interval=0.2)
+    await stop_all(workers)
+
+    starts = await read_records(redis, record)
+    times = sorted(s["t"] for s in starts)
+
+    # A token bucket of capacity b refilled at r/s hands out at most b + r·w tokens in any
+    # span of w seconds, so no window of one period may hold more than limit + burst
+    # starts. A start is recorded a few ms after its claim; that lag could only add a start
+    # if it exceeded one refill interval (250 ms), so no slack is allowed.
+    most, opening = max_in_any_window(times, RATE_PERIOD)
+    assert most <= RATE_LIMIT + RATE_BURST, f"{most} starts in the 5 s from {opening}"
+
+    # Past the initial burst the backlog never ran dry: throughput ≥ 90% of the limit.
+    steady = times[RATE_BURST:]
+    span = steady[-1] - steady[0]
+    throughput = (len(steady) - 1) / span
+    assert span >= 12.0, span
+    assert throughput >= 0.9 * RATE_LIMIT / RATE_PERIOD, f"{throughput:.2f} jobs/s over {span}s"
+
+    # The limit is one budget for the whole fleet, and every process took from it.
+    per_process = Counter(s["pid"] for s in starts)
+    assert set(per_process) == {w.pid for w in workers}, per_process
+    assert max(s["in_flight"] for s in starts) <= 4
+
+
+async def test_retry_after_pauses_every_process(
+    redis: Redis, prefix: str, spawn_worker: Any
+) -> None:
+    record = f"{prefix}:starts"
+    retry_after = 3.0
+    producer = Producer(redis, prefix=prefix)
+    for i in range(400):
+        await producer.enqueue("q", {"record": record, "sleep": 0.1, "n": i})
+    queues = queue_table("q", handler="tests.support.handlers:rate_limited_once", concurrency=2)
+    workers = [spawn_worker(queues, worker={"name": f"w{i}"}) for i in range(3)]
+    for worker in workers:
+        await wait_started(worker)
+
+    async def all_busy() -> bool:
+        pids = {s["pid"] for s in await read_records(redis, record)}
+        return pids == {w.pid for w in workers}
+
+    await wait_for(all_busy, within=15)
+
+    # The limited job goes to the front of the wait list, so it runs next.
+    keys = QueueKeys(prefix, "q")
+    limited = encode_job(
+        {"record": record, "once_key": f"{prefix}:once", "retry_after": retry_after},
+        job_id="limited",
+        enqueued_at=time.time() * 1000,
+    )
+    await redis.rpush(keys.wait, limited)
+    raw_until = await wait_for(lambda: redis.get(keys.paused_until), within=5, interval=0.005)
+    left_at_pause = await redis.llen(keys.wait)
+    pause_until = int(raw_until) / 1000  # Redis TIME, same clock as time.time() here
+    pause_start = pause_until - retry_after
+
+    async def limited_done() -> bool:
+        return any(d["id"] == "limited" for d in await read_records(redis, f"{record}:done"))
+
+    await wait_for(limited_done, within=30, interval=0.1)
+    await stop_all(workers)
+
+    assert left_at_pause >= 50, "the backlog must outlast the pause"
+    starts = await read_records(redis, record)
+    runs = [s for s in starts if s["id"] == "limited"]
+    assert [r.get("limited", False) for r in runs] == [True, False]
+    assert [r["attempt"] for r in runs] == [1, 1], "a rate-limit retry spends no attempt"
+    assert runs[0]["t"] <= pause_start + 0.05
+    assert runs[1]["t"] >= pause_until
+
+    # Jobs claimed just before the pause took hold may record their start a little later.
+    epsilon = 0.1
+    during = [s for s in starts if pause_start + epsilon < s["t"] < pause_until]
+    assert during == [], f"{len(during)} starts during the pause"
+    after = sorted(s["t"] for s in starts if s["t"] >= pause_until)
+    assert after, "nothing ran after the pause"
+    assert after[0] - pause_until < 1.5, "work resumed late"
+    resumed_by = {s["pid"] for s in starts if s["t"] >= pause_until}
+    assert resumed_by == {w.pid for w in workers}
+
+
+async def test_concurrency_never_exceeds_setting(
+    redis: Redis, prefix: str, make_config: Any, run_worker: Any
+) -> None:
+    record = f"{prefix}:starts"
+    producer = Producer(redis, prefix=prefix)
+    for i in range(30):
+        await producer.enqueue("q", {"record": record, "sleep": 0.2, "n": i})
+    run_worker(make_config(queue_table("q", concurrency=3)))
+
+    async def all_done() -> bool:
+        return await redis.llen(f"{record}:done") >= 30
+
+    await wait_for(all_done, within=20, interval=0.05)
+    in_flight = [s["in_flight"] for s in await read_records(redis, record)]
+    assert len(in_flight) == 30
+    assert max(in_flight) == 3

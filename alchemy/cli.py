@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from alchemy.config import DEFAULT_CONFIG_PATH, Config, load_config, mask_url
@@ -91,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     except IdentityInUseError as exc:
         print(f"alchemy: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except (redis_errors.AuthenticationError, redis_errors.AuthorizationError) as exc:
+        print(
+            f"alchemy: config error: redis.url: Redis refused the credentials: {exc}",
+            file=sys.stderr,
+        )
         return EX_CONFIG
     except AlchemyError as exc:
         print(f"alchemy: {exc}", file=sys.stderr)

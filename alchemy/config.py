@@ -219,7 +219,7 @@ def _table(raw: Mapping[str, Any], name: str, *, prefix: str = "") -> Mapping[st
 
 
 def _build_queue(name: str, table: Mapping[str, Any]) -> QueueConfig:
-    if not QUEUE_NAME_PATTERN.match(name):
+    if not QUEUE_NAME_PATTERN.fullmatch(name):
         raise ConfigError(
             f"queues.{name}", "queue names are 1-64 of a-z 0-9 _ - and start with a letter or digit"
         )
@@ -276,7 +276,7 @@ def _check_bounds(value: Any, checks: Mapping[str, Any], key: str) -> None:
         raise ConfigError(key, f"must be <= {checks['max']}, got {value!r}")
     if "choices" in checks and value not in checks["choices"]:
         raise ConfigError(key, f"must be one of {', '.join(checks['choices'])}; got {value!r}")
-    if "pattern" in checks and not re.match(checks["pattern"], value):
+    if "pattern" in checks and not re.fullmatch(checks["pattern"], value):
         raise ConfigError(key, f"{value!r} does not match {checks['pattern']}")
 
 

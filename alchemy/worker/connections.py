@@ -48,6 +48,8 @@ def blocking_client(config: RedisConfig) -> Redis:
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors that mean "Redis is unreachable or failing over": back off, retry."""
+    if isinstance(exc, redis_errors.AuthenticationError | redis_errors.AuthorizationError):
+        return False  # wrong credentials do not heal by waiting
     if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
         return True
     if isinstance(exc, redis_errors.BusyLoadingError | redis_errors.ReadOnlyError):

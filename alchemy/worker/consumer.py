@@ -204,8 +204,15 @@ class QueueConsumer:
         try:
             async with deadline:
                 await self.handler(decoded.job)
-        except asyncio.CancelledError:
-            raise  # shutdown past its grace: the job is returned unchanged
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # shutdown past its grace: the job is returned unchanged
+            # The handler raised CancelledError itself (an inner task was cancelled):
+            # that is a failed attempt like any other.
+            error = ErrorInfo("CancelledError", redact(str(exc))[:2000] or "cancelled")
+            failure = RuntimeError("handler raised CancelledError")
+            return await asyncio.shield(self._after_failure(item, decoded, meta, failure, error))
         except Exception as exc:
             if isinstance(exc, TimeoutError) and deadline.expired():
                 error = ErrorInfo(
@@ -367,6 +374,4 @@ class QueueConsumer:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self.flush_acks()
-        returned = await until_done(self.store.requeue_all, what="requeue_all")
-        await until_done(self.store.deregister, what="deregister")
-        return returned
+        return await until_done(self.store.requeue_all, what="requeue_all")

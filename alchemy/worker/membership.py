@@ -27,13 +27,19 @@ log = structlog.get_logger("alchemy.membership")
 
 
 def pid_alive(pid: int) -> bool:
+    """True for a running process; a killed process not yet reaped (a zombie) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
 
 
 class Membership:

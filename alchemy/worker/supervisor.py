@@ -8,7 +8,8 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any
 
 import structlog
 
@@ -105,11 +106,32 @@ class Supervisor:
             membership = Membership([c.store for c in consumers], cfg.worker)
             if self.handle_signals:
                 stack.enter_context(self._signal_handlers())
-            await until_done(membership.claim_identity, what="claim_identity")
-            await until_done(membership.recover_own, what="recover_own")
-            await until_done(membership.beat, what="heartbeat")
+            if not await self._unless_stopped(self._join(membership)):
+                log.info("worker_stopped", returned_to_wait=0)
+                return 0
             return await self._serve(membership, consumers)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    async def _join(membership: Membership) -> None:
+        await until_done(membership.claim_identity, what="claim_identity")
+        await until_done(membership.recover_own, what="recover_own")
+        await until_done(membership.beat, what="heartbeat")
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Run ``work`` (which may wait on Redis for long) unless a stop comes first."""
+        task = asyncio.create_task(work)
+        stop = asyncio.create_task(self.stop_requested.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
 
     async def _serve(self, membership: Membership, consumers: list[QueueConsumer]) -> int:
         background = [
@@ -140,6 +162,13 @@ class Supervisor:
                 # is returned when this identity starts again (or by another's sweep).
                 async with asyncio.timeout(grace + DRAIN_REDIS_GRACE):
                     returned = await asyncio.gather(*(c.drain(grace) for c in consumers))
+                    # Only now stop the heartbeats: leaving earlier would let a sweep take
+                    # jobs still finishing; beating after leaving would re-register us.
+                    for task in background:
+                        task.cancel()
+                    await asyncio.gather(*background, return_exceptions=True)
+                    for consumer in consumers:
+                        await until_done(consumer.store.deregister, what="deregister")
             except TimeoutError:
                 log.error("worker_stopped_unclean", reason="redis unreachable while draining")
                 return 1

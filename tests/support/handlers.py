@@ -116,3 +116,22 @@ async def rate_limited_once(job: Job) -> None:
             await record(key, job, limited=True)
         raise RateLimitedError(float(job.data["retry_after"]))
     await scripted(job)
+
+
+remembered: list[Job] = []
+
+
+async def remember(job: Job) -> None:
+    """Append the Job to ``remembered``, for tests that run the worker in their own process
+    and want to see exactly what the handler was given."""
+    remembered.append(job)
+
+
+async def raises_cancelled(job: Job) -> None:
+    """Raises CancelledError itself (as when an inner task it awaited was cancelled) on its
+    first attempt; records the attempt into ``data["record"]`` every time."""
+    await record(job.data["record"], job)
+    if job.attempt == 1:
+        inner = asyncio.ensure_future(asyncio.sleep(10))
+        inner.cancel()
+        await inner

@@ -198,3 +198,18 @@ def _raw_job(entry: dict[str, Any]) -> bytes:
     if "job_b64" in entry:
         return base64.b64decode(entry["job_b64"])
     return str(entry["job"]).encode()
+
+
+async def test_handler_raising_cancelled_error_itself_is_a_failed_attempt(
+    redis: Redis, prefix: str, make_config: Any, run_worker: Any
+) -> None:
+    config = make_config(
+        {"q": {"handler": "tests.support.handlers:raises_cancelled", "backoff_initial": 0.1}}
+    )
+    await push(redis, prefix, "q", job(prefix, "c1"))
+    run_worker(config)
+    await wait_for(lambda: _llen_is(redis, f"{prefix}:rec", 2), within=5)
+    assert [r["attempt"] for r in await records(redis, f"{prefix}:rec")] == [1, 2]
+    keys = QueueKeys(prefix, "q")
+    await wait_for(lambda: _llen_is(redis, keys.processing(config.worker.identity), 0))
+    assert await redis.llen(keys.dead) == 0

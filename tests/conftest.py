@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +96,10 @@ async def run_worker() -> AsyncIterator[Callable[[Config], Supervisor]]:
     """Start a Supervisor in this event loop; every one started is stopped at teardown."""
     running: list[tuple[Supervisor, asyncio.Task[int]]] = []
 
-    def start(config: Config, queues: list[str] | None = None) -> Supervisor:
-        supervisor = Supervisor(config, queues, handle_signals=False)
+    def start(
+        config: Config, queues: list[str] | None = None, observers: Sequence[Any] = ()
+    ) -> Supervisor:
+        supervisor = Supervisor(config, queues, handle_signals=False, observers=observers)
         task = asyncio.create_task(supervisor.run())
         supervisor.task = task  # type: ignore[attr-defined]
         running.append((supervisor, task))

@@ -38,6 +38,7 @@ from alchemy.queue.job import (
 from alchemy.queue.store import Claim, ClaimKind, QueueStore
 from alchemy.worker.connections import Backoff, is_transient, until_done
 from alchemy.worker.handlers import Handler, Unavailable
+from alchemy.worker.observer import JobEvent, Observers, Transition
 
 log = structlog.get_logger("alchemy.consumer")
 
@@ -70,8 +71,10 @@ class QueueConsumer:
         handler: Handler | Unavailable,
         block_timeout: float,
         reconcile_interval: float,
+        observers: Observers | None = None,
     ) -> None:
         self.config = config
+        self.observers = observers or Observers()
         self.store = store
         self.blocking = blocking
         self.handler = handler
@@ -134,8 +137,10 @@ class QueueConsumer:
             for item in claim.items:
                 self._start(item, picked)
         elif claim.kind is ClaimKind.THROTTLED:
+            self.observers.on_held_back(self.name, "throttled", claim.wait_ms)
             await sleep_unless(stopping, claim.wait_ms / 1000 + random.random() * 0.01)
         elif claim.kind is ClaimKind.PAUSED:
+            self.observers.on_held_back(self.name, "paused", claim.wait_ms)
             wait_ms = 1000 if claim.wait_ms < 0 else min(claim.wait_ms, 1000)
             await sleep_unless(stopping, wait_ms / 1000)
 
@@ -186,13 +191,39 @@ class QueueConsumer:
         job, meta = decoded.job, decoded.meta
         if meta.first_attempt_ms is None:
             meta = replace(meta, first_attempt_ms=int(picked_ms))
+        pickup_s = None
+        if job.enqueued_at is not None and job.attempt == 1 and job.recoveries == 0:
+            pickup_s = (picked_ms - job.enqueued_at) / 1000
+        self.observers.on_job(
+            JobEvent(
+                self.name,
+                Transition.STARTED,
+                job.id,
+                job.attempt,
+                self.store.identity,
+                pickup_s=pickup_s,
+            )
+        )
         with structlog.contextvars.bound_contextvars(
             queue=self.name, job_id=job.id, attempt=job.attempt, worker=self.store.identity
         ):
             started = time.perf_counter()
             outcome = await self._call_handler(item, decoded, meta)
-            duration_ms = round((time.perf_counter() - started) * 1000, 3)
-            self._log_finished(outcome, decoded, duration_ms, picked_ms)
+            duration = time.perf_counter() - started
+            self._log_finished(outcome, decoded, round(duration * 1000, 3), pickup_s)
+            self.observers.on_job(
+                JobEvent(
+                    self.name,
+                    Transition(outcome.name),
+                    job.id,
+                    job.attempt,
+                    self.store.identity,
+                    duration_s=duration,
+                    error=outcome.error,
+                    reason=str(outcome.reason) if outcome.reason else None,
+                    retry_in_s=outcome.retry_in_s,
+                )
+            )
 
     async def _call_handler(self, item: bytes, decoded: Decoded, meta: Meta) -> Outcome:
         if isinstance(self.handler, Unavailable):
@@ -281,6 +312,17 @@ class QueueConsumer:
         await until_done(lambda: self.store.dead_letter(item, entry), what="dead_letter")
         self._release((item,))
         if log_it:
+            self.observers.on_job(
+                JobEvent(
+                    self.name,
+                    Transition.DEAD,
+                    meta.id or None,
+                    meta.attempt,
+                    self.store.identity,
+                    error=error,
+                    reason=str(reason),
+                )
+            )
             log.warning(
                 "job_finished",
                 queue=self.name,
@@ -294,12 +336,11 @@ class QueueConsumer:
         return Outcome("dead", error=error, reason=reason)
 
     def _log_finished(
-        self, outcome: Outcome, decoded: Decoded, duration_ms: float, picked_ms: float
+        self, outcome: Outcome, decoded: Decoded, duration_ms: float, pickup_s: float | None
     ) -> None:
         fields: dict[str, object] = {"outcome": outcome.name, "duration_ms": duration_ms}
-        job = decoded.job
-        if job.enqueued_at is not None and job.attempt == 1 and job.recoveries == 0:
-            fields["pickup_ms"] = round(picked_ms - job.enqueued_at, 3)
+        if pickup_s is not None:
+            fields["pickup_ms"] = round(pickup_s * 1000, 3)
         if outcome.error is not None:
             fields["error_type"] = outcome.error.type
             fields["error_message"] = outcome.error.message

@@ -22,6 +22,7 @@ from alchemy.config import WorkerConfig
 from alchemy.errors import IdentityInUseError
 from alchemy.queue.store import QueueStore
 from alchemy.worker.connections import is_transient
+from alchemy.worker.observer import Observers
 
 log = structlog.get_logger("alchemy.membership")
 
@@ -43,8 +44,14 @@ def pid_alive(pid: int) -> bool:
 
 
 class Membership:
-    def __init__(self, stores: Sequence[QueueStore], config: WorkerConfig) -> None:
+    def __init__(
+        self,
+        stores: Sequence[QueueStore],
+        config: WorkerConfig,
+        observers: Observers | None = None,
+    ) -> None:
         self.stores = stores
+        self.observers = observers or Observers()
         self.config = config
         self.identity = config.identity
         self.host = config.host or socket.gethostname()
@@ -99,6 +106,7 @@ class Membership:
                 self.identity, max_recoveries=self.config.max_recoveries, require_dead=False
             )
             if result and any(result):
+                self.observers.on_recovered(store.queue, self.identity, *result)
                 log.warning(
                     "recovered_own_jobs",
                     queue=store.queue,
@@ -143,6 +151,7 @@ class Membership:
                     member, max_recoveries=self.config.max_recoveries, require_dead=True
                 )
                 if result is not None:
+                    self.observers.on_recovered(store.queue, member, *result)
                     log.warning(
                         "recovered_dead_worker",
                         queue=store.queue,

@@ -22,6 +22,7 @@ from alchemy.worker.connections import blocking_client, shared_client, until_don
 from alchemy.worker.consumer import QueueConsumer
 from alchemy.worker.handlers import Unavailable, load_handler
 from alchemy.worker.membership import Membership
+from alchemy.worker.observer import JobObserver, Observers
 
 log = structlog.get_logger("alchemy.supervisor")
 
@@ -49,7 +50,9 @@ class Supervisor:
         queue_names: Sequence[str] | None = None,
         *,
         handle_signals: bool = True,
+        observers: Sequence[JobObserver] = (),
     ) -> None:
+        self.observers = Observers(observers)
         self.config = config
         self.handle_signals = handle_signals
         self.queues = select_queues(config, queue_names)
@@ -101,9 +104,10 @@ class Supervisor:
                         handler=handler,
                         block_timeout=cfg.redis.block_timeout,
                         reconcile_interval=cfg.worker.reconcile_interval,
+                        observers=self.observers,
                     )
                 )
-            membership = Membership([c.store for c in consumers], cfg.worker)
+            membership = Membership([c.store for c in consumers], cfg.worker, self.observers)
             if self.handle_signals:
                 stack.enter_context(self._signal_handlers())
             if not await self._unless_stopped(self._join(membership)):

@@ -1,0 +1,77 @@
+"""Hooks for whatever watches the engine (metrics, the events stream, Python callbacks).
+
+The consumer and the membership call these synchronously at each transition; an observer
+must not block (queue the work and write it elsewhere) and must not raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+import structlog
+
+from alchemy.queue.job import ErrorInfo
+
+log = structlog.get_logger("alchemy.observer")
+
+
+class Transition(StrEnum):
+    STARTED = "started"
+    COMPLETED = "completed"
+    RETRYING = "retrying"  # failed, comes back after a backoff
+    PAUSED = "paused"  # rate limited upstream: comes back after the pause, no attempt spent
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    queue: str
+    transition: Transition
+    job_id: str | None
+    attempt: int
+    worker: str
+    duration_s: float | None = None  # finished transitions: time in the handler
+    pickup_s: float | None = None  # started: from enqueued_at to start (first attempt only)
+    error: ErrorInfo | None = None
+    reason: str | None = None  # dead: the dead-letter reason
+    retry_in_s: float | None = None
+
+
+class JobObserver(Protocol):
+    def on_job(self, event: JobEvent) -> None: ...
+
+    def on_recovered(self, queue: str, dead_worker: str, recovered: int, poisoned: int) -> None: ...
+
+    def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
+        """``why``: "throttled" (no rate-limit token) or "paused"."""
+
+
+class Observers:
+    """Fans each call out to every observer; a failing observer is logged, never fatal."""
+
+    def __init__(self, observers: Sequence[JobObserver] = ()) -> None:
+        self.observers = list(observers)
+
+    def on_job(self, event: JobEvent) -> None:
+        for observer in self.observers:
+            try:
+                observer.on_job(event)
+            except Exception as exc:
+                log.error("observer_failed", observer=type(observer).__name__, error=repr(exc))
+
+    def on_recovered(self, queue: str, dead_worker: str, recovered: int, poisoned: int) -> None:
+        for observer in self.observers:
+            try:
+                observer.on_recovered(queue, dead_worker, recovered, poisoned)
+            except Exception as exc:
+                log.error("observer_failed", observer=type(observer).__name__, error=repr(exc))
+
+    def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
+        for observer in self.observers:
+            try:
+                observer.on_held_back(queue, why, wait_ms)
+            except Exception as exc:
+                log.error("observer_failed", observer=type(observer).__name__, error=repr(exc))

@@ -97,9 +97,14 @@ async def run_worker() -> AsyncIterator[Callable[[Config], Supervisor]]:
     running: list[tuple[Supervisor, asyncio.Task[int]]] = []
 
     def start(
-        config: Config, queues: list[str] | None = None, observers: Sequence[Any] = ()
+        config: Config,
+        queues: list[str] | None = None,
+        observers: Sequence[Any] = (),
+        extensions: Sequence[Any] = (),
     ) -> Supervisor:
-        supervisor = Supervisor(config, queues, handle_signals=False, observers=observers)
+        supervisor = Supervisor(
+            config, queues, handle_signals=False, observers=observers, extensions=extensions
+        )
         task = asyncio.create_task(supervisor.run())
         supervisor.task = task  # type: ignore[attr-defined]
         running.append((supervisor, task))

@@ -9,9 +9,11 @@ import os
 import signal
 import time
 from collections.abc import Coroutine, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
+from redis.asyncio import Redis
 
 from alchemy.config import Config, QueueConfig
 from alchemy.errors import ConfigError
@@ -43,6 +45,33 @@ def rate_of(queue: QueueConfig) -> RateLimit:
     return RateLimit(queue.rate_limit, queue.rate_period, queue.burst)
 
 
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What an extension may look at while the worker runs."""
+
+    config: Config
+    redis: Redis
+    identity: str
+    consumers: Sequence[QueueConsumer]
+    stop_requested: asyncio.Event
+
+    def in_flight(self) -> int:
+        return sum(c.in_flight for c in self.consumers)
+
+
+class Extension(Protocol):
+    """Something that lives beside the consumers: an HTTP listener, systemd notification.
+
+    ``start`` runs once the consumers run (a failure there stops the worker); ``stopping``
+    when a stop begins, before running jobs drain; ``close`` at the very end."""
+
+    async def start(self, running: Running) -> None: ...
+
+    async def stopping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Supervisor:
     def __init__(
         self,
@@ -51,7 +80,9 @@ class Supervisor:
         *,
         handle_signals: bool = True,
         observers: Sequence[JobObserver] = (),
+        extensions: Sequence[Extension] = (),
     ) -> None:
+        self.extensions = list(extensions)
         self.observers = Observers(observers)
         self.config = config
         self.handle_signals = handle_signals
@@ -113,7 +144,10 @@ class Supervisor:
             if not await self._unless_stopped(self._join(membership)):
                 log.info("worker_stopped", returned_to_wait=0)
                 return 0
-            return await self._serve(membership, consumers)
+            for extension in reversed(self.extensions):
+                stack.push_async_callback(extension.close)
+            running = Running(cfg, redis, identity, consumers, self.stop_requested)
+            return await self._serve(membership, consumers, running)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
@@ -137,7 +171,9 @@ class Supervisor:
         await asyncio.gather(task, return_exceptions=True)
         return False
 
-    async def _serve(self, membership: Membership, consumers: list[QueueConsumer]) -> int:
+    async def _serve(
+        self, membership: Membership, consumers: list[QueueConsumer], running: Running
+    ) -> int:
         background = [
             asyncio.create_task(membership.heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(membership.recovery_loop(), name="recovery"),
@@ -153,8 +189,12 @@ class Supervisor:
             queues=[c.name for c in consumers],
         )
         try:
+            for extension in self.extensions:
+                await extension.start(running)
             await self.stop_requested.wait()
             stopped_at = time.monotonic()
+            for extension in self.extensions:
+                await extension.stopping()
             for consumer in consumers:
                 consumer.request_stop()
             await asyncio.gather(*fetchers, return_exceptions=True)

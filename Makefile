@@ -19,7 +19,7 @@ IS_PY311 := -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
 .PHONY: help venv services run test lint bench clean
 
 help:
-	@echo "make run      set up .venv, make sure Redis + Postgres answer, run python -m alchemy \$$ARGS"
+	@echo "make run      set up .venv, make sure Redis + Postgres answer, migrate, run python -m alchemy \$$ARGS"
 	@echo "make test     same setup, then the whole test suite (pass PYTEST_ARGS=...)"
 	@echo "make lint     ruff check, ruff format --check, mypy"
 	@echo "make bench    same setup, then python -m bench (pass BENCH_ARGS=...)"
@@ -52,7 +52,9 @@ $(VENV)/.installed: pyproject.toml
 services: venv
 	$(VENV_PY) scripts/ensure_services.py
 
+# Applies pending database migrations first (docs/schema.md), then runs the command.
 run: venv services
+	$(VENV_PY) -m alchemy migrate
 	$(VENV_PY) -m alchemy $(ARGS)
 
 test: venv services

@@ -17,15 +17,25 @@ from redis.asyncio import Redis
 from alchemy.config import DEFAULT_CONFIG_PATH, Config, load_config, mask_url
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
 from alchemy.logs import configure_logging, register_secrets
+from alchemy.ops.systemd import SystemdNotifier
 from alchemy.queue.admin import QueueAdmin
 from alchemy.queue.producer import Producer
 from alchemy.worker.connections import shared_client
 from alchemy.worker.handlers import Unavailable, load_handler
-from alchemy.worker.supervisor import Supervisor
+from alchemy.worker.supervisor import Extension, Supervisor
 
 EX_CONFIG: Final = 78
 EX_UNAVAILABLE: Final = 69
-COMMANDS: Final = ("run", "status", "dead", "enqueue", "pause", "resume", "check-config")
+COMMANDS: Final = (
+    "run",
+    "status",
+    "dead",
+    "enqueue",
+    "pause",
+    "resume",
+    "check-config",
+    "migrate",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("queue")
 
     sub.add_parser("check-config", parents=[common], help="validate and print the config")
+    sub.add_parser(
+        "migrate", parents=[common], help="apply pending database migrations (docs/schema.md)"
+    )
     return parser
 
 
@@ -123,7 +136,9 @@ def _secret_values(config: Config) -> list[str]:
 def _run(config: Config, args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format)
     names = [n.strip() for n in args.queues.split(",") if n.strip()] if args.queues else None
-    supervisor = Supervisor(config, names)
+    extensions: list[Extension] = []
+    extensions.append(SystemdNotifier.from_environ(os.environ))  # sd_notify; no-op outside systemd
+    supervisor = Supervisor(config, names, extensions=extensions)
     return asyncio.run(supervisor.run())
 
 
@@ -270,6 +285,8 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
     for name in ("anthropic_api_key", "openai_api_key"):
         secret = getattr(config.providers, name)
         print(f"providers.{name} = {'***' if secret else '(not set)'}")
+    print(f"providers.text_provider = {config.providers.text_provider}")
+    print(f"providers.image_provider = {config.providers.image_provider}")
     problems = 0
     for queue in config.queues:
         handler = load_handler(queue.handler)
@@ -282,6 +299,24 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
             f" ({state})"
         )
     return 0 if not problems else 1
+
+
+def _migrate(config: Config, args: argparse.Namespace) -> int:
+    from alchemy.db import is_transient_db_error
+    from alchemy.db.migrate import migrate_url
+
+    configure_logging(config.log.level, config.log.format)
+    url = config.database.url.reveal()
+    try:
+        report = asyncio.run(migrate_url(url))
+    except Exception as exc:
+        if not is_transient_db_error(exc):
+            raise
+        print(f"alchemy: database unreachable at {mask_url(url)}: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in report.applied) or "none"
+    print(f"schema version {report.current_version}; applied now: {names}")
+    return 0
 
 
 def _known_queue(config: Config, name: str) -> None:
@@ -297,4 +332,5 @@ COMMAND_TABLE: Final[dict[str, Callable[[Config, argparse.Namespace], int]]] = {
     "pause": _pause_resume,
     "resume": _pause_resume,
     "check-config": _check_config,
+    "migrate": _migrate,
 }

@@ -88,6 +88,8 @@ class DatabaseConfig:
     url: Secret = _spec(
         Secret("postgresql://postgres@127.0.0.1:5432/postgres"), url=("postgresql", "postgres")
     )
+    pool_size: int = _spec(10, min=1, max=1000)
+    migrate_on_start: bool = _spec(False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +114,39 @@ class LogConfig:
     format: str = _spec("auto", choices=("auto", "json", "console"))
 
 
+_BASE_URL: Final = r"^(https?://\S+)?$"
+
+
 @dataclass(frozen=True, slots=True)
 class ProvidersConfig:
     anthropic_api_key: Secret = _spec(Secret(""))
     openai_api_key: Secret = _spec(Secret(""))
+    text_provider: str = _spec("offline", choices=("offline", "anthropic", "openai"))
+    image_provider: str = _spec("offline", choices=("offline", "openai"))
+    anthropic_model: str = _spec("claude-sonnet-5-5", pattern=r"^\S{1,128}$")
+    anthropic_base_url: str = _spec("", pattern=_BASE_URL)
+    openai_model: str = _spec("gpt-5.5", pattern=r"^\S{1,128}$")
+    openai_base_url: str = _spec("", pattern=_BASE_URL)
+    max_tokens: int = _spec(4096, min=256, max=128_000)
+    timeout: float = _spec(120.0, min=0.1, max=3600.0)
+    max_retries: int = _spec(0, min=0, max=3)
+    strict_responses: bool = _spec(False)
+    image_model: str = _spec("gpt-image-1.5", pattern=r"^\S{1,128}$")
+    image_size: str = _spec("1024x1024", pattern=r"^(auto|\d{2,5}x\d{2,5})$")
+    image_quality: str = _spec("", pattern=r"^[a-z]{0,16}$")
+    image_style: str = _spec("", choices=("", "vivid", "natural"))
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    directory: str = _spec(".local/media", pattern=r"^\S.{0,4095}$")
+    allowed_hosts: tuple[str, ...] = _spec(
+        ("oaidalleapiprodscus.blob.core.windows.net",),
+        item_pattern=r"^(https?://)?[A-Za-z0-9.-]{1,253}(:\d{1,5})?$",
+    )
+    max_download_bytes: int = _spec(20 * 1_048_576, min=1024, max=1024 * 1_048_576)
+    download_timeout: float = _spec(30.0, min=0.1, max=600.0)
+    thumbnail_size: int = _spec(256, min=16, max=4096)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +179,7 @@ class Config:
     worker: WorkerConfig
     log: LogConfig
     providers: ProvidersConfig
+    media: MediaConfig
     queues: tuple[QueueConfig, ...]
     source: str = "<defaults>"
 
@@ -164,6 +196,7 @@ _SECTIONS: Final[Mapping[str, type]] = {
     "worker": WorkerConfig,
     "log": LogConfig,
     "providers": ProvidersConfig,
+    "media": MediaConfig,
 }
 
 
@@ -238,7 +271,8 @@ def _build(cls: type, table: Mapping[str, Any], path: str, fixed: Mapping[str, A
     values: dict[str, Any] = dict(fixed)
     for name, spec in fields.items():
         if name in table:
-            values[name] = _coerce(table[name], hints[name], spec.metadata, f"{path}.{name}")
+            coerce = _coerce_strings if hints[name] == tuple[str, ...] else _coerce
+            values[name] = coerce(table[name], hints[name], spec.metadata, f"{path}.{name}")
     return cls(**values)
 
 
@@ -269,6 +303,14 @@ def _coerce(value: Any, kind: Any, checks: Mapping[str, Any], key: str) -> Any:
     return value
 
 
+def _coerce_strings(value: Any, _: Any, checks: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(key, f"must be a list of strings, got {value!r}")
+    for item in value:
+        _check_bounds(item, {"pattern": checks["item_pattern"]}, key)
+    return tuple(value)
+
+
 def _check_bounds(value: Any, checks: Mapping[str, Any], key: str) -> None:
     if "min" in checks and value < checks["min"]:
         raise ConfigError(key, f"must be >= {checks['min']}, got {value!r}")
@@ -292,3 +334,34 @@ def _check_relations(config: Config) -> None:
             raise ConfigError(f"{path}.backoff_max", "must be >= backoff_initial")
         if queue.rate_limit == 0 and queue.rate_burst:
             raise ConfigError(f"{path}.rate_burst", "needs rate_limit > 0")
+    _check_providers(config.providers)
+
+
+def _check_providers(providers: ProvidersConfig) -> None:
+    """A real provider needs its key: an offline draft is never chosen silently."""
+    from alchemy.providers.image_models import image_option_problem
+
+    needs = {
+        "anthropic_api_key": ("ANTHROPIC_API_KEY", [("text_provider", "anthropic")]),
+        "openai_api_key": (
+            "OPENAI_API_KEY",
+            [("text_provider", "openai"), ("image_provider", "openai")],
+        ),
+    }
+    for key, (variable, users) in needs.items():
+        for setting, value in users:
+            if getattr(providers, setting) == value and not getattr(providers, key):
+                raise ConfigError(
+                    f"providers.{key}",
+                    f"must be set (env {variable}) because providers.{setting} = {value!r}",
+                )
+    base = providers.anthropic_base_url.rstrip("/")
+    if base and base.endswith("/v1"):
+        raise ConfigError("providers.anthropic_base_url", "leave /v1 off: the SDK adds it")
+    base = providers.openai_base_url.rstrip("/")
+    if base and not base.endswith("/v1"):
+        raise ConfigError("providers.openai_base_url", "must end in /v1 (the SDK does not add it)")
+    for option in ("image_size", "image_quality", "image_style"):
+        problem = image_option_problem(providers.image_model, option, getattr(providers, option))
+        if problem:
+            raise ConfigError(f"providers.{option}", problem)

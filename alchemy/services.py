@@ -1,5 +1,5 @@
 """What handlers share inside one worker process: the configuration, Redis, a producer for
-follow-up jobs, and (opened on first use) one asyncpg pool.
+follow-up jobs, and (opened on first use) one asyncpg pool and the AI provider clients.
 
 The supervisor opens the services once and makes them current for every job task it starts;
 a handler reads them with :func:`current_services`. Tests open their own with
@@ -17,6 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from alchemy.config import Config
+from alchemy.providers.registry import Providers
 from alchemy.queue.producer import Producer
 
 _current: ContextVar[Services] = ContextVar("alchemy_services")
@@ -27,6 +28,7 @@ class Services:
         self.config = config
         self.redis = redis
         self.producer = Producer(redis, prefix=config.redis.prefix)
+        self.providers = Providers(config.providers, config.media)
         self._db: Any = None
         self._db_lock = asyncio.Lock()
         self._closers: list[Any] = []
@@ -38,10 +40,18 @@ class Services:
                 if self._db is None:
                     import asyncpg
 
-                    self._db = await asyncpg.create_pool(self.config.database.url.reveal())
+                    from alchemy.db import init_connection
+
+                    self._db = await asyncpg.create_pool(
+                        self.config.database.url.reveal(),
+                        min_size=1,
+                        max_size=self.config.database.pool_size,
+                        init=init_connection,
+                    )
         return self._db
 
     async def aclose(self) -> None:
+        await self.providers.aclose()
         if self._db is not None:
             await self._db.close()
             self._db = None

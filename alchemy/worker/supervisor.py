@@ -109,6 +109,13 @@ class Supervisor:
             raise ConfigError("queues", "no enabled queue to run")
         cfg = self.config
         identity = cfg.worker.identity
+        if cfg.database.migrate_on_start:
+            from alchemy.db.migrate import migrate_at_startup
+
+            report = await migrate_at_startup(cfg.database.url.reveal())
+            log.info(
+                "migrations_checked", applied=len(report.applied), version=report.current_version
+            )
         async with contextlib.AsyncExitStack() as stack:
             redis = shared_client(cfg.redis)
             stack.push_async_callback(redis.aclose)

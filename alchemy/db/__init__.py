@@ -1,0 +1,54 @@
+"""PostgreSQL: the schema migrations (:mod:`alchemy.db.migrate`) and how database failures
+become job errors.
+
+The process's asyncpg pool is :meth:`alchemy.services.Services.db`. Every statement is
+parametrized (``$1``, ``$2``...); no SQL is built from strings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+
+import asyncpg
+
+from alchemy.errors import RetryableError
+
+# Failures that pass when the server is back: lost or refused connections (08xxx), an
+# operator or crash shutdown (57xxx), too many connections (53300), serialization failures
+# and deadlocks (40xxx), a closed connection and plain socket errors or connect timeouts.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_DB_ERRORS)
+
+
+@contextlib.contextmanager
+def db_unavailable_is_retryable() -> Iterator[None]:
+    """Turn a transient database failure into a :class:`RetryableError` (queue backoff)."""
+    try:
+        yield
+    except TRANSIENT_DB_ERRORS as exc:
+        raise RetryableError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Every pooled connection reads and writes ``json``/``jsonb`` as Python objects."""
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, encoder=_dumps, decoder=json.loads, schema="pg_catalog", format="text"
+        )
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,219 @@
+"""research: research an idea and score it.
+
+Job data (docs/schema.md, "Job data")::
+
+    {"idea_id": "<uuid>",                              required
+     "type": "keywords|competitors|trends|full",       required (full = all three, one call)
+     "provider": "anthropic|openai|offline", "model": "..."}   optional overrides
+
+The result is merged into ``ideas.research`` section by section (a later ``trends`` run
+keeps the ``keywords`` section), the scores are recomputed from the merged research
+(:mod:`alchemy.content.research_scores`), and the run itself is kept in ``research_runs``
+keyed by the job id, which is what makes a retried job finish without a second call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import asyncpg
+import structlog
+
+from alchemy.content.prompts import Brand, Idea, research_prompt
+from alchemy.content.research_scores import ResearchScores, research_scores
+from alchemy.content.schemas import RESEARCH_MODELS
+from alchemy.errors import PermanentError
+from alchemy.handlers.common import (
+    best_effort,
+    database_errors_retry,
+    is_last_attempt,
+    row_error,
+    str_field,
+    uuid_field,
+)
+from alchemy.providers.base import TEXT_PROVIDERS, TextRequest
+from alchemy.providers.registry import choose_text
+from alchemy.providers.structured import Structured, generate_structured
+from alchemy.queue.job import Job
+from alchemy.services import Services, current_services
+
+log = structlog.get_logger("alchemy.handlers.research")
+
+TYPES: Final = ("keywords", "competitors", "trends", "full")
+SECTIONS: Final = {
+    "keywords": ("keywords",),
+    "competitors": ("competitors", "saturation"),
+    "trends": ("trends",),
+}
+
+LOAD_IDEA = """
+SELECT i.id, i.title, i.description, i.keywords, i.research,
+       b.name, b.voice, b.tone, b.audience, b.guidelines, b.banned_phrases,
+       b.default_provider, b.default_model
+FROM ideas i JOIN brands b ON b.id = i.brand_id
+WHERE i.id = $1
+"""
+MARK_RESEARCHING = (
+    "UPDATE ideas SET status = 'researching', error = NULL, error_detail = NULL,"
+    " updated_at = now() WHERE id = $1"
+)
+MARK_FAILED = (
+    "UPDATE ideas SET status = 'failed', error = $2, error_detail = $3, updated_at = now()"
+    " WHERE id = $1"
+)
+INSERT_RUN = """
+INSERT INTO research_runs (idea_id, research_type, result, scores, provider, model,
+                           input_tokens, output_tokens, job_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (job_id) DO NOTHING
+RETURNING id
+"""
+UPDATE_IDEA = """
+UPDATE ideas
+SET research = $2, virality_score = $3, relevance_score = $4, competition_score = $5,
+    researched_at = now(), status = 'researched', error = NULL, error_detail = NULL,
+    updated_at = now()
+WHERE id = $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ResearchJob:
+    idea_id: uuid.UUID
+    type: str
+    provider: str | None
+    model: str | None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> ResearchJob:
+        idea_id = uuid_field(data, "idea_id")
+        research_type = str_field(data, "type", TYPES)
+        if idea_id is None or research_type is None:
+            raise PermanentError(f"job data needs 'type': one of {', '.join(TYPES)}")
+        return cls(
+            idea_id,
+            research_type,
+            str_field(data, "provider", TEXT_PROVIDERS),
+            str_field(data, "model"),
+        )
+
+
+async def handle(job: Job) -> None:
+    services = current_services()
+    request = ResearchJob.parse(job.data)
+    try:
+        async with database_errors_retry():
+            await run_research(job, request, services)
+    except Exception as exc:
+        if is_last_attempt(job, exc, services.config):
+            message, detail = row_error(exc)
+
+            async def mark_failed() -> None:
+                pool = await services.db()
+                await pool.execute(MARK_FAILED, request.idea_id, message, detail)
+
+            await best_effort("mark_idea_failed", mark_failed)
+        raise
+
+
+async def run_research(job: Job, request: ResearchJob, services: Services) -> None:
+    pool = await services.db()
+    if await pool.fetchval("SELECT 1 FROM research_runs WHERE job_id = $1", job.id):
+        log.info("research_already_saved", idea_id=str(request.idea_id))
+        return
+    row = await pool.fetchrow(LOAD_IDEA, request.idea_id)
+    if row is None:
+        raise PermanentError(f"idea {request.idea_id} not found")
+    await pool.execute(MARK_RESEARCHING, request.idea_id)
+    choice = choose_text(
+        [
+            ("job", {"provider": request.provider, "model": request.model}),
+            ("brand", {"provider": row["default_provider"], "model": row["default_model"]}),
+        ],
+        services.config.providers,
+    )
+    brand = Brand(
+        row["name"],
+        row["voice"],
+        row["tone"],
+        row["audience"],
+        row["guidelines"],
+        tuple(row["banned_phrases"] or ()),
+    )
+    idea = Idea(row["title"], row["description"], tuple(row["keywords"] or ()))
+    system, prompt = research_prompt(brand, idea, request.type)
+    text_request = TextRequest(
+        system, prompt, RESEARCH_MODELS[request.type], choice.model, subject=idea.title
+    )
+    result = await generate_structured(services.providers.text(choice.provider), text_request)
+    scores = await save(pool, job, request, result, idea.keywords)
+    log.info("research_saved", idea_id=str(request.idea_id), **scores.to_json())
+
+
+def sections_of(research_type: str, value: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The research JSON sections a reply fills (``full`` fills all three)."""
+    names = list(SECTIONS) if research_type == "full" else [research_type]
+    return {name: {key: value[key] for key in SECTIONS[name]} for name in names}
+
+
+def merge_research(
+    current: Mapping[str, Any],
+    research_type: str,
+    value: Mapping[str, Any],
+    stamp: Mapping[str, Any],
+) -> dict[str, Any]:
+    merged = dict(current)
+    for name, data in sections_of(research_type, value).items():
+        merged[name] = {"data": data, **stamp}
+    return merged
+
+
+async def save(
+    pool: asyncpg.Pool,
+    job: Job,
+    request: ResearchJob,
+    result: Structured[Any],
+    idea_keywords: tuple[str, ...],
+) -> ResearchScores:
+    value = result.value.model_dump()
+    stamp = {
+        "researched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "provider": result.provider,
+        "model": result.model,
+        "job_id": job.id,
+    }
+    async with pool.acquire() as conn, conn.transaction():
+        current = await conn.fetchval(
+            "SELECT research FROM ideas WHERE id = $1 FOR UPDATE", request.idea_id
+        )
+        if current is None:
+            raise PermanentError(f"idea {request.idea_id} was deleted")
+        merged = merge_research(current, request.type, value, stamp)
+        scores = research_scores(merged, idea_keywords)
+        inserted = await conn.fetchval(
+            INSERT_RUN,
+            request.idea_id,
+            request.type,
+            value,
+            scores.to_json(),
+            result.provider,
+            result.model,
+            result.usage.input_tokens,
+            result.usage.output_tokens,
+            job.id,
+        )
+        if inserted is None:  # a concurrent run of this job saved first
+            return scores
+        await conn.execute(
+            UPDATE_IDEA,
+            request.idea_id,
+            merged,
+            scores.virality,
+            scores.relevance,
+            scores.competition,
+        )
+    return scores

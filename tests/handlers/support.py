@@ -1,0 +1,116 @@
+"""Rows created and jobs pushed the way the API does it, and reading the outcome."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+
+from alchemy.queue.keys import QueueKeys
+from tests.conftest import wait_for
+
+CONTENT_REPLY = {
+    "title": "Heat pumps keep working at -20 °C",
+    "body": (
+        "Cold climate heat pumps now keep homes warm when it is freezing outside. "
+        "They move heat instead of making it, so your bills drop. "
+        "Our installers have fitted hundreds in the north. Ask us how a heat pump fits your home."
+    ),
+    "hashtags": ["#HeatPumps", "energy", "  "],
+    "call_to_action": "Book a free home check today.",
+    "hook": "Still think heat pumps quit in the cold?",
+    "image_prompt": "A snowy house with a heat pump outside, warm light in the windows",
+}
+
+
+async def create_brand(db: asyncpg.Pool, **fields: Any) -> uuid.UUID:
+    values = {
+        "name": "Northwind Heating",
+        "voice": "plain-spoken expert",
+        "tone": "warm",
+        "audience": "homeowners in cold regions",
+        "guidelines": "Use metric units.",
+        "banned_phrases": ["game changer"],
+        "default_provider": None,
+        "default_model": None,
+        **fields,
+    }
+    brand_id: uuid.UUID = await db.fetchval(
+        "INSERT INTO brands (name, voice, tone, audience, guidelines, banned_phrases,"
+        " default_provider, default_model) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        *values.values(),
+    )
+    return brand_id
+
+
+async def create_idea(db: asyncpg.Pool, brand_id: uuid.UUID, **fields: Any) -> uuid.UUID:
+    values = {
+        "title": "Heat pumps in cold climates",
+        "description": "Why modern heat pumps work in harsh winters",
+        "keywords": ["heat pumps", "energy"],
+        **fields,
+    }
+    idea_id: uuid.UUID = await db.fetchval(
+        "INSERT INTO ideas (brand_id, title, description, keywords) VALUES ($1, $2, $3, $4)"
+        " RETURNING id",
+        brand_id,
+        *values.values(),
+    )
+    return idea_id
+
+
+async def create_request(
+    db: asyncpg.Pool,
+    brand_id: uuid.UUID,
+    idea_id: uuid.UUID | None,
+    platform: str = "linkedin",
+    **fields: Any,
+) -> uuid.UUID:
+    row_id: uuid.UUID = await db.fetchval(
+        "INSERT INTO content_queue (brand_id, idea_id, platform, provider, model, options)"
+        " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        brand_id,
+        idea_id,
+        platform,
+        fields.get("provider"),
+        fields.get("model"),
+        fields.get("options", {}),
+    )
+    return row_id
+
+
+async def push(redis: Redis, prefix: str, queue: str, job_id: str, **data: Any) -> None:
+    """LPUSH a job exactly as docs/protocol.md tells producers to."""
+    await redis.lpush(QueueKeys(prefix, queue).wait, json.dumps({"id": job_id, **data}))
+
+
+async def wait_status(
+    db: asyncpg.Pool, table: str, row_id: Any, statuses: tuple[str, ...], within: float = 15
+) -> asyncpg.Record:
+    query = {
+        "content_queue": "SELECT * FROM content_queue WHERE id = $1",
+        "ideas": "SELECT * FROM ideas WHERE id = $1",
+        "media": "SELECT * FROM media WHERE job_id = $1",
+    }[table]
+
+    async def done() -> asyncpg.Record | None:
+        row = await db.fetchrow(query, row_id)
+        return row if row is not None and row["status"] in statuses else None
+
+    row: asyncpg.Record = await wait_for(done, within=within, interval=0.05)
+    return row
+
+
+async def dead_entries(redis: Redis, prefix: str, queue: str) -> list[dict[str, Any]]:
+    return [json.loads(e) for e in await redis.lrange(QueueKeys(prefix, queue).dead, 0, -1)]
+
+
+async def wait_dead(redis: Redis, prefix: str, queue: str, count: int = 1) -> list[dict[str, Any]]:
+    async def enough() -> bool:
+        return int(await redis.llen(QueueKeys(prefix, queue).dead)) >= count
+
+    await wait_for(enough, within=15)
+    return await dead_entries(redis, prefix, queue)

@@ -17,12 +17,11 @@ from redis.asyncio import Redis
 from alchemy.config import DEFAULT_CONFIG_PATH, Config, load_config, mask_url
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
 from alchemy.logs import configure_logging, register_secrets
-from alchemy.ops.systemd import SystemdNotifier
 from alchemy.queue.admin import QueueAdmin
 from alchemy.queue.producer import Producer
 from alchemy.worker.connections import shared_client
 from alchemy.worker.handlers import Unavailable, load_handler
-from alchemy.worker.supervisor import Extension, Supervisor
+from alchemy.worker.supervisor import Supervisor
 
 EX_CONFIG: Final = 78
 EX_UNAVAILABLE: Final = 69
@@ -136,9 +135,7 @@ def _secret_values(config: Config) -> list[str]:
 def _run(config: Config, args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format)
     names = [n.strip() for n in args.queues.split(",") if n.strip()] if args.queues else None
-    extensions: list[Extension] = []
-    extensions.append(SystemdNotifier.from_environ(os.environ))  # sd_notify; no-op outside systemd
-    supervisor = Supervisor(config, names, extensions=extensions)
+    supervisor = Supervisor(config, names)
     return asyncio.run(supervisor.run())
 
 

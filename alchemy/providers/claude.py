@@ -1,0 +1,62 @@
+"""Claude through ``anthropic.AsyncAnthropic``: one Messages API call per request, the
+reply constrained by ``output_config.format`` (a JSON schema)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anthropic
+
+from alchemy.providers.base import (
+    OutputInvalidError,
+    ProviderRefusedError,
+    TextRequest,
+    TextResult,
+    Usage,
+)
+from alchemy.providers.errors import map_provider_error
+from alchemy.providers.structured import repair_prompt, strict_schema
+
+
+class ClaudeText:
+    name = "anthropic"
+
+    def __init__(
+        self, client: anthropic.AsyncAnthropic, *, max_tokens: int, secrets: Sequence[str] = ()
+    ) -> None:
+        self.client = client
+        self.max_tokens = max_tokens
+        self._secrets = tuple(secrets)
+
+    async def generate(self, request: TextRequest) -> TextResult:
+        messages: list[Any] = [{"role": "user", "content": request.prompt}]
+        if request.repair is not None:
+            messages.append({"role": "assistant", "content": request.repair.previous_text})
+            messages.append({"role": "user", "content": repair_prompt(request.repair)})
+        try:
+            reply = await self.client.messages.create(
+                model=request.model,
+                max_tokens=request.max_tokens or self.max_tokens,
+                system=request.system,
+                messages=messages,
+                output_config={
+                    "format": {"type": "json_schema", "schema": strict_schema(request.output)}
+                },
+            )
+        except anthropic.AnthropicError as exc:
+            raise map_provider_error(self.name, exc, self._secrets) from exc
+        text = "".join(block.text for block in reply.content if block.type == "text")
+        stop = reply.stop_reason or ""
+        if stop == "refusal":
+            details = getattr(reply, "stop_details", None)
+            why = getattr(details, "explanation", None) or text or "no explanation given"
+            raise ProviderRefusedError(f"anthropic {reply.model} refused: {why}"[:500])
+        if stop == "max_tokens":
+            raise OutputInvalidError(
+                f"anthropic {reply.model}: the reply was cut off at max_tokens"
+                f" ({request.max_tokens or self.max_tokens}); raise providers.max_tokens",
+                raw_text=text,
+            )
+        usage = Usage(reply.usage.input_tokens, reply.usage.output_tokens)
+        return TextResult(text, self.name, reply.model, usage, stop)

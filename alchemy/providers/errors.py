@@ -1,0 +1,137 @@
+"""SDK exceptions mapped into the engine's error tree.
+
+    what the SDK raised                                   job error
+    429 rate limit (not insufficient_quota)               RateLimitedError(retry-after)
+    408 / 409 / 5xx / 529 overloaded                      RetryableError (delay = retry-after)
+    timeout, connection refused/reset, garbled body       RetryableError
+    400 content_policy_violation / moderation_blocked     ContentPolicyError (permanent)
+    400 / 401 / 402 / 403 / 404 / 413 / 422, quota        PermanentError
+    reply that fails the SDK's schema (strict mode)       PermanentError
+
+Messages are short and readable ("anthropic 401 authentication_error: invalid x-api-key"),
+are saved on the job's row, and never carry an API key: every key the process knows is
+replaced by ``***`` first.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import anthropic
+import openai
+
+from alchemy.errors import JobError, PermanentError, RateLimitedError, RetryableError
+from alchemy.providers.base import ContentPolicyError
+
+DEFAULT_RETRY_AFTER: Final = 30.0  # seconds, when a 429 names no retry-after
+MAX_RETRY_AFTER: Final = 3600.0
+MAX_MESSAGE: Final = 500
+POLICY_CODES: Final = frozenset(
+    {"content_policy_violation", "moderation_blocked", "content_filter"}
+)
+RETRYABLE_STATUS: Final = frozenset({408, 409})
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
+    """``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date), capped at an hour."""
+    if not headers:
+        return None
+    value = _number(headers.get("retry-after-ms"), scale=0.001)
+    if value is None:
+        raw = headers.get("retry-after")
+        value = _number(raw)
+        if value is None and raw:
+            value = _seconds_until(raw)
+    if value is None:
+        return None
+    return min(max(value, 0.0), MAX_RETRY_AFTER)
+
+
+def _number(raw: str | None, scale: float = 1.0) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw) * scale
+    except ValueError:
+        return None
+    return value if value == value else None  # NaN is no number
+
+
+def _seconds_until(http_date: str) -> float | None:
+    try:
+        when = email.utils.parsedate_to_datetime(http_date)
+    except (TypeError, ValueError):
+        return None
+    return when.timestamp() - time.time()
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def map_provider_error(provider: str, exc: Exception, secrets: Iterable[str] = ()) -> JobError:
+    """The job error for an exception raised by the anthropic or openai SDK."""
+    mapped = _map(provider, exc)
+    message = scrub(str(mapped), list(secrets))[:MAX_MESSAGE]
+    if isinstance(mapped, RateLimitedError):
+        return RateLimitedError(mapped.retry_after, message)
+    if isinstance(mapped, RetryableError):
+        return RetryableError(message, delay=mapped.delay)
+    return type(mapped)(message)
+
+
+def _map(provider: str, exc: Exception) -> JobError:
+    if isinstance(exc, anthropic.APIStatusError | openai.APIStatusError):
+        return _map_status(provider, exc)
+    if isinstance(exc, anthropic.APITimeoutError | openai.APITimeoutError):
+        return RetryableError(f"{provider}: request timed out")
+    if isinstance(exc, anthropic.APIConnectionError | openai.APIConnectionError):
+        return RetryableError(f"{provider}: connection failed: {exc}")
+    if isinstance(exc, anthropic.APIResponseValidationError | openai.APIResponseValidationError):
+        return PermanentError(
+            f"{provider}: the reply did not match the SDK's schema (API/SDK drift?): {exc}"
+        )
+    if isinstance(exc, json.JSONDecodeError):
+        return RetryableError(f"{provider}: the reply was not valid JSON: {exc}")
+    return PermanentError(f"{provider}: {type(exc).__name__}: {exc}")
+
+
+def _map_status(provider: str, exc: Any) -> JobError:
+    status: int = exc.status_code
+    kind, code, detail = _error_fields(exc)
+    label = " ".join(part for part in (f"{provider} {status}", kind or code) if part)
+    text = f"{label}: {detail}" if detail else label
+    headers = exc.response.headers if exc.response is not None else None
+    if status == 429 and "insufficient_quota" not in (kind, code):
+        delay = retry_after_seconds(headers)
+        return RateLimitedError(DEFAULT_RETRY_AFTER if delay is None else delay, text)
+    if status >= 500 or status in RETRYABLE_STATUS:
+        return RetryableError(text, delay=retry_after_seconds(headers))
+    if code in POLICY_CODES or kind in POLICY_CODES:
+        return ContentPolicyError(f"refused by the content policy: {text}")
+    return PermanentError(text)
+
+
+def _error_fields(exc: Any) -> tuple[str | None, str | None, str]:
+    """(error type, error code, human message) from either SDK's error body."""
+    body = exc.body
+    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        body = body["error"]  # Anthropic keeps the whole body; OpenAI the inner object
+    if not isinstance(body, Mapping):
+        raw = body if isinstance(body, str) else ""
+        return None, None, raw.strip()[:MAX_MESSAGE]
+    kind = body.get("type")
+    code = body.get("code") or getattr(exc, "error_code", None)
+    message = body.get("message")
+    return (
+        kind if isinstance(kind, str) else None,
+        code if isinstance(code, str) else None,
+        message if isinstance(message, str) else "",
+    )

@@ -1,0 +1,75 @@
+"""GPT through ``openai.AsyncOpenAI``: one Chat Completions call per request, the reply
+constrained by a strict ``json_schema`` response format."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import openai
+
+from alchemy.providers.base import (
+    ContentPolicyError,
+    OutputInvalidError,
+    ProviderRefusedError,
+    TextRequest,
+    TextResult,
+    Usage,
+)
+from alchemy.providers.errors import map_provider_error
+from alchemy.providers.structured import repair_prompt, strict_schema
+
+
+class GptText:
+    name = "openai"
+
+    def __init__(
+        self, client: openai.AsyncOpenAI, *, max_tokens: int, secrets: Sequence[str] = ()
+    ) -> None:
+        self.client = client
+        self.max_tokens = max_tokens
+        self._secrets = tuple(secrets)
+
+    async def generate(self, request: TextRequest) -> TextResult:
+        messages: list[Any] = [
+            {"role": "system", "content": request.system},
+            {"role": "user", "content": request.prompt},
+        ]
+        if request.repair is not None:
+            messages.append({"role": "assistant", "content": request.repair.previous_text})
+            messages.append({"role": "user", "content": repair_prompt(request.repair)})
+        schema_name = request.output.__name__.lower()
+        try:
+            reply = await self.client.chat.completions.create(
+                model=request.model,
+                messages=messages,
+                max_completion_tokens=request.max_tokens or self.max_tokens,
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": schema_name,
+                        "schema": strict_schema(request.output),
+                        "strict": True,
+                    },
+                },
+            )
+        except openai.OpenAIError as exc:
+            raise map_provider_error(self.name, exc, self._secrets) from exc
+        if not reply.choices:
+            raise OutputInvalidError(f"openai {reply.model}: the reply had no choices", raw_text="")
+        choice = reply.choices[0]
+        text = choice.message.content or ""
+        if choice.message.refusal:
+            raise ProviderRefusedError(f"openai {reply.model} refused: {choice.message.refusal}")
+        if choice.finish_reason == "content_filter":
+            raise ContentPolicyError(f"openai {reply.model}: the reply was stopped by the filter")
+        if choice.finish_reason == "length":
+            raise OutputInvalidError(
+                f"openai {reply.model}: the reply was cut off at max_completion_tokens"
+                f" ({request.max_tokens or self.max_tokens}); raise providers.max_tokens",
+                raw_text=text,
+            )
+        usage = Usage()
+        if reply.usage is not None:
+            usage = Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens)
+        return TextResult(text, self.name, reply.model, usage, choice.finish_reason)

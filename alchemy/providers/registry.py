@@ -22,6 +22,10 @@ MODEL_PREFIXES: Mapping[str, tuple[str, ...]] = {
     "openai": ("gpt", "chatgpt", "o1", "o3", "o4", "ft:gpt"),
     "offline": ("offline",),
 }
+# Passed explicitly so that ANTHROPIC_BASE_URL / OPENAI_BASE_URL in the environment, which the
+# SDKs would otherwise read, cannot redirect calls behind the configuration's back.
+ANTHROPIC_PUBLIC_URL = "https://api.anthropic.com"
+OPENAI_PUBLIC_URL = "https://api.openai.com/v1"
 KEY_NAMES: Mapping[str, str] = {"anthropic": "anthropic_api_key", "openai": "openai_api_key"}
 
 
@@ -145,11 +149,15 @@ class Providers:
         if name == "anthropic":
             import anthropic
 
-            client = anthropic.AsyncAnthropic(base_url=cfg.anthropic_base_url or None, **options)
+            client = anthropic.AsyncAnthropic(
+                base_url=cfg.anthropic_base_url or ANTHROPIC_PUBLIC_URL, **options
+            )
         else:
             import openai
 
-            client = openai.AsyncOpenAI(base_url=cfg.openai_base_url or None, **options)
+            client = openai.AsyncOpenAI(
+                base_url=cfg.openai_base_url or OPENAI_PUBLIC_URL, **options
+            )
         self._clients[name] = client
         return client
 

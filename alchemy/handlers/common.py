@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
@@ -86,3 +86,24 @@ async def best_effort(what: str, action: Any) -> None:
         await action()
     except Exception as exc:
         log.warning("handler_step_failed", step=what, error=f"{type(exc).__name__}: {exc}")
+
+
+async def run_or_mark_failed(
+    job: Job,
+    config: Config,
+    work: Callable[[], Awaitable[None]],
+    mark_failed: Callable[[str, dict[str, Any]], Awaitable[object]],
+    *,
+    what: str,
+) -> None:
+    """Run a handler's ``work``; database trouble becomes a retry, and when the failure is
+    the job's last, ``mark_failed(message, detail)`` records it on the job's row (best
+    effort) before the error goes on to the engine."""
+    try:
+        async with database_errors_retry():
+            await work()
+    except Exception as exc:
+        if is_last_attempt(job, exc, config):
+            message, detail = row_error(exc)
+            await best_effort(what, lambda: mark_failed(message, detail))
+        raise

@@ -29,10 +29,7 @@ from alchemy.content.quality import Draft, Quality, quality_score
 from alchemy.content.schemas import ContentDraft
 from alchemy.errors import PermanentError
 from alchemy.handlers.common import (
-    best_effort,
-    database_errors_retry,
-    is_last_attempt,
-    row_error,
+    run_or_mark_failed,
     str_field,
     uuid_field,
 )
@@ -119,19 +116,18 @@ def media_request(value: Any) -> Mapping[str, Any] | None:
 async def handle(job: Job) -> None:
     services = current_services()
     request = ContentJob.parse(job.data)
-    try:
-        async with database_errors_retry():
-            await generate_content(job, request, services)
-    except Exception as exc:
-        if is_last_attempt(job, exc, services.config):
-            message, detail = row_error(exc)
 
-            async def mark_failed() -> None:
-                pool = await services.db()
-                await pool.execute(MARK_FAILED, request.row_id, message, detail)
+    async def mark_failed(message: str, detail: dict[str, Any]) -> None:
+        pool = await services.db()
+        await pool.execute(MARK_FAILED, request.row_id, message, detail)
 
-            await best_effort("mark_content_failed", mark_failed)
-        raise
+    await run_or_mark_failed(
+        job,
+        services.config,
+        lambda: generate_content(job, request, services),
+        mark_failed,
+        what="mark_content_failed",
+    )
 
 
 async def generate_content(job: Job, request: ContentJob, services: Services) -> None:

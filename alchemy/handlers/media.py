@@ -28,10 +28,7 @@ import structlog
 from alchemy.content.storage import dimensions_sync, downscale_sync, store_bytes
 from alchemy.errors import PermanentError
 from alchemy.handlers.common import (
-    best_effort,
-    database_errors_retry,
-    is_last_attempt,
-    row_error,
+    run_or_mark_failed,
     str_field,
     uuid_field,
 )
@@ -102,19 +99,18 @@ class Owner:
 async def handle(job: Job) -> None:
     services = current_services()
     request = MediaJob.parse(job.data)
-    try:
-        async with database_errors_retry():
-            await make_media(job, request, services)
-    except Exception as exc:
-        if is_last_attempt(job, exc, services.config):
-            message, detail = row_error(exc)
 
-            async def mark_failed() -> None:
-                pool = await services.db()
-                await pool.execute(MARK_FAILED, job.id, message, detail)
+    async def mark_failed(message: str, detail: dict[str, Any]) -> None:
+        pool = await services.db()
+        await pool.execute(MARK_FAILED, job.id, message, detail)
 
-            await best_effort("mark_media_failed", mark_failed)
-        raise
+    await run_or_mark_failed(
+        job,
+        services.config,
+        lambda: make_media(job, request, services),
+        mark_failed,
+        what="mark_media_failed",
+    )
 
 
 async def make_media(job: Job, request: MediaJob, services: Services) -> None:

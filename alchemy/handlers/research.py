@@ -28,10 +28,7 @@ from alchemy.content.research_scores import ResearchScores, research_scores
 from alchemy.content.schemas import RESEARCH_MODELS
 from alchemy.errors import PermanentError
 from alchemy.handlers.common import (
-    best_effort,
-    database_errors_retry,
-    is_last_attempt,
-    row_error,
+    run_or_mark_failed,
     str_field,
     uuid_field,
 )
@@ -105,19 +102,18 @@ class ResearchJob:
 async def handle(job: Job) -> None:
     services = current_services()
     request = ResearchJob.parse(job.data)
-    try:
-        async with database_errors_retry():
-            await run_research(job, request, services)
-    except Exception as exc:
-        if is_last_attempt(job, exc, services.config):
-            message, detail = row_error(exc)
 
-            async def mark_failed() -> None:
-                pool = await services.db()
-                await pool.execute(MARK_FAILED, request.idea_id, message, detail)
+    async def mark_failed(message: str, detail: dict[str, Any]) -> None:
+        pool = await services.db()
+        await pool.execute(MARK_FAILED, request.idea_id, message, detail)
 
-            await best_effort("mark_idea_failed", mark_failed)
-        raise
+    await run_or_mark_failed(
+        job,
+        services.config,
+        lambda: run_research(job, request, services),
+        mark_failed,
+        what="mark_idea_failed",
+    )
 
 
 async def run_research(job: Job, request: ResearchJob, services: Services) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
+import orjson
+
 from alchemy.queue.keys import PROTOCOL_VERSION
 
 RESERVED_FIELDS: Final = frozenset({"id", "enqueued_at", "_alchemy"})
@@ -120,9 +122,13 @@ def decode_item(item: bytes, *, queue: str, max_bytes: int) -> Decoded | BadJob:
     except UnicodeDecodeError as exc:
         return BadJob(raw_job, DeadReason.INVALID_ENCODING, f"not UTF-8: {exc}", _m(meta))
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return BadJob(raw_job, DeadReason.INVALID_JSON, f"not JSON: {exc}", _m(meta))
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # orjson refuses integers beyond 64 bits, which are valid JSON: ask json too.
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return BadJob(raw_job, DeadReason.INVALID_JSON, f"not JSON: {exc}", _m(meta))
     if not isinstance(obj, dict):
         found = type(obj).__name__
         return BadJob(raw_job, DeadReason.NOT_AN_OBJECT, f"a JSON {found}, not an object", _m(meta))

@@ -189,8 +189,6 @@ class QueueConsumer:
             await self._dead_letter(item, decoded.raw_job, decoded.reason, error, decoded.meta)
             return
         job, meta = decoded.job, decoded.meta
-        if meta.first_attempt_ms is None:
-            meta = replace(meta, first_attempt_ms=int(picked_ms))
         pickup_s = None
         if job.enqueued_at is not None and job.attempt == 1 and job.recoveries == 0:
             pickup_s = (picked_ms - job.enqueued_at) / 1000
@@ -204,29 +202,34 @@ class QueueConsumer:
                 pickup_s=pickup_s,
             )
         )
-        with structlog.contextvars.bound_contextvars(
+        # Each job runs in a task of its own, whose context is a copy: binding here never
+        # leaks into another job, and needs no reset.
+        structlog.contextvars.bind_contextvars(
             queue=self.name, job_id=job.id, attempt=job.attempt, worker=self.store.identity
-        ):
-            started = time.perf_counter()
-            outcome = await self._call_handler(item, decoded, meta)
-            duration = time.perf_counter() - started
-            self._log_finished(outcome, decoded, round(duration * 1000, 3), pickup_s)
-            self.observers.on_job(
-                JobEvent(
-                    self.name,
-                    Transition(outcome.name),
-                    job.id,
-                    job.attempt,
-                    self.store.identity,
-                    duration_s=duration,
-                    error=outcome.error,
-                    reason=str(outcome.reason) if outcome.reason else None,
-                    retry_in_s=outcome.retry_in_s,
-                )
+        )
+        started = time.perf_counter()
+        outcome = await self._call_handler(item, decoded, meta, picked_ms)
+        duration = time.perf_counter() - started
+        self._log_finished(outcome, decoded, round(duration * 1000, 3), pickup_s)
+        self.observers.on_job(
+            JobEvent(
+                self.name,
+                Transition(outcome.name),
+                job.id,
+                job.attempt,
+                self.store.identity,
+                duration_s=duration,
+                error=outcome.error,
+                reason=str(outcome.reason) if outcome.reason else None,
+                retry_in_s=outcome.retry_in_s,
             )
+        )
 
-    async def _call_handler(self, item: bytes, decoded: Decoded, meta: Meta) -> Outcome:
+    async def _call_handler(
+        self, item: bytes, decoded: Decoded, meta: Meta, picked_ms: float
+    ) -> Outcome:
         if isinstance(self.handler, Unavailable):
+            meta = _first_attempt(meta, picked_ms)
             error = ErrorInfo("NoHandler", self.handler.reason)
             return await self._dead_letter(
                 item, decoded.raw_job, DeadReason.NO_HANDLER, error, meta, log_it=False
@@ -243,6 +246,7 @@ class QueueConsumer:
             # that is a failed attempt like any other.
             error = ErrorInfo("CancelledError", redact(str(exc))[:2000] or "cancelled")
             failure = RuntimeError("handler raised CancelledError")
+            meta = _first_attempt(meta, picked_ms)
             return await asyncio.shield(self._after_failure(item, decoded, meta, failure, error))
         except Exception as exc:
             if isinstance(exc, TimeoutError) and deadline.expired():
@@ -251,6 +255,7 @@ class QueueConsumer:
                 )
             else:
                 error = ErrorInfo(type(exc).__name__, redact(str(exc))[:2000])
+            meta = _first_attempt(meta, picked_ms)
             return await asyncio.shield(self._after_failure(item, decoded, meta, exc, error))
         self._acks.append(item)
         self._acks_ready.set()
@@ -416,3 +421,11 @@ class QueueConsumer:
             await asyncio.gather(*pending, return_exceptions=True)
         await self.flush_acks()
         return await until_done(self.store.requeue_all, what="requeue_all")
+
+
+def _first_attempt(meta: Meta, picked_ms: float) -> Meta:
+    """Bookkeeping for a job that goes on to a retry or the dead-letter list: when its first
+    attempt started (only paid for on those paths)."""
+    if meta.first_attempt_ms is None:
+        return replace(meta, first_attempt_ms=int(picked_ms))
+    return meta

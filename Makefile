@@ -16,7 +16,7 @@ VENV_PY := $(VENV)/bin/python
 IS_PY311 := -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
 
 .DEFAULT_GOAL := help
-.PHONY: help venv services run test lint bench clean
+.PHONY: help venv services tools run test lint bench clean
 
 help:
 	@echo "make run      set up .venv, make sure Redis + Postgres answer, migrate, run python -m alchemy \$$ARGS"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint     ruff check, ruff format --check, mypy"
 	@echo "make bench    same setup, then python -m bench (pass BENCH_ARGS=...)"
 	@echo "make services make sure Redis and Postgres answer at the configured URLs"
+	@echo "make tools    make sure systemd-analyze is there (installs Debian's systemd as root)"
 	@echo "make venv     create .venv with Python 3.11 and install the package with [dev] extras"
 	@echo "make clean    remove .venv and tool caches (keeps .local/ and running services)"
 
@@ -57,8 +58,25 @@ run: venv services
 	$(VENV_PY) -m alchemy migrate
 	$(VENV_PY) -m alchemy $(ARGS)
 
-test: venv services
+test: venv services tools
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+# Programs the tests call besides Python: systemd-analyze (tests/ops verifies the unit files
+# in systemd/ with it), from Debian's systemd package, installed here when missing (as root
+# with apt-get; otherwise it says what to install). Installing it starts nothing.
+tools:
+	@if ! command -v systemd-analyze >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "apt-get install systemd (for systemd-analyze)"; \
+			apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd \
+				>/dev/null || exit 1; \
+		fi; \
+		command -v systemd-analyze >/dev/null 2>&1 || { \
+			echo "make: systemd-analyze is missing: install Debian's systemd package" \
+				"(as root: apt-get install systemd)" >&2; \
+			exit 1; }; \
+	fi
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -14,17 +16,20 @@ from typing import Any, Final
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from alchemy.config import DEFAULT_CONFIG_PATH, Config, load_config, mask_url
+from alchemy.config import DEFAULT_CONFIG_PATH, Config, Secret, load_config, mask_url
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
-from alchemy.logs import configure_logging, register_secrets
-from alchemy.queue.admin import QueueAdmin
+from alchemy.logs import configure_logging, redact, register_secrets
+from alchemy.ops.systemd import SystemdNotifier
+from alchemy.queue.admin import QueueAdmin, QueueStatus
+from alchemy.queue.keys import QueueKeys
 from alchemy.queue.producer import Producer
 from alchemy.worker.connections import shared_client
 from alchemy.worker.handlers import Unavailable, load_handler
-from alchemy.worker.supervisor import Supervisor
+from alchemy.worker.supervisor import Extension, Supervisor
 
 EX_CONFIG: Final = 78
 EX_UNAVAILABLE: Final = 69
+EX_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, as a shell reports a program killed by it
 COMMANDS: Final = (
     "run",
     "status",
@@ -37,6 +42,24 @@ COMMANDS: Final = (
 )
 
 
+EXIT_STATUSES: Final = (
+    "exit status: 0 done; 1 failed (one line on standard error says why); 2 usage error; "
+    "69 Redis or PostgreSQL unreachable; 78 configuration error; 141 the reader of the "
+    "output went away (| head)"
+)
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -44,46 +67,57 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=f"config file (default: $ALCHEMY_CONFIG or ./{DEFAULT_CONFIG_PATH})",
     )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     parser = argparse.ArgumentParser(
-        prog="alchemy", description="alchemy job service", parents=[common]
+        prog="alchemy", description="alchemy job service", parents=[common], epilog=EXIT_STATUSES
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common], help="run the worker (the default)")
     run.add_argument("--queues", help="comma-separated queue names (default: all enabled)")
 
-    status = sub.add_parser("status", parents=[common], help="queue depths and live processes")
-    status.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser(
+        "status", parents=[common, as_json], help="queue depths, pauses, processes and heartbeats"
+    )
 
     dead = sub.add_parser("dead", parents=[common], help="the dead-letter lists")
     dead_sub = dead.add_subparsers(dest="dead_command", required=True)
     dead_list = dead_sub.add_parser("list", parents=[common], help="list dead jobs, newest first")
     dead_list.add_argument("queue")
-    dead_list.add_argument("--offset", type=int, default=0)
-    dead_list.add_argument("--limit", type=int, default=20)
+    dead_list.add_argument("--offset", type=_count, default=0, help="skip this many (default 0)")
+    dead_list.add_argument("--limit", type=_count, default=20, help="show this many (default 20)")
     dead_list.add_argument("--json", action="store_true", help="one JSON entry per line")
     dead_retry = dead_sub.add_parser(
-        "retry", parents=[common], help="back to the wait list, attempts reset"
+        "retry", parents=[common, as_json], help="back to the wait list, attempts reset"
     )
     dead_retry.add_argument("queue")
     which = dead_retry.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", help="the job id to retry")
     which.add_argument("--all", action="store_true", help="retry every dead job of the queue")
-    dead_purge = dead_sub.add_parser("purge", parents=[common], help="delete dead jobs")
+    dead_purge = dead_sub.add_parser("purge", parents=[common, as_json], help="delete dead jobs")
     dead_purge.add_argument("queue")
     which = dead_purge.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", help="the job id to delete")
     which.add_argument("--all", action="store_true", help="delete every dead job of the queue")
 
-    enqueue = sub.add_parser("enqueue", parents=[common], help="push one job (JSON object)")
+    enqueue = sub.add_parser(
+        "enqueue", parents=[common, as_json], help="push one job (JSON object)"
+    )
     enqueue.add_argument("queue")
     enqueue.add_argument("data", help="the job's data as a JSON object")
     enqueue.add_argument("--id", help="job id (default: a random one)")
 
     for name, text in (("pause", "stop starting jobs"), ("resume", "start jobs again")):
-        cmd = sub.add_parser(name, parents=[common], help=f"{text} of a queue, in every process")
+        cmd = sub.add_parser(
+            name, parents=[common, as_json], help=f"{text} of a queue, in every process"
+        )
         cmd.add_argument("queue")
 
-    sub.add_parser("check-config", parents=[common], help="validate and print the config")
+    sub.add_parser(
+        "check-config",
+        parents=[common, as_json],
+        help="validate and print the effective config (secrets masked)",
+    )
     sub.add_parser(
         "migrate", parents=[common], help="apply pending database migrations (docs/schema.md)"
     )
@@ -98,7 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _load(args)
         register_secrets(_secret_values(config))
-        return COMMAND_TABLE[args.command](config, args)
+        status = COMMAND_TABLE[args.command](config, args)
+        sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
+    except KeyboardInterrupt:
+        print("alchemy: interrupted", file=sys.stderr)
+        return 130
     except ConfigError as exc:
         print(f"alchemy: config error: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -114,6 +155,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlchemyError as exc:
         print(f"alchemy: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        if args.command == "run":
+            raise  # an unexpected error of the worker keeps its traceback (docs/operations.md)
+        print(f"alchemy: {args.command} failed: {redact(_describe(exc))}", file=sys.stderr)
+        return 1
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _reader_gone() -> int:
+    """Standard output's reader went away (``alchemy status | head -1``): stop quietly, with
+    the status of a program killed by SIGPIPE."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EX_BROKEN_PIPE
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -135,7 +193,17 @@ def _secret_values(config: Config) -> list[str]:
 def _run(config: Config, args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format)
     names = [n.strip() for n in args.queues.split(",") if n.strip()] if args.queues else None
-    supervisor = Supervisor(config, names)
+    extensions: list[Extension] = []
+    # -- operations (issue 4): metrics, events stream, job records, hooks, HTTP listener ---
+    from alchemy.ops.wiring import operations
+
+    register_secrets([*_secret_values(config), config.http.admin_token.reveal()])
+    ops = operations(config)
+    extensions.extend(ops.extensions)
+    # ---------------------------------------------------------------------------------------
+    # sd_notify (a no-op outside systemd); last, so READY=1 follows the others' start.
+    extensions.append(SystemdNotifier.from_environ(os.environ))
+    supervisor = Supervisor(config, names, observers=ops.observers, extensions=extensions)
     return asyncio.run(supervisor.run())
 
 
@@ -149,6 +217,8 @@ def _with_redis(config: Config, action: Callable[[Redis], Awaitable[int]]) -> in
 
     try:
         return asyncio.run(go())
+    except BrokenPipeError:
+        raise  # standard output, not Redis
     except (OSError, ConnectionError) as exc:
         print(
             f"alchemy: redis unreachable at {mask_url(config.redis.url.reveal())}: {exc}",
@@ -164,6 +234,12 @@ def _with_redis(config: Config, action: Callable[[Redis], Awaitable[int]]) -> in
                 file=sys.stderr,
             )
             return EX_UNAVAILABLE
+        if isinstance(exc, redis_errors.ResponseError):
+            print(
+                f"alchemy: redis at {mask_url(config.redis.url.reveal())} refused: {exc}",
+                file=sys.stderr,
+            )
+            return 1
         raise
 
 
@@ -171,8 +247,13 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     async def action(redis: Redis) -> int:
         admin = QueueAdmin(redis, prefix=config.redis.prefix)
         statuses = [await admin.status(q.name) for q in config.queues]
+        ages = await _heartbeat_ages(redis, config.redis.prefix, statuses)
         if args.json:
-            print(json.dumps({"queues": [s.to_json() for s in statuses]}, indent=2))
+            queues = [s.to_json() for s in statuses]
+            for queue in queues:
+                for consumer in queue["consumers"]:
+                    consumer["heartbeat_age_s"] = ages.get((queue["queue"], consumer["identity"]))
+            print(json.dumps({"queues": queues}, indent=2))
             return 0
         print(f"{'queue':<24}{'wait':>8}{'processing':>12}{'delayed':>9}{'dead':>8}  paused")
         for s in statuses:
@@ -189,8 +270,11 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 seen = True
                 state = "alive" if c.alive else "HEARTBEAT EXPIRED"
                 pid = c.heartbeat.get("pid") if c.heartbeat else "?"
+                age = ages.get((s.queue, c.identity))
+                beat = "?" if age is None else f"{age:.1f}s"
                 print(
-                    f"  {c.identity:<40} {s.queue:<22} pid={pid} {state} processing={c.processing}"
+                    f"  {c.identity:<40} {s.queue:<22} pid={pid} {state} beat={beat} ago"
+                    f" processing={c.processing}"
                 )
         if not seen:
             print("  none")
@@ -199,17 +283,39 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     return _with_redis(config, action)
 
 
+async def _heartbeat_ages(
+    redis: Redis, prefix: str, statuses: Sequence[QueueStatus]
+) -> dict[tuple[str, str], float | None]:
+    """Seconds since each process's last heartbeat, per (queue, identity), by Redis's clock
+    (the score of the queue's consumers set, docs/protocol.md)."""
+    pairs = [(s.queue, c.identity) for s in statuses for c in s.consumers]
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        for queue, identity in pairs:
+            pipe.zscore(QueueKeys(prefix, queue).consumers, identity)
+        (seconds, micros), *scores = await pipe.execute()
+    now_ms = seconds * 1000 + micros / 1000
+    return {
+        pair: None if score is None else round(max(0.0, now_ms - score) / 1000, 3)
+        for pair, score in zip(pairs, scores, strict=True)
+    }
+
+
 def _dead(config: Config, args: argparse.Namespace) -> int:
     _known_queue(config, args.queue)
 
     async def action(redis: Redis) -> int:
         admin = QueueAdmin(redis, prefix=config.redis.prefix)
         if args.dead_command == "list":
-            for entry in await admin.dead_list(args.queue, offset=args.offset, limit=args.limit):
+            entries = await admin.dead_list(args.queue, offset=args.offset, limit=args.limit)
+            for entry in entries:
                 if args.json:
                     print(json.dumps(entry.fields, ensure_ascii=False))
                 else:
                     _print_dead(entry.fields)
+            if not entries and not args.json:
+                where = f" from offset {args.offset}" if args.offset else ""
+                print(f"no dead jobs in {args.queue}{where}")
             return 0
         if args.dead_command == "retry":
             count = await (
@@ -217,13 +323,23 @@ def _dead(config: Config, args: argparse.Namespace) -> int:
                 if args.all
                 else admin.dead_retry(args.queue, args.id)
             )
-            print(f"retried {count} job(s) from {args.queue}")
-            return 0 if count or args.all else 1
-        count = await admin.dead_purge(args.queue, None if args.all else args.id)
-        print(f"purged {count} job(s) from {args.queue}")
-        return 0 if count or args.all else 1
+            verb = "retried"
+        else:
+            count = await admin.dead_purge(args.queue, None if args.all else args.id)
+            verb = "purged"
+        data = {"queue": args.queue, "id": args.id, verb: count}
+        _report(args, f"{verb} {count} job(s) from {args.queue}", data)
+        if count or args.all:
+            return 0
+        print(f"alchemy: no dead job with id {args.id!r} in {args.queue}", file=sys.stderr)
+        return 1
 
     return _with_redis(config, action)
+
+
+def _report(args: argparse.Namespace, text: str, data: Mapping[str, Any]) -> None:
+    """One result: ``text`` for people, ``data`` as one JSON line with ``--json``."""
+    print(json.dumps(data, ensure_ascii=False) if args.json else text)
 
 
 def _print_dead(fields: Mapping[str, Any]) -> None:
@@ -255,7 +371,7 @@ def _enqueue(config: Config, args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"alchemy: {exc}", file=sys.stderr)
             return 2
-        print(job_id)
+        _report(args, job_id, {"queue": args.queue, "id": job_id})
         return 0
 
     return _with_redis(config, action)
@@ -266,36 +382,68 @@ def _pause_resume(config: Config, args: argparse.Namespace) -> int:
 
     async def action(redis: Redis) -> int:
         admin = QueueAdmin(redis, prefix=config.redis.prefix)
-        await (admin.pause(args.queue) if args.command == "pause" else admin.resume(args.queue))
-        print(f"{args.queue}: {args.command}d")
+        pause = args.command == "pause"
+        await (admin.pause(args.queue) if pause else admin.resume(args.queue))
+        _report(args, f"{args.queue}: {args.command}d", {"queue": args.queue, "paused": pause})
         return 0
 
     return _with_redis(config, action)
 
 
 def _check_config(config: Config, args: argparse.Namespace) -> int:
+    settings = _effective_config(config)
+    problems = {
+        q.name: handler.reason
+        for q in config.queues
+        if isinstance(handler := load_handler(q.handler), Unavailable)
+    }
+    failing = any(q.enabled and q.name in problems for q in config.queues)
+    if args.json:
+        for name, table in settings["queues"].items():
+            table["handler_error"] = problems.get(name)
+        report = {"source": config.source, "valid": True, "handlers_ok": not failing}
+        print(json.dumps({**report, "config": settings}, indent=2, ensure_ascii=False))
+        return 1 if failing else 0
     print(f"# {config.source}: valid")
-    print(f"redis.url = {mask_url(config.redis.url.reveal())}")
-    print(f"redis.prefix = {config.redis.prefix}")
-    print(f"database.url = {mask_url(config.database.url.reveal())}")
-    print(f"worker.identity = {config.worker.identity}")
-    for name in ("anthropic_api_key", "openai_api_key"):
-        secret = getattr(config.providers, name)
-        print(f"providers.{name} = {'***' if secret else '(not set)'}")
-    print(f"providers.text_provider = {config.providers.text_provider}")
-    print(f"providers.image_provider = {config.providers.image_provider}")
-    problems = 0
-    for queue in config.queues:
-        handler = load_handler(queue.handler)
-        state = "ok" if not isinstance(handler, Unavailable) else f"UNAVAILABLE: {handler.reason}"
-        problems += isinstance(handler, Unavailable) and queue.enabled
-        print(
-            f"queues.{queue.name}: enabled={queue.enabled} concurrency={queue.concurrency} "
-            f"rate={queue.rate_limit}/{queue.rate_period:g}s burst={queue.burst} "
-            f"max_attempts={queue.max_attempts} timeout={queue.timeout:g}s handler={queue.handler}"
-            f" ({state})"
-        )
-    return 0 if not problems else 1
+    for section, table in settings.items():
+        if section != "queues":
+            for key, value in table.items():
+                print(f"{section}.{key} = {_shown(value)}")
+    for name, table in settings["queues"].items():
+        state = f"UNAVAILABLE: {problems[name]}" if name in problems else "ok"
+        keys = " ".join(f"{key}={_shown(value)}" for key, value in table.items())
+        print(f"queues.{name}: {keys} ({state})")
+    return 1 if failing else 0
+
+
+def _effective_config(config: Config) -> dict[str, Any]:
+    """Every setting after the environment overrides, as JSON values, secrets masked."""
+    settings: dict[str, Any] = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            settings[field.name] = _masked(value)
+    settings["worker"]["identity"] = config.worker.identity
+    settings["queues"] = {queue.name: _masked(queue, skip="name") for queue in config.queues}
+    return settings
+
+
+def _masked(section: Any, skip: str = "") -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for field in dataclasses.fields(section):
+        value = getattr(section, field.name)
+        if isinstance(value, Secret):  # a URL keeps all but its password; a key is ***
+            url = field.name.endswith("url")
+            value = mask_url(value.reveal()) if url else ("***" if value else "")
+        elif isinstance(value, tuple):
+            value = list(value)
+        if field.name != skip:
+            table[field.name] = value
+    return table
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) and value else json.dumps(value, ensure_ascii=False)
 
 
 def _migrate(config: Config, args: argparse.Namespace) -> int:

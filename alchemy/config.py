@@ -8,6 +8,7 @@ can stop with one line and exit status 78. Nothing else in alchemy reads ``os.en
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import socket
 import tomllib
@@ -34,7 +35,12 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "ALCHEMY_WORKER_HOST": "worker.host",
     "ALCHEMY_LOG_LEVEL": "log.level",
     "ALCHEMY_LOG_FORMAT": "log.format",
+    "ALCHEMY_HTTP_HOST": "http.host",
+    "ALCHEMY_HTTP_PORT": "http.port",
+    "ALCHEMY_ADMIN_TOKEN": "http.admin_token",
 }
+# Overrides whose value is parsed as an integer.
+ENV_INTEGERS: Final = frozenset({"ALCHEMY_HTTP_PORT"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +156,35 @@ class MediaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The worker's HTTP listener: health, readiness, metrics, the admin API."""
+
+    host: str = _spec("127.0.0.1", pattern=r"^[A-Za-z0-9_.:-]{1,253}$")
+    port: int = _spec(0, min=0, max=65535)  # 0 = no listener
+    admin_token: Secret = _spec(Secret(""))
+    check_database: bool = _spec(True)
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """The per-queue events stream (docs/protocol.md). Off by default for now: on a
+    2-core machine it costs ~20% of no-op throughput (make bench)."""
+
+    enabled: bool = _spec(False)
+    max_length: int = _spec(10_000, min=100, max=10_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsConfig:
+    """The capped, expiring records of jobs' last transitions, for lookup by id. Off by
+    default for now, like the events stream."""
+
+    enabled: bool = _spec(False)
+    max_per_queue: int = _spec(10_000, min=100, max=1_000_000)
+    ttl: float = _spec(86_400.0, min=1.0, max=30 * 86_400.0)
+
+
+@dataclass(frozen=True, slots=True)
 class QueueConfig:
     name: str
     handler: str = _spec(pattern=HANDLER_PATTERN.pattern)
@@ -182,6 +217,9 @@ class Config:
     media: MediaConfig
     queues: tuple[QueueConfig, ...]
     source: str = "<defaults>"
+    http: HttpConfig = field(default_factory=HttpConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    records: RecordsConfig = field(default_factory=RecordsConfig)
 
     def queue(self, name: str) -> QueueConfig:
         for queue in self.queues:
@@ -197,6 +235,9 @@ _SECTIONS: Final[Mapping[str, type]] = {
     "log": LogConfig,
     "providers": ProvidersConfig,
     "media": MediaConfig,
+    "http": HttpConfig,
+    "events": EventsConfig,
+    "records": RecordsConfig,
 }
 
 
@@ -241,7 +282,14 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         table = raw.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(section, "must be a table")
-        table[key] = value
+        table[key] = _env_int(variable, dotted, value) if variable in ENV_INTEGERS else value
+
+
+def _env_int(variable: str, dotted: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(dotted, f"must be an integer (env {variable}), got {value!r}") from None
 
 
 def _table(raw: Mapping[str, Any], name: str, *, prefix: str = "") -> Mapping[str, Any]:
@@ -335,6 +383,33 @@ def _check_relations(config: Config) -> None:
         if queue.rate_limit == 0 and queue.rate_burst:
             raise ConfigError(f"{path}.rate_burst", "needs rate_limit > 0")
     _check_providers(config.providers)
+    _check_http(config.http)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses; any other name may reach the network."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+MIN_ADMIN_TOKEN: Final = 16
+
+
+def _check_http(http: HttpConfig) -> None:
+    """The admin API never listens beyond this machine without a token."""
+    token = http.admin_token.reveal()
+    if token and len(token) < MIN_ADMIN_TOKEN:
+        raise ConfigError("http.admin_token", f"must have at least {MIN_ADMIN_TOKEN} characters")
+    if http.port and not token and not is_loopback_host(http.host):
+        raise ConfigError(
+            "http.admin_token",
+            f"must be set (env ALCHEMY_ADMIN_TOKEN) because http.host = {http.host!r} "
+            "is not a loopback address",
+        )
 
 
 def _check_providers(providers: ProvidersConfig) -> None:

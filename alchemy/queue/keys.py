@@ -21,6 +21,11 @@ KEY_TEMPLATES: Final = {
     "paused": "{prefix}:{{{queue}}}:paused",
     "consumers": "{prefix}:{{{queue}}}:consumers",
     "heartbeat": "{prefix}:{{{queue}}}:heartbeat:{identity}",
+    # Written by alchemy.ops (observers of the engine), never read by the engine itself.
+    "events": "{prefix}:{{{queue}}}:events",
+    "throughput": "{prefix}:{{{queue}}}:throughput",
+    "records": "{prefix}:{{{queue}}}:records",
+    "records_old": "{prefix}:{{{queue}}}:records:old",
 }
 
 
@@ -61,6 +66,26 @@ class QueueKeys:
     @property
     def consumers(self) -> str:
         return self._key("consumers")
+
+    @property
+    def events(self) -> str:
+        """Stream of job transitions (docs/protocol.md, "The events stream")."""
+        return self._key("events")
+
+    @property
+    def throughput(self) -> str:
+        """Hash of per-second completed/failed counts for the admin API."""
+        return self._key("throughput")
+
+    @property
+    def records(self) -> str:
+        """Hash of job id -> JSON record of its last transition (the current generation)."""
+        return self._key("records")
+
+    @property
+    def records_old(self) -> str:
+        """The previous generation of ``records``, read until it is replaced or expires."""
+        return self._key("records_old")
 
     def processing(self, identity: str) -> str:
         return self._key("processing", identity)

@@ -1,0 +1,85 @@
+"""The state of every configured queue, read from Redis at most once per ``ttl``.
+
+``/metrics`` and ``GET /api/queues`` both serve it, so ten scrapes a second from several
+clients cost Redis one read of each queue a second. Concurrent requests share one read; a
+failed read is remembered for the same ``ttl`` (so a Redis outage is not hammered either).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from alchemy.ops.events import Throughput, read_throughput
+from alchemy.queue.admin import QueueAdmin, QueueStatus
+
+
+class OverviewUnavailable(Exception):
+    """The last read of the queues from Redis failed; the message says how."""
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    statuses: Mapping[str, QueueStatus]
+    throughput: Mapping[str, Throughput] = field(default_factory=dict)
+
+
+class OverviewCache:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        queues: Sequence[str],
+        *,
+        ttl: float = 1.0,
+        with_throughput: bool = True,
+    ) -> None:
+        self.redis = redis
+        self.admin = QueueAdmin(redis, prefix=prefix)
+        self.prefix = prefix
+        self.queues = list(queues)
+        self.ttl = ttl
+        self.with_throughput = with_throughput
+        self.reads = 0
+        self._value: Overview | None = None
+        self._error: str | None = None
+        self._taken_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    @property
+    def last(self) -> Overview | None:
+        """The last successful read, if the last read succeeded."""
+        return None if self._error is not None else self._value
+
+    def _fresh(self) -> bool:
+        return time.monotonic() - self._taken_at < self.ttl
+
+    async def get(self) -> Overview:
+        """The overview; :class:`OverviewUnavailable` when Redis could not be read."""
+        if not self._fresh():
+            async with self._lock:
+                if not self._fresh():
+                    await self._read()
+        if self._error is not None:
+            raise OverviewUnavailable(self._error)
+        assert self._value is not None
+        return self._value
+
+    async def _read(self) -> None:
+        self.reads += 1
+        try:
+            statuses = {q: await self.admin.status(q) for q in self.queues}
+            throughput = (
+                await read_throughput(self.redis, self.prefix, self.queues)
+                if self.with_throughput
+                else {}
+            )
+            self._value, self._error = Overview(statuses, throughput), None
+        except Exception as exc:
+            self._error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._taken_at = time.monotonic()

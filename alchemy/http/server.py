@@ -1,0 +1,150 @@
+"""The worker extension that serves the HTTP listener (aiohttp ``AppRunner`` + ``TCPSite``).
+
+It starts once the consumers run and closes at the very end of a stop; from the moment a
+stop begins, ``/readyz`` answers 503 (``stopping``) while the rest keeps answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Final
+
+import structlog
+from aiohttp import web
+
+from alchemy.config import Config
+from alchemy.errors import AlchemyError
+from alchemy.http.app import Deps, create_app
+from alchemy.http.overview import OverviewCache
+from alchemy.logs import redact
+from alchemy.ops.metrics import Metrics, QueueCollector
+from alchemy.queue.admin import QueueStatus
+from alchemy.services import Services, current_services
+from alchemy.worker.supervisor import Running
+
+log = structlog.get_logger("alchemy.http")
+
+CHECK_TIMEOUT: Final = 2.0  # seconds for Redis to answer PING, PostgreSQL SELECT 1
+READY_TTL: Final = 0.5  # seconds a readiness answer is reused by concurrent probes
+
+
+class HttpServer:
+    """Serves :func:`alchemy.http.app.create_app` on ``[http] host:port``.
+
+    ``port`` overrides the configured port (tests pass 0 to let the system pick one; the
+    bound port is then in :attr:`port`)."""
+
+    def __init__(
+        self, config: Config, *, metrics: Metrics | None = None, port: int | None = None
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.host = config.http.host
+        self.port = config.http.port if port is None else port
+        self.running: Running | None = None
+        self.runner: web.AppRunner | None = None
+        self._services: Services | None = None
+        self._stopping = False
+        self._ready_at = float("-inf")
+        self._ready: list[str] = []
+        self._ready_lock = asyncio.Lock()
+
+    # -- Extension --------------------------------------------------------------------------
+    async def start(self, running: Running) -> None:
+        self.running = running
+        try:
+            self._services = current_services()
+        except RuntimeError:
+            self._services = None
+        cfg = self.config
+        overview = OverviewCache(
+            running.redis,
+            cfg.redis.prefix,
+            [q.name for q in cfg.queues],
+            with_throughput=cfg.events.enabled,
+        )
+        if self.metrics is not None:
+            self.metrics.watch_queues(self._collector(overview, running))
+        deps = Deps(cfg, running.redis, running.identity, overview, self.metrics, self.readiness)
+        runner = web.AppRunner(create_app(deps), handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise AlchemyError(
+                f"http: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from None
+        self.runner = runner
+        self.port = _bound_port(runner, self.port)
+        log.info("http_listening", host=self.host, port=self.port)
+
+    async def stopping(self) -> None:
+        self._stopping = True
+
+    async def close(self) -> None:
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    @staticmethod
+    def _collector(overview: OverviewCache, running: Running) -> QueueCollector:
+        served = {c.name for c in running.consumers}
+
+        def statuses() -> dict[str, QueueStatus] | None:
+            last = overview.last
+            if last is None:
+                return None
+            return {q: s for q, s in last.statuses.items() if q in served}
+
+        def in_flight() -> dict[str, int]:
+            return {c.name: c.in_flight for c in running.consumers}
+
+        return QueueCollector(statuses, in_flight)
+
+    # -- readiness --------------------------------------------------------------------------
+    async def readiness(self) -> list[str]:
+        """Why this process should not get work now; empty when it is ready."""
+        if time.monotonic() - self._ready_at < READY_TTL:
+            return list(self._ready)
+        async with self._ready_lock:
+            if time.monotonic() - self._ready_at >= READY_TTL:
+                self._ready = await self._check()
+                self._ready_at = time.monotonic()
+        return list(self._ready)
+
+    async def _check(self) -> list[str]:
+        reasons: list[str] = []
+        running = self.running
+        if running is None:
+            return ["consumers: not started"]
+        if self._stopping or running.stop_requested.is_set():
+            reasons.append("stopping: the worker is shutting down")
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                await running.redis.ping()
+        except Exception as exc:
+            reasons.append(f"redis: {_describe(exc)}")
+        if self.config.http.check_database and self._services is not None:
+            try:
+                async with asyncio.timeout(CHECK_TIMEOUT):
+                    pool = await self._services.db()
+                    await pool.fetchval("SELECT 1")
+            except Exception as exc:
+                reasons.append(f"postgres: {_describe(exc)}")
+        return reasons
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return f"no answer within {CHECK_TIMEOUT:g}s"
+    return redact(f"{type(exc).__name__}: {exc}")[:300]
+
+
+def _bound_port(runner: web.AppRunner, configured: int) -> int:
+    addresses: list[Any] = list(runner.addresses)
+    for address in addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return configured

@@ -1,0 +1,1 @@
+"""Operating alchemy: integration with service managers and operators' tools."""

@@ -1,0 +1,173 @@
+"""Write what observers hear to Redis in batches, never from the engine's call.
+
+The engine calls observers synchronously at each transition. A :class:`BatchWriter` only
+appends the item to a buffer there; one task of its own waits ``linger`` seconds (10 ms)
+for more, takes everything buffered (up to ``max_batch`` items) and writes it in one step,
+then does the same with what arrived meanwhile. So a writer makes at most about a hundred
+Redis calls a second however busy the worker is: no job waits for these writes, none costs
+a round trip of its own, and Redis does the per-call work (script set-up, trimming) once
+per batch. What is written is visible to readers about ``linger`` after it happened.
+
+While Redis is away the buffer keeps up to ``max_pending`` items (the oldest are dropped
+beyond that, and counted); the writes resume when it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Final, Generic, TypeVar
+
+import structlog
+from redis.asyncio import Redis
+
+from alchemy.worker.connections import Backoff, is_transient
+
+T = TypeVar("T")
+log = structlog.get_logger("alchemy.ops")
+
+DEFAULT_MAX_PENDING: Final = 100_000
+DEFAULT_LINGER: Final = 0.01  # seconds a batch waits for more items
+DEFAULT_MAX_BATCH: Final = 2000  # items per write at most (bounds one Lua call's run time)
+CLOSE_TIMEOUT: Final = 5.0  # seconds close() waits for the last writes
+
+
+class BatchWriter(Generic[T]):
+    """Buffers items from synchronous callers; one task writes them in batches."""
+
+    name = "batch"
+
+    def __init__(
+        self,
+        *,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        linger: float = DEFAULT_LINGER,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        self.max_pending = max_pending
+        self.linger = linger
+        self.max_batch = max_batch
+        self.dropped = 0
+        self.batches = 0
+        self._pending: deque[T] = deque()
+        self._redis: Redis | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- what subclasses provide ------------------------------------------------------------
+    async def write(self, redis: Redis, batch: Sequence[T]) -> None:
+        raise NotImplementedError
+
+    # -- buffering --------------------------------------------------------------------------
+    def add(self, item: T) -> None:
+        """Buffer one item; never blocks, never raises for Redis."""
+        if self._closed and self._redis is None:
+            return
+        pending = self._pending
+        pending.append(item)
+        if len(pending) > self.max_pending:
+            pending.popleft()
+            self._count_drop(1)
+        if self._task is None and self._redis is not None:
+            self._kick()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def attach(self, redis: Redis) -> None:
+        """Start writing (what was buffered before, too) through ``redis``."""
+        self._redis = redis
+        if self._pending and self._task is None:
+            self._kick()
+
+    def _kick(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test calling an observer directly): stays buffered
+            return
+        self._task = loop.create_task(self._drain(), name=f"ops-writer:{self.name}")
+
+    async def _drain(self) -> None:
+        backoff = Backoff()
+        pending = self._pending
+        try:
+            while pending:
+                if len(pending) < self.max_batch and not self._closed:
+                    await asyncio.sleep(self.linger)  # let more items come
+                redis = self._redis
+                if redis is None:
+                    break
+                if len(pending) <= self.max_batch:
+                    batch = list(pending)
+                    pending.clear()
+                else:
+                    batch = [pending.popleft() for _ in range(self.max_batch)]
+                try:
+                    await self.write(redis, batch)
+                    self.batches += 1
+                    backoff.reset()
+                except Exception as exc:
+                    if not is_transient(exc):
+                        self._count_drop(len(batch))
+                        log.error("ops_write_failed", writer=self.name, error=repr(exc))
+                        continue
+                    self._requeue(batch)
+                    delay = backoff.next_delay()
+                    if backoff.failures == 1:
+                        log.warning(
+                            "ops_write_retrying",
+                            writer=self.name,
+                            error=f"{type(exc).__name__}: {exc}",
+                            pending=len(self._pending),
+                        )
+                    await asyncio.sleep(delay)
+        finally:
+            self._task = None
+
+    def _requeue(self, batch: list[T]) -> None:
+        room = self.max_pending - len(self._pending)
+        if room < len(batch):
+            self._count_drop(len(batch) - max(room, 0))
+            batch = batch[len(batch) - max(room, 0) :]
+        self._pending.extendleft(reversed(batch))
+
+    def _count_drop(self, count: int) -> None:
+        if count <= 0:
+            return
+        before = self.dropped
+        self.dropped += count
+        if before == 0 or before // 10_000 != self.dropped // 10_000:
+            log.warning("ops_items_dropped", writer=self.name, dropped=self.dropped)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def flush(self, within: float = CLOSE_TIMEOUT) -> bool:
+        """Wait until everything buffered so far is written; False on timeout."""
+        deadline = time.monotonic() + within
+        while self._pending or self._task is not None:
+            if self._task is None:
+                if self._redis is None:
+                    return False
+                self._kick()
+            task = self._task
+            left = deadline - time.monotonic()
+            if task is None or left <= 0:
+                return not self._pending and self._task is None
+            await asyncio.wait([task], timeout=left)
+        return True
+
+    async def close(self, within: float = CLOSE_TIMEOUT) -> None:
+        """Write what is left (for at most ``within`` seconds, without lingering), then
+        stop; later items are ignored."""
+        self._closed = True
+        flushed = await self.flush(within)
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if not flushed and self._pending:
+            self._count_drop(len(self._pending))
+            self._pending.clear()
+        self._redis = None

@@ -1,0 +1,299 @@
+"""Job transitions for everyone else: a Redis Stream per queue, and Python callbacks.
+
+:class:`EventStream` appends every transition the engine reports (started, completed,
+retrying, paused, dead, recovered) to ``PREFIX:{QUEUE}:events``, capped with
+``XADD MAXLEN ~``, so a program in any language can follow its jobs with ``XREAD``
+(docs/protocol.md, "The events stream"). It also counts completed and failed attempts per
+second for the admin API's recent throughput. Both are written by one Lua call per queue
+per batch (see :mod:`alchemy.ops.batching`).
+
+:class:`EventHooks` calls Python code on ``completed`` and ``failed`` transitions in the
+worker process. :data:`hooks` is the instance ``python -m alchemy run`` wires in, so a
+handler module can register callbacks when it is imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+
+from alchemy.ops.batching import BatchWriter
+from alchemy.queue.keys import QueueKeys
+from alchemy.worker.observer import JobEvent, Transition
+from alchemy.worker.supervisor import Running
+
+log = structlog.get_logger("alchemy.events")
+
+THROUGHPUT_WINDOW_S: Final = 300  # seconds of per-second counts kept for the admin API
+FAILED: Final = frozenset({Transition.RETRYING, Transition.DEAD})
+
+# KEYS[1] the stream, KEYS[2] the throughput hash.
+# ARGV[1] MAXLEN (0: no entries), ARGV[2] window in seconds, ARGV[3] completed, ARGV[4]
+# failed, ARGV[5] the entries: a JSON array of arrays of strings (field, value, field, ...).
+# One JSON argument rather than one argument per string: packing a command costs the
+# client about a microsecond per argument in redis-py; Redis decodes JSON in C (expanding
+# compact values into fields in Lua instead was measured twice as slow).
+# The per-second counts are keyed by Redis's clock, so every process counts alike; fields
+# older than the window are dropped once the hash holds four times the window.
+APPEND_EVENTS: Final = """
+local maxlen = tonumber(ARGV[1])
+if maxlen > 0 then
+  for _, fields in ipairs(cjson.decode(ARGV[5])) do
+    redis.call('XADD', KEYS[1], '*', unpack(fields))
+  end
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
+end
+local window = tonumber(ARGV[2])
+local done = tonumber(ARGV[3])
+local failed = tonumber(ARGV[4])
+if done + failed > 0 then
+  local now = tonumber(redis.call('TIME')[1])
+  if done > 0 then redis.call('HINCRBY', KEYS[2], now .. ':c', done) end
+  if failed > 0 then redis.call('HINCRBY', KEYS[2], now .. ':f', failed) end
+  if redis.call('HLEN', KEYS[2]) > 4 * window + 20 then
+    local old = {}
+    for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+      local sec = tonumber(string.match(f, '^(%d+)'))
+      if sec == nil or sec < now - window then old[#old + 1] = f end
+    end
+    for j = 1, #old, 500 do
+      redis.call('HDEL', KEYS[2], unpack(old, j, math.min(j + 499, #old)))
+    end
+  end
+  redis.call('EXPIRE', KEYS[2], window + 60)
+end
+return 1
+"""
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f}"
+
+
+def event_fields(event: JobEvent, ts_ms: int) -> list[str]:
+    """The stream entry of one job transition, as field, value, field, value, ..."""
+    fields = [
+        "event",
+        event.transition.value,
+        "attempt",
+        str(event.attempt),
+        "worker",
+        event.worker,
+        "ts",
+        str(ts_ms),
+    ]
+    if event.job_id is not None:
+        fields += ("job_id", event.job_id)
+    if event.duration_s is not None:
+        fields += ("duration_ms", _ms(event.duration_s))
+    if event.pickup_s is not None:
+        fields += ("pickup_ms", _ms(event.pickup_s))
+    error = event.error
+    if error is not None:
+        fields += ("error_type", error.type, "error_message", error.message)
+    if event.reason is not None:
+        fields += ("reason", event.reason)
+    if event.retry_in_s is not None:
+        fields += ("retry_in_ms", str(round(event.retry_in_s * 1000)))
+    return fields
+
+
+_Recovery = tuple[str, list[str]]  # queue, fields
+
+
+class EventStream(BatchWriter[tuple[JobEvent | _Recovery, int]]):
+    """Observer and extension: appends each transition to its queue's stream.
+
+    The hot path keeps the engine's event and the time; the entry is built when the batch
+    is written."""
+
+    name = "events"
+
+    def __init__(
+        self, prefix: str, *, identity: str, max_length: int = 10_000, max_pending: int = 100_000
+    ) -> None:
+        super().__init__(max_pending=max_pending)
+        self.prefix = prefix
+        self.identity = identity
+        self.max_length = max_length
+        self._keys: dict[str, QueueKeys] = {}
+        self._script: Any = None
+
+    # -- JobObserver ------------------------------------------------------------------------
+    def on_job(self, event: JobEvent) -> None:
+        self.add((event, int(time.time() * 1000)))
+
+    def on_recovered(self, queue: str, dead_worker: str, recovered: int, poisoned: int) -> None:
+        ts_ms = int(time.time() * 1000)
+        fields = ["event", "recovered", "worker", self.identity, "ts", str(ts_ms)]
+        fields += ("dead_worker", dead_worker, "recovered", str(recovered))
+        fields += ("poisoned", str(poisoned))
+        self.add(((queue, fields), ts_ms))
+
+    def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
+        return None  # a throttled claim is not a job transition; metrics count it
+
+    # -- Extension --------------------------------------------------------------------------
+    async def start(self, running: Running) -> None:
+        self.attach(running.redis)
+
+    async def stopping(self) -> None:
+        return None
+
+    # close() comes from BatchWriter: the last transitions are written, then it stops.
+
+    # -- writing ----------------------------------------------------------------------------
+    def keys(self, queue: str) -> QueueKeys:
+        keys = self._keys.get(queue)
+        if keys is None:
+            keys = self._keys[queue] = QueueKeys(self.prefix, queue)
+        return keys
+
+    async def write(self, redis: Redis, batch: Sequence[tuple[JobEvent | _Recovery, int]]) -> None:
+        if self._script is None:
+            self._script = redis.register_script(APPEND_EVENTS)
+        by_queue: dict[str, list[list[str]]] = defaultdict(list)
+        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for item, ts_ms in batch:
+            if isinstance(item, JobEvent):
+                queue, fields = item.queue, event_fields(item, ts_ms)
+                if item.transition is Transition.COMPLETED:
+                    counts[queue][0] += 1
+                elif item.transition in FAILED:
+                    counts[queue][1] += 1
+            else:
+                queue, fields = item
+            by_queue[queue].append(fields)
+        for queue, entries in by_queue.items():
+            keys = self.keys(queue)
+            done, failed = counts[queue]
+            args = [self.max_length, THROUGHPUT_WINDOW_S, done, failed, orjson.dumps(entries)]
+            await self._script(keys=[keys.events, keys.throughput], args=args)
+
+
+Callback = Callable[[JobEvent], Awaitable[None] | None]
+
+
+class EventHooks:
+    """In-process callbacks on finished jobs: ``on_completed`` and ``on_failed``.
+
+    ``on_failed`` callbacks hear every failed attempt: ``retrying`` (it runs again) and
+    ``dead`` (it will not); ``event.transition`` tells which. A callback may be a plain
+    function (it runs inside the engine's call, so it must be quick) or a coroutine function
+    (run as a task of its own). What a callback raises is logged and otherwise ignored.
+    """
+
+    def __init__(self) -> None:
+        self._completed: list[Callback] = []
+        self._failed: list[Callback] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def on_completed(self, callback: Callback) -> Callback:
+        """Register ``callback`` for completed jobs (usable as a decorator)."""
+        self._completed.append(callback)
+        return callback
+
+    def on_failed(self, callback: Callback) -> Callback:
+        """Register ``callback`` for failed attempts (usable as a decorator)."""
+        self._failed.append(callback)
+        return callback
+
+    def remove(self, callback: Callback) -> None:
+        for registered in (self._completed, self._failed):
+            while callback in registered:
+                registered.remove(callback)
+
+    def clear(self) -> None:
+        self._completed.clear()
+        self._failed.clear()
+
+    # -- JobObserver ------------------------------------------------------------------------
+    def on_job(self, event: JobEvent) -> None:
+        if event.transition is Transition.COMPLETED:
+            callbacks = self._completed
+        elif event.transition in FAILED:
+            callbacks = self._failed
+        else:
+            return
+        for callback in callbacks:
+            self._call(callback, event)
+
+    def on_recovered(self, queue: str, dead_worker: str, recovered: int, poisoned: int) -> None:
+        return None
+
+    def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
+        return None
+
+    def _call(self, callback: Callback, event: JobEvent) -> None:
+        try:
+            result = callback(event)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+        except Exception as exc:
+            log.error("event_hook_failed", hook=_name(callback), error=repr(exc))
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event_hook_failed", error=repr(task.exception()))
+
+    async def wait_idle(self, within: float = 5.0) -> None:
+        """Wait for the coroutine callbacks still running (tests, shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=within)
+
+
+def _name(callback: Callback) -> str:
+    return getattr(callback, "__qualname__", None) or repr(callback)
+
+
+hooks: Final = EventHooks()
+"""The process-wide hooks that ``python -m alchemy run`` wires in."""
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """Completed and failed attempts of a queue over the last minute and five minutes, in
+    every process that writes events (whole seconds before now, Redis clock)."""
+
+    completed_1m: int = 0
+    failed_1m: int = 0
+    completed_5m: int = 0
+    failed_5m: int = 0
+
+
+async def read_throughput(
+    redis: Redis, prefix: str, queues: Sequence[str]
+) -> dict[str, Throughput]:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        for queue in queues:
+            pipe.hgetall(QueueKeys(prefix, queue).throughput)
+        (now, _), *hashes = await pipe.execute()
+    result = {}
+    for queue, counts in zip(queues, hashes, strict=True):
+        sums = [0, 0, 0, 0]
+        for field, value in counts.items():
+            second, _, kind = field.partition(b":")
+            try:
+                age = int(now) - int(second)
+            except ValueError:
+                continue
+            if 0 < age <= THROUGHPUT_WINDOW_S:
+                failed = kind == b"f"
+                sums[2 + failed] += int(value)
+                if age <= 60:
+                    sums[failed] += int(value)
+        result[queue] = Throughput(*sums)
+    return result

@@ -1,0 +1,367 @@
+"""Prometheus metrics of one worker process, in a registry of its own.
+
+:class:`Metrics` is a job observer: it counts transitions and times jobs as the engine
+reports them (an integer increment or a bucket count each, no I/O, no lock). Queue depths
+are read from Redis when ``/metrics`` is scraped, through a cache that asks Redis at most
+once a second however often it is scraped (:mod:`alchemy.http.overview`).
+
+Provider code reports its calls through two module functions that do nothing until a
+:class:`Metrics` is installed in the process (``python -m alchemy run`` installs one)::
+
+    from alchemy.ops import metrics
+
+    metrics.record_provider_call("anthropic", "claude-sonnet-5-5", "ok",
+                                 input_tokens=812, output_tokens=1404)
+    metrics.record_image("gpt-image-1.5")
+
+Every metric is listed in docs/operations.md ("Metrics").
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final
+
+import structlog
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from alchemy.queue.admin import QueueStatus
+from alchemy.worker.observer import JobEvent, Transition
+
+log = structlog.get_logger("alchemy.metrics")
+
+DURATION_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+PICKUP_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0, 300.0,
+)  # fmt: skip
+PROVIDER_OUTCOMES: Final = ("ok", "rate_limited", "timeout", "error")
+PAUSED_SLEEP_MS: Final = 1000  # a paused consumer looks again after at most this
+
+
+class _Histogram:
+    """Bucket counts and sum of one labelled histogram: two list operations an observation."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family_sample(self) -> tuple[list[tuple[str, float]], float]:
+        buckets = []
+        cumulative = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            le = floatToGoString(bound)  # type: ignore[no-untyped-call]
+            buckets.append((le, float(cumulative)))
+        return buckets, self.total
+
+
+class _Queue:
+    """The job counters of one queue, plain integers (a scrape turns them into metrics)."""
+
+    __slots__ = (
+        "completed",
+        "dead",
+        "duration",
+        "failed",
+        "pickup",
+        "rate_limited",
+        "recovered",
+        "retried",
+        "started",
+    )
+
+    def __init__(self) -> None:
+        self.started = self.completed = self.failed = self.retried = 0
+        self.rate_limited = self.recovered = 0
+        self.dead: dict[str, int] = {}
+        self.pickup = _Histogram(PICKUP_BUCKETS)
+        self.duration = {
+            outcome: _Histogram(DURATION_BUCKETS)
+            for outcome in ("completed", "retrying", "paused", "dead")
+        }
+
+
+_COUNTERS: Final = (
+    ("started", "alchemy_jobs_started", "Attempts started (handler called)"),
+    ("completed", "alchemy_jobs_completed", "Attempts that completed"),
+    (
+        "failed",
+        "alchemy_jobs_failed",
+        "Attempts that failed (raised or timed out), then retried or dead-lettered",
+    ),
+    ("retried", "alchemy_jobs_retried", "Failed attempts scheduled for a retry"),
+    (
+        "rate_limited",
+        "alchemy_jobs_rate_limited",
+        "Attempts that raised RateLimitedError (queue paused, no attempt spent)",
+    ),
+    (
+        "recovered",
+        "alchemy_jobs_recovered",
+        "Jobs this process returned to the wait list from a dead process",
+    ),
+)
+
+
+class JobCollector(Collector):
+    """The per-job metrics. The engine calls observers on the hot path, where even
+    prometheus_client's counters (a lock and a few checks each) add up at 10,000 jobs/s, so
+    these are plain integers turned into metric families only when scraped."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, _Queue] = {}
+
+    def queue(self, name: str) -> _Queue:
+        q = self.queues.get(name)
+        if q is None:
+            q = self.queues[name] = _Queue()
+        return q
+
+    def collect(self) -> Iterable[Metric]:
+        queues = list(self.queues.items())
+        for attribute, name, documentation in _COUNTERS:
+            family = CounterMetricFamily(name, documentation, labels=["queue"])
+            for queue, q in queues:
+                family.add_metric([queue], getattr(q, attribute))
+            yield family
+        dead = CounterMetricFamily(
+            "alchemy_jobs_dead", "Jobs dead-lettered, by reason", labels=["queue", "reason"]
+        )
+        for queue, q in queues:
+            for reason, count in q.dead.items():
+                dead.add_metric([queue, reason], count)
+        yield dead
+        duration = HistogramMetricFamily(
+            "alchemy_job_duration_seconds",
+            "Time in the handler per attempt, by outcome",
+            labels=["queue", "outcome"],
+        )
+        pickup = HistogramMetricFamily(
+            "alchemy_job_pickup_seconds",
+            "From the producer's enqueued_at to the start of the first attempt",
+            labels=["queue"],
+        )
+        for queue, q in queues:
+            for outcome, histogram in q.duration.items():
+                duration.add_metric([queue, outcome], *histogram.family_sample())
+            pickup.add_metric([queue], *q.pickup.family_sample())
+        yield duration
+        yield pickup
+
+
+class Metrics:
+    """Every metric of one worker process; also the :class:`JobObserver` feeding them."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.jobs = JobCollector()
+        r.register(self.jobs)
+        self.held_back = Counter(
+            "alchemy_queue_held_back",
+            "Claims refused: no rate-limit token (throttled) or the queue paused",
+            ["queue", "why"],
+            registry=r,
+        )
+        self.held_back_seconds = Counter(
+            "alchemy_queue_held_back_seconds",
+            "Seconds consumers waited because of the rate limit or a pause",
+            ["queue", "why"],
+            registry=r,
+        )
+        self.provider_calls = Counter(
+            "alchemy_provider_calls",
+            "Calls to AI providers, by outcome (ok, rate_limited, timeout, error)",
+            ["provider", "model", "outcome"],
+            registry=r,
+        )
+        self.provider_tokens = Counter(
+            "alchemy_provider_tokens",
+            "Tokens used at AI providers (kind: input or output)",
+            ["provider", "model", "kind"],
+            registry=r,
+        )
+        self.images = Counter("alchemy_images_generated", "Images generated", ["model"], registry=r)
+        self._collector: QueueCollector | None = None
+
+    @classmethod
+    def for_process(cls) -> Metrics:
+        """A fresh registry with the process and platform collectors."""
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
+        registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        return cls(registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def watch_queues(self, collector: QueueCollector) -> None:
+        """Serve ``collector``'s queue gauges (in place of any earlier one)."""
+        if self._collector is not None:
+            self.registry.unregister(self._collector)
+        self.registry.register(collector)
+        self._collector = collector
+
+    # -- JobObserver ------------------------------------------------------------------------
+    def on_job(self, event: JobEvent) -> None:
+        q = self.jobs.queues.get(event.queue) or self.jobs.queue(event.queue)
+        transition = event.transition
+        if transition is Transition.STARTED:
+            q.started += 1
+            if event.pickup_s is not None:
+                q.pickup.observe(max(0.0, event.pickup_s))
+            return
+        if event.duration_s is not None:
+            q.duration[transition].observe(event.duration_s)
+        if transition is Transition.COMPLETED:
+            q.completed += 1
+        elif transition is Transition.RETRYING:
+            q.failed += 1
+            q.retried += 1
+        elif transition is Transition.PAUSED:
+            q.rate_limited += 1
+        elif transition is Transition.DEAD:
+            if event.duration_s is not None:  # ran and failed; bad input never ran
+                q.failed += 1
+            reason = event.reason or "unknown"
+            q.dead[reason] = q.dead.get(reason, 0) + 1
+
+    def on_recovered(self, queue: str, dead_worker: str, recovered: int, poisoned: int) -> None:
+        q = self.jobs.queue(queue)
+        q.recovered += recovered
+        if poisoned:
+            q.dead["poison"] = q.dead.get("poison", 0) + poisoned
+
+    def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
+        self.held_back.labels(queue, why).inc()
+        slept = PAUSED_SLEEP_MS if wait_ms < 0 else wait_ms
+        if why == "paused":
+            slept = min(slept, PAUSED_SLEEP_MS)
+        self.held_back_seconds.labels(queue, why).inc(slept / 1000)
+
+    # -- providers --------------------------------------------------------------------------
+    def provider_call(
+        self, provider: str, model: str, outcome: str, input_tokens: int, output_tokens: int
+    ) -> None:
+        if outcome not in PROVIDER_OUTCOMES:
+            outcome = "error"
+        self.provider_calls.labels(provider, model, outcome).inc()
+        if input_tokens > 0:
+            self.provider_tokens.labels(provider, model, "input").inc(input_tokens)
+        if output_tokens > 0:
+            self.provider_tokens.labels(provider, model, "output").inc(output_tokens)
+
+
+# -- the process's installed metrics, for code that has no handle on them -------------------
+_installed: Metrics | None = None
+
+
+def install(metrics: Metrics | None) -> Metrics | None:
+    """Make ``metrics`` the process's metrics (None: none). Returns the one it replaces."""
+    global _installed
+    previous, _installed = _installed, metrics
+    return previous
+
+
+def installed() -> Metrics | None:
+    return _installed
+
+
+def record_provider_call(
+    provider: str,
+    model: str,
+    outcome: str,
+    *,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+) -> None:
+    """Count one call to an AI provider and the tokens it used; a no-op without metrics.
+
+    ``provider``: "anthropic", "openai", "offline"; ``model``: the model name sent;
+    ``outcome``: "ok", "rate_limited", "timeout" or "error" (anything else counts as
+    "error"). Never raises."""
+    metrics = _installed
+    if metrics is None:
+        return
+    try:
+        metrics.provider_call(provider, model, outcome, input_tokens, output_tokens)
+    except Exception as exc:  # metrics must never fail a job
+        log.error("metrics_failed", error=repr(exc))
+
+
+def record_image(model: str, count: int = 1) -> None:
+    """Count ``count`` images generated with ``model``; a no-op without metrics."""
+    metrics = _installed
+    if metrics is None or count <= 0:
+        return
+    try:
+        metrics.images.labels(model).inc(count)
+    except Exception as exc:
+        log.error("metrics_failed", error=repr(exc))
+
+
+# -- queue depths, read from Redis at scrape time ------------------------------------------
+class QueueCollector(Collector):
+    """Gauges of queue depth (from the last statuses read from Redis, see
+    :mod:`alchemy.http.overview`) and of the attempts running in this process."""
+
+    def __init__(
+        self,
+        statuses: Callable[[], Mapping[str, QueueStatus] | None],
+        in_flight: Callable[[], Mapping[str, int]],
+    ) -> None:
+        self.statuses = statuses
+        self.in_flight = in_flight
+
+    def collect(self) -> Iterable[Metric]:
+        statuses = self.statuses()
+        depth = GaugeMetricFamily(
+            "alchemy_queue_jobs", "Jobs in the queue by state (Redis)", labels=["queue", "state"]
+        )
+        paused = GaugeMetricFamily(
+            "alchemy_queue_paused", "1 while the queue is paused", labels=["queue"]
+        )
+        consumers = GaugeMetricFamily(
+            "alchemy_queue_consumers", "Live processes serving the queue", labels=["queue"]
+        )
+        for queue, s in (statuses or {}).items():
+            for state in ("wait", "processing", "delayed", "dead"):
+                depth.add_metric([queue, state], getattr(s, state))
+            paused.add_metric([queue], 1.0 if s.paused else 0.0)
+            consumers.add_metric([queue], sum(c.alive for c in s.consumers))
+        running = GaugeMetricFamily(
+            "alchemy_jobs_in_flight", "Attempts running in this process", labels=["queue"]
+        )
+        for queue, count in self.in_flight().items():
+            running.add_metric([queue], count)
+        up = GaugeMetricFamily("alchemy_redis_up", "1 if the last read of queue depths worked")
+        up.add_metric([], 0.0 if statuses is None else 1.0)
+        yield from (depth, paused, consumers, running, up)

@@ -1,0 +1,58 @@
+"""What ``python -m alchemy run`` adds around the engine for operators: metrics, the events
+stream, job records, the in-process event hooks and the HTTP listener, each from its own
+section of the configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from alchemy.config import Config
+from alchemy.ops import metrics as metrics_module
+from alchemy.ops.events import EventHooks, EventStream, hooks
+from alchemy.ops.metrics import Metrics
+from alchemy.ops.records import JobRecords
+from alchemy.worker.observer import JobObserver
+from alchemy.worker.supervisor import Extension
+
+
+@dataclass
+class Operations:
+    metrics: Metrics
+    observers: list[JobObserver] = field(default_factory=list)
+    extensions: list[Extension] = field(default_factory=list)
+
+
+def operations(
+    config: Config,
+    *,
+    event_hooks: EventHooks = hooks,
+    http_port: int | None = None,
+    install_metrics: bool = True,
+) -> Operations:
+    """Build the observers and extensions for one worker process.
+
+    The metrics are always collected (and installed for :func:`record_provider_call`); the
+    listener runs when ``[http] port`` (or ``http_port``) is not 0."""
+    metrics = Metrics.for_process()
+    if install_metrics:
+        metrics_module.install(metrics)
+    ops = Operations(metrics, observers=[metrics, event_hooks])
+    prefix = config.redis.prefix
+    if config.events.enabled:
+        stream = EventStream(
+            prefix, identity=config.worker.identity, max_length=config.events.max_length
+        )
+        ops.observers.append(stream)
+        ops.extensions.append(stream)
+    if config.records.enabled:
+        records = JobRecords(
+            prefix, max_per_queue=config.records.max_per_queue, ttl=config.records.ttl
+        )
+        ops.observers.append(records)
+        ops.extensions.append(records)
+    port = config.http.port if http_port is None else http_port
+    if config.http.port or http_port is not None:
+        from alchemy.http.server import HttpServer  # aiohttp only where it serves
+
+        ops.extensions.append(HttpServer(config, metrics=metrics, port=port))
+    return ops

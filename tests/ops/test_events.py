@@ -1,0 +1,195 @@
+"""The events stream, read back with XRANGE as a program in another language would, and the
+in-process hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from redis.asyncio import Redis
+
+from alchemy.ops.events import EventHooks, EventStream, read_throughput
+from alchemy.queue.job import ErrorInfo
+from alchemy.queue.keys import QueueKeys
+from alchemy.worker.observer import JobEvent, Transition
+from tests.conftest import queue_table, wait_for
+
+
+def decode(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+
+async def stream(redis: Redis, prefix: str, queue: str = "q") -> list[dict[str, str]]:
+    return decode(await redis.xrange(QueueKeys(prefix, queue).events))
+
+
+async def test_every_transition_lands_in_the_queue_stream(
+    redis: Redis, prefix: str, make_config: Any, run_worker: Any
+) -> None:
+    table = queue_table("q", backoff_initial=0.05, backoff_jitter=0.0, max_attempts=2)
+    table["q"]["handler"] = "tests.support.handlers:rate_limited_once"
+    config = make_config(table)
+    keys = QueueKeys(prefix, "q")
+    identity = config.worker.identity
+    jobs = [
+        {"id": "flaky", "fail_until_attempt": 2, "enqueued_at": 1},
+        {"id": "doomed", "fail_until_attempt": -1, "error": "permanent"},
+        {"id": "slow-down", "once_key": f"{prefix}:once", "retry_after": 0.1},
+    ]
+    for job in jobs:
+        await redis.lpush(keys.wait, json.dumps(job))
+    await redis.lpush(keys.wait, b"not json")
+    await redis.lpush(keys.processing(identity), json.dumps({"id": "left"}))
+    events = EventStream(prefix, identity=identity)
+    run_worker(config, observers=[events], extensions=[events])
+
+    def done(entries: list[dict[str, str]], job_id: str) -> bool:
+        return any(e.get("job_id") == job_id and e["event"] == "completed" for e in entries)
+
+    async def finished() -> bool:
+        entries = await stream(redis, prefix)
+        return all(done(entries, j) for j in ("flaky", "slow-down", "left")) and any(
+            e.get("job_id") == "doomed" and e["event"] == "dead" for e in entries
+        )
+
+    await wait_for(finished, within=10)
+    entries = await stream(redis, prefix)
+    by_id: dict[str | None, list[str]] = {}
+    for entry in entries:
+        by_id.setdefault(entry.get("job_id"), []).append(entry["event"])
+    assert by_id["flaky"] == ["started", "retrying", "started", "completed"]
+    assert by_id["doomed"] == ["started", "dead"]
+    assert by_id["slow-down"] == ["started", "paused", "started", "completed"]
+    assert by_id["left"] == ["started", "completed"]
+    assert by_id[None] == ["recovered", "dead"]  # the leftovers, then the unreadable item
+
+    recovered = entries[0]
+    assert recovered["event"] == "recovered"
+    assert (recovered["dead_worker"], recovered["recovered"], recovered["poisoned"]) == (
+        identity,
+        "1",
+        "0",
+    )
+    flaky = [e for e in entries if e.get("job_id") == "flaky"]
+    assert flaky[0]["attempt"] == "1"
+    assert float(flaky[0]["pickup_ms"]) > 0
+    assert flaky[1]["error_type"] == "ValueError"
+    assert int(flaky[1]["retry_in_ms"]) == 50
+    assert float(flaky[1]["duration_ms"]) >= 0
+    assert flaky[3]["attempt"] == "2"
+    assert {e["worker"] for e in entries} == {identity}
+    doomed = [e for e in entries if e.get("job_id") == "doomed"][1]
+    assert (doomed["reason"], doomed["error_type"]) == ("permanent_error", "PermanentError")
+    unreadable = next(e for e in entries if "job_id" not in e and e["event"] == "dead")
+    assert unreadable["reason"] == "invalid_json"
+    assert all(int(e["ts"]) > 1_700_000_000_000 for e in entries)
+
+
+async def test_the_stream_is_capped(redis: Redis, prefix: str) -> None:
+    events = EventStream(prefix, identity="w", max_length=100)
+    events.attach(redis)
+    for n in range(1000):
+        events.on_job(JobEvent("q", Transition.COMPLETED, f"j{n}", 1, "w", duration_s=0.001))
+        if n % 100 == 0:
+            await asyncio.sleep(0)
+    assert await events.flush()
+    length = await redis.xlen(QueueKeys(prefix, "q").events)
+    assert 100 <= length < 300  # MAXLEN ~ trims whole nodes of 100 entries
+    last = decode(await redis.xrevrange(QueueKeys(prefix, "q").events, count=1))[0]
+    assert last["job_id"] == "j999"
+
+
+async def test_throughput_counts_completed_and_failed_per_second(redis: Redis, prefix: str) -> None:
+    events = EventStream(prefix, identity="w")
+    events.attach(redis)
+    for n in range(30):
+        events.on_job(JobEvent("q", Transition.COMPLETED, f"c{n}", 1, "w", duration_s=0.0))
+    for n in range(5):
+        error = ErrorInfo("ValueError", "no")
+        events.on_job(JobEvent("q", Transition.RETRYING, f"f{n}", 1, "w", 0.0, error=error))
+    events.on_job(JobEvent("q", Transition.STARTED, "s", 1, "w"))
+    assert await events.flush()
+    assert await redis.ttl(QueueKeys(prefix, "q").throughput) > 300
+    now = int((await redis.time())[0])
+
+    # Whole seconds only: wait for the second of the writes to be over.
+    async def next_second() -> bool:
+        return int((await redis.time())[0]) > now
+
+    await wait_for(next_second, within=3, interval=0.05)
+    t = (await read_throughput(redis, prefix, ["q"]))["q"]
+    assert (t.completed_1m, t.failed_1m, t.completed_5m, t.failed_5m) == (30, 5, 30, 5)
+    assert (await read_throughput(redis, prefix, ["other"]))["other"].completed_5m == 0
+
+
+async def test_writes_are_batched_and_bounded(redis: Redis, prefix: str) -> None:
+    events = EventStream(prefix, identity="w")
+    events.attach(redis)
+    for n in range(5000):
+        events.on_job(JobEvent("q", Transition.STARTED, f"j{n}", 1, "w"))
+    assert await events.flush()
+    assert events.batches == 3  # at most max_batch (2000) entries per Lua call
+    assert await redis.xlen(QueueKeys(prefix, "q").events) == 5000
+
+
+async def test_events_wait_for_redis_and_are_capped_in_memory(prefix: str) -> None:
+    down = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    events = EventStream(prefix, identity="w", max_pending=50)
+    try:
+        events.attach(down)
+        for n in range(80):
+            events.on_job(JobEvent("q", Transition.STARTED, f"j{n}", 1, "w"))
+        await asyncio.sleep(0.3)
+        assert events.pending == 50
+        assert events.dropped == 30
+        await events.close(within=0.2)
+        assert events.pending == 0
+        assert events.dropped == 80
+        events.on_job(JobEvent("q", Transition.STARTED, "late", 1, "w"))
+        assert events.pending == 0
+    finally:
+        await down.aclose()
+
+
+async def test_hooks_hear_completed_and_failed_jobs(
+    redis: Redis, prefix: str, make_config: Any, run_worker: Any
+) -> None:
+    config = make_config(queue_table("q", backoff_initial=0.05, backoff_jitter=0.0, max_attempts=2))
+    keys = QueueKeys(prefix, "q")
+    await redis.lpush(keys.wait, json.dumps({"id": "ok"}))
+    await redis.lpush(keys.wait, json.dumps({"id": "bad", "fail_until_attempt": -1}))
+    hooks = EventHooks()
+    completed: list[str | None] = []
+    failed: list[tuple[str | None, str]] = []
+    awaited: list[str | None] = []
+
+    @hooks.on_completed
+    def note(event: JobEvent) -> None:
+        completed.append(event.job_id)
+
+    @hooks.on_failed
+    async def note_failure(event: JobEvent) -> None:
+        await asyncio.sleep(0)
+        failed.append((event.job_id, str(event.transition)))
+
+    @hooks.on_completed
+    def broken(event: JobEvent) -> None:
+        raise RuntimeError("hook bug")
+
+    async def later(event: JobEvent) -> None:
+        awaited.append(event.job_id)
+        raise RuntimeError("async hook bug")
+
+    hooks.on_completed(later)
+    run_worker(config, observers=[hooks])
+    await wait_for(lambda: len(failed) == 2 and completed == ["ok"])
+    await hooks.wait_idle()
+    assert failed == [("bad", "retrying"), ("bad", "dead")]
+    assert awaited == ["ok"]
+    hooks.remove(note)
+    hooks.on_job(JobEvent("q", Transition.COMPLETED, "again", 1, "w"))
+    assert completed == ["ok"]
+    hooks.clear()
+    hooks.on_job(JobEvent("q", Transition.DEAD, "again", 1, "w"))
+    assert len(failed) == 2

@@ -1,0 +1,125 @@
+"""Metrics: what each transition counts, the provider API, and the queue gauges."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from alchemy.ops import metrics as metrics_module
+from alchemy.ops.metrics import Metrics, QueueCollector
+from alchemy.queue.admin import ConsumerStatus, QueueStatus
+from alchemy.queue.job import ErrorInfo
+from alchemy.worker.observer import JobEvent, Transition
+
+ERROR = ErrorInfo("ValueError", "no")
+
+
+def value(m: Metrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+@pytest.fixture
+def installed() -> Iterator[Metrics]:
+    m = Metrics()
+    previous = metrics_module.install(m)
+    yield m
+    metrics_module.install(previous)
+
+
+def test_each_transition_counts_once() -> None:
+    m = Metrics()
+    events = [
+        JobEvent("q", Transition.STARTED, "a", 1, "w", pickup_s=0.004),
+        JobEvent("q", Transition.COMPLETED, "a", 1, "w", duration_s=0.02),
+        JobEvent("q", Transition.STARTED, "b", 1, "w", pickup_s=-0.5),  # clocks disagree
+        JobEvent("q", Transition.RETRYING, "b", 1, "w", 0.1, error=ERROR, retry_in_s=2.0),
+        JobEvent("q", Transition.STARTED, "b", 2, "w"),
+        JobEvent("q", Transition.DEAD, "b", 2, "w", 0.1, error=ERROR, reason="max_attempts"),
+        JobEvent("q", Transition.STARTED, "c", 1, "w"),
+        JobEvent("q", Transition.PAUSED, "c", 1, "w", 0.001, error=ERROR, retry_in_s=30.0),
+        JobEvent("q", Transition.DEAD, None, 1, "w", error=ERROR, reason="invalid_json"),
+        JobEvent("r", Transition.STARTED, "d", 1, "w"),
+    ]
+    for event in events:
+        m.on_job(event)
+    m.on_recovered("q", "dead-one", 3, 1)
+    m.on_held_back("q", "throttled", 250)
+    m.on_held_back("q", "paused", -1)
+    m.on_held_back("q", "paused", 30_000)
+    assert value(m, "alchemy_jobs_started_total", queue="q") == 4
+    assert value(m, "alchemy_jobs_started_total", queue="r") == 1
+    assert value(m, "alchemy_jobs_completed_total", queue="q") == 1
+    assert value(m, "alchemy_jobs_failed_total", queue="q") == 2  # b twice; not the bad item
+    assert value(m, "alchemy_jobs_retried_total", queue="q") == 1
+    assert value(m, "alchemy_jobs_rate_limited_total", queue="q") == 1
+    assert value(m, "alchemy_jobs_dead_total", queue="q", reason="max_attempts") == 1
+    assert value(m, "alchemy_jobs_dead_total", queue="q", reason="invalid_json") == 1
+    assert value(m, "alchemy_jobs_dead_total", queue="q", reason="poison") == 1
+    assert value(m, "alchemy_jobs_recovered_total", queue="q") == 3
+    duration = "alchemy_job_duration_seconds_count"
+    assert value(m, duration, queue="q", outcome="completed") == 1
+    assert value(m, duration, queue="q", outcome="dead") == 1
+    assert value(m, "alchemy_job_pickup_seconds_count", queue="q") == 2
+    assert value(m, "alchemy_job_pickup_seconds_bucket", queue="q", le="0.005") == 2
+    assert value(m, "alchemy_queue_held_back_total", queue="q", why="paused") == 2
+    assert value(m, "alchemy_queue_held_back_seconds_total", queue="q", why="throttled") == 0.25
+    assert value(m, "alchemy_queue_held_back_seconds_total", queue="q", why="paused") == 2.0
+
+
+def test_provider_calls_are_a_no_op_until_metrics_are_installed() -> None:
+    previous = metrics_module.install(None)
+    try:
+        metrics_module.record_provider_call("anthropic", "m", "ok", input_tokens=5)
+        metrics_module.record_image("gpt-image-1.5")
+    finally:
+        metrics_module.install(previous)
+
+
+def test_provider_calls_tokens_and_images(installed: Metrics) -> None:
+    m = installed
+    metrics_module.record_provider_call(
+        "anthropic", "claude", "ok", input_tokens=100, output_tokens=40
+    )
+    metrics_module.record_provider_call("anthropic", "claude", "ok", input_tokens=1)
+    metrics_module.record_provider_call("openai", "gpt", "teapot")  # unknown outcome: error
+    metrics_module.record_image("gpt-image-1.5", 2)
+    metrics_module.record_image("gpt-image-1.5", 0)
+    calls = "alchemy_provider_calls_total"
+    assert value(m, calls, provider="anthropic", model="claude", outcome="ok") == 2
+    assert value(m, calls, provider="openai", model="gpt", outcome="error") == 1
+    tokens = "alchemy_provider_tokens_total"
+    assert value(m, tokens, provider="anthropic", model="claude", kind="input") == 101
+    assert value(m, tokens, provider="anthropic", model="claude", kind="output") == 40
+    assert value(m, tokens, provider="openai", model="gpt", kind="input") is None
+    assert value(m, "alchemy_images_generated_total", model="gpt-image-1.5") == 2
+    assert b"alchemy_provider_calls_total{" in m.render()
+
+
+def test_queue_gauges_come_from_the_last_read() -> None:
+    m = Metrics.for_process()
+    status = QueueStatus(
+        "q",
+        wait=5,
+        processing=2,
+        delayed=1,
+        dead=7,
+        paused=True,
+        paused_for_ms=-1,
+        consumers=[ConsumerStatus("w", True, 2, None), ConsumerStatus("x", False, 0, None)],
+    )
+    statuses: dict[str, QueueStatus] | None = None
+    m.watch_queues(QueueCollector(lambda: statuses, lambda: {"q": 2}))
+    assert value(m, "alchemy_redis_up") == 0
+    assert value(m, "alchemy_queue_jobs", queue="q", state="wait") is None
+    statuses = {"q": status}
+    m.watch_queues(QueueCollector(lambda: statuses, lambda: {"q": 2}))  # replaces the first
+    for state, count in (("wait", 5), ("processing", 2), ("delayed", 1), ("dead", 7)):
+        assert value(m, "alchemy_queue_jobs", queue="q", state=state) == count
+    assert value(m, "alchemy_queue_paused", queue="q") == 1
+    assert value(m, "alchemy_queue_consumers", queue="q") == 1
+    assert value(m, "alchemy_jobs_in_flight", queue="q") == 2
+    assert value(m, "alchemy_redis_up") == 1
+    text = m.render().decode()
+    assert "process_cpu_seconds_total" in text
+    assert "_created" not in text

@@ -1,0 +1,141 @@
+"""Job records: the last transition of each job, capped per queue and expiring."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from redis.asyncio import Redis
+
+from alchemy.ops.records import JobRecords, read_record
+from alchemy.queue.job import ErrorInfo
+from alchemy.queue.keys import QueueKeys
+from alchemy.worker.observer import JobEvent, Transition
+from tests.conftest import queue_table, wait_for
+
+TTL = 3600.0
+
+
+async def test_records_follow_a_job_through_retries_and_death(
+    redis: Redis, prefix: str, make_config: Any, run_worker: Any
+) -> None:
+    config = make_config(queue_table("q", backoff_initial=0.05, backoff_jitter=0.0, max_attempts=2))
+    keys = QueueKeys(prefix, "q")
+    for job in (
+        {"id": "flaky", "fail_until_attempt": 2},
+        {"id": "doomed", "fail_until_attempt": -1},
+        {"id": "fine"},
+    ):
+        await redis.lpush(keys.wait, json.dumps(job))
+    await redis.lpush(keys.wait, b"not json")
+    records = JobRecords(prefix, ttl=TTL)
+    run_worker(config, observers=[records], extensions=[records])
+
+    async def state(job_id: str) -> str | None:
+        record = await read_record(redis, prefix, "q", job_id)
+        return record["state"] if record else None
+
+    for job_id, final in (("flaky", "completed"), ("doomed", "dead"), ("fine", "completed")):
+        await wait_for(lambda j=job_id, f=final: _is(state(j), f))
+    flaky = await read_record(redis, prefix, "q", "flaky")
+    assert flaky is not None
+    assert (flaky["attempt"], flaky["worker"], flaky["reason"]) == (2, config.worker.identity, None)
+    assert flaky["last_error"] == {"type": "ValueError", "message": "told to fail"}
+    assert flaky["first_started_ms"] is not None
+    assert flaky["started_ms"] is not None
+    assert flaky["first_started_ms"] < flaky["started_ms"] <= flaky["finished_ms"]
+    assert flaky["duration_ms"] is not None
+    assert 0 < flaky["expires_in_s"] <= TTL
+    doomed = await read_record(redis, prefix, "q", "doomed")
+    assert doomed is not None
+    assert (doomed["attempt"], doomed["reason"]) == (2, "max_attempts")
+    fine = await read_record(redis, prefix, "q", "fine")
+    assert fine is not None
+    assert fine["last_error"] is None
+    assert fine["first_started_ms"] == fine["started_ms"]
+    assert await read_record(redis, prefix, "q", "never-seen") is None
+    assert await redis.hlen(keys.records) == 3  # the unreadable job has no id, no record
+
+
+async def _is(value: Any, expected: str) -> bool:
+    return bool(await value == expected)
+
+
+async def test_a_retry_elsewhere_keeps_the_history(redis: Redis, prefix: str) -> None:
+    first, second = JobRecords(prefix, ttl=TTL), JobRecords(prefix, ttl=TTL)
+    for records in (first, second):
+        records.attach(redis)
+    error = ErrorInfo("TimeoutError", "upstream slow")
+    first.on_job(JobEvent("q", Transition.STARTED, "j", 1, "w1"))
+    await first.flush()
+    first.on_job(JobEvent("q", Transition.RETRYING, "j", 1, "w1", 0.5, error=error, retry_in_s=5))
+    await first.flush()
+    one = await read_record(redis, prefix, "q", "j")
+    assert one is not None
+    assert (one["state"], one["worker"]) == ("retrying", "w1")
+    assert one["retry_at_ms"] == one["updated_ms"] + 5000
+    # Attempt 2 runs in another process, started and finished within one batch.
+    second.on_job(JobEvent("q", Transition.STARTED, "j", 2, "w2"))
+    second.on_job(JobEvent("q", Transition.COMPLETED, "j", 2, "w2", duration_s=0.25))
+    await second.flush()
+    two = await read_record(redis, prefix, "q", "j")
+    assert two is not None
+    assert (two["state"], two["attempt"], two["worker"]) == ("completed", 2, "w2")
+    assert two["first_started_ms"] == one["first_started_ms"]
+    assert two["last_error"] == {"type": "TimeoutError", "message": "upstream slow"}
+    assert two["started_ms"] is not None
+    assert two["duration_ms"] == 250.0
+    assert second.batches == 1
+
+
+async def test_records_are_capped_per_queue(redis: Redis, prefix: str) -> None:
+    records = JobRecords(prefix, max_per_queue=100, ttl=TTL)
+    records.attach(redis)
+    for n in range(350):
+        records.on_job(JobEvent("q", Transition.COMPLETED, f"j{n}", 1, "w", duration_s=0.0))
+        if n % 50 == 49:
+            await records.flush()
+    records.on_job(JobEvent("other", Transition.COMPLETED, "x", 1, "w", duration_s=0.0))
+    await records.flush()
+    keys = QueueKeys(prefix, "q")
+    assert await redis.hlen(keys.records) == 50
+    assert await redis.hlen(keys.records_old) == 50
+    for n in (349, 250):
+        assert await read_record(redis, prefix, "q", f"j{n}") is not None
+    for n in (0, 249):
+        assert await read_record(redis, prefix, "q", f"j{n}") is None
+    assert await read_record(redis, prefix, "other", "x") is not None
+
+
+async def test_records_expire(redis: Redis, prefix: str) -> None:
+    records = JobRecords(prefix, ttl=1.0)
+    records.attach(redis)
+    keys = QueueKeys(prefix, "q")
+    records.on_job(JobEvent("q", Transition.COMPLETED, "old", 1, "w", duration_s=0.0))
+    await records.flush()
+    assert 0 < await redis.pttl(keys.records) <= 1000
+    assert await read_record(redis, prefix, "q", "old") is not None
+    await asyncio.sleep(1.1)
+    assert await read_record(redis, prefix, "q", "old") is None
+    records.on_job(JobEvent("q", Transition.COMPLETED, "new", 1, "w", duration_s=0.0))
+    await records.flush()
+    assert await redis.hkeys(keys.records) == [b"new"]
+    assert not await redis.exists(keys.records_old)
+
+
+async def test_a_generation_older_than_half_the_ttl_is_retired(redis: Redis, prefix: str) -> None:
+    records = JobRecords(prefix, ttl=2.0)
+    records.attach(redis)
+    keys = QueueKeys(prefix, "q")
+    records.on_job(JobEvent("q", Transition.COMPLETED, "a", 1, "w", duration_s=0.0))
+    await records.flush()
+    await asyncio.sleep(1.05)
+    records.on_job(JobEvent("q", Transition.COMPLETED, "b", 1, "w", duration_s=0.0))
+    await records.flush()
+    assert await redis.hkeys(keys.records) == [b"b"]
+    assert await redis.hkeys(keys.records_old) == [b"a"]
+    a = await read_record(redis, prefix, "q", "a")
+    assert a is not None
+    assert a["expires_in_s"] == 0  # under a second left
+    assert 1000 < await redis.pttl(keys.records) <= 2000

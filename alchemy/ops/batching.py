@@ -23,7 +23,9 @@ from typing import Final, Generic, TypeVar
 import structlog
 from redis.asyncio import Redis
 
+from alchemy.queue.keys import QueueKeys
 from alchemy.worker.connections import Backoff, is_transient
+from alchemy.worker.supervisor import Running
 
 T = TypeVar("T")
 log = structlog.get_logger("alchemy.ops")
@@ -171,3 +173,27 @@ class BatchWriter(Generic[T]):
             self._count_drop(len(self._pending))
             self._pending.clear()
         self._redis = None
+
+
+class QueueBatchWriter(BatchWriter[T]):
+    """A batch writer that writes per-queue keys and lives as a supervisor extension:
+    it starts writing through the worker's Redis once the consumers run."""
+
+    def __init__(self, prefix: str, *, max_pending: int = DEFAULT_MAX_PENDING) -> None:
+        super().__init__(max_pending=max_pending)
+        self.prefix = prefix
+        self._keys: dict[str, QueueKeys] = {}
+
+    async def start(self, running: Running) -> None:
+        self.attach(running.redis)
+
+    async def stopping(self) -> None:
+        return None
+
+    # close() comes from BatchWriter: what is buffered is written, then it stops.
+
+    def keys(self, queue: str) -> QueueKeys:
+        keys = self._keys.get(queue)
+        if keys is None:
+            keys = self._keys[queue] = QueueKeys(self.prefix, queue)
+        return keys

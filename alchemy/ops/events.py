@@ -26,10 +26,9 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 
-from alchemy.ops.batching import BatchWriter
+from alchemy.ops.batching import QueueBatchWriter
 from alchemy.queue.keys import QueueKeys
 from alchemy.worker.observer import JobEvent, Transition
-from alchemy.worker.supervisor import Running
 
 log = structlog.get_logger("alchemy.events")
 
@@ -110,7 +109,7 @@ def event_fields(event: JobEvent, ts_ms: int) -> list[str]:
 _Recovery = tuple[str, list[str]]  # queue, fields
 
 
-class EventStream(BatchWriter[tuple[JobEvent | _Recovery, int]]):
+class EventStream(QueueBatchWriter[tuple[JobEvent | _Recovery, int]]):
     """Observer and extension: appends each transition to its queue's stream.
 
     The hot path keeps the engine's event and the time; the entry is built when the batch
@@ -121,11 +120,9 @@ class EventStream(BatchWriter[tuple[JobEvent | _Recovery, int]]):
     def __init__(
         self, prefix: str, *, identity: str, max_length: int = 10_000, max_pending: int = 100_000
     ) -> None:
-        super().__init__(max_pending=max_pending)
-        self.prefix = prefix
+        super().__init__(prefix, max_pending=max_pending)
         self.identity = identity
         self.max_length = max_length
-        self._keys: dict[str, QueueKeys] = {}
         self._script: Any = None
 
     # -- JobObserver ------------------------------------------------------------------------
@@ -142,22 +139,7 @@ class EventStream(BatchWriter[tuple[JobEvent | _Recovery, int]]):
     def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
         return None  # a throttled claim is not a job transition; metrics count it
 
-    # -- Extension --------------------------------------------------------------------------
-    async def start(self, running: Running) -> None:
-        self.attach(running.redis)
-
-    async def stopping(self) -> None:
-        return None
-
-    # close() comes from BatchWriter: the last transitions are written, then it stops.
-
     # -- writing ----------------------------------------------------------------------------
-    def keys(self, queue: str) -> QueueKeys:
-        keys = self._keys.get(queue)
-        if keys is None:
-            keys = self._keys[queue] = QueueKeys(self.prefix, queue)
-        return keys
-
     async def write(self, redis: Redis, batch: Sequence[tuple[JobEvent | _Recovery, int]]) -> None:
         if self._script is None:
             self._script = redis.register_script(APPEND_EVENTS)

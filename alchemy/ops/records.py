@@ -25,11 +25,10 @@ from typing import Any, Final, NotRequired, TypedDict, cast
 import orjson
 from redis.asyncio import Redis
 
-from alchemy.ops.batching import BatchWriter
+from alchemy.ops.batching import QueueBatchWriter
 from alchemy.queue.job import ErrorInfo
 from alchemy.queue.keys import QueueKeys
 from alchemy.worker.observer import JobEvent, Transition
-from alchemy.worker.supervisor import Running
 
 MAX_TRACKED_STARTS: Final = 100_000  # bound on the in-process map of running attempts
 
@@ -149,7 +148,7 @@ class _Latest:
         }
 
 
-class JobRecords(BatchWriter[tuple[JobEvent, int, int | None]]):
+class JobRecords(QueueBatchWriter[tuple[JobEvent, int, int | None]]):
     """Observer and extension: keeps each job's last transition as its record.
 
     The hot path only notes (event, time, start of the attempt); records are built when the
@@ -166,12 +165,10 @@ class JobRecords(BatchWriter[tuple[JobEvent, int, int | None]]):
         ttl: float = 86_400.0,
         max_pending: int = 100_000,
     ) -> None:
-        super().__init__(max_pending=max_pending)
-        self.prefix = prefix
+        super().__init__(prefix, max_pending=max_pending)
         self.max_per_queue = max_per_queue
         self.ttl_ms = int(ttl * 1000)
         self._started: dict[tuple[str, str, int], int] = {}
-        self._keys: dict[str, QueueKeys] = {}
         self._script: Any = None
 
     # -- JobObserver ------------------------------------------------------------------------
@@ -194,20 +191,7 @@ class JobRecords(BatchWriter[tuple[JobEvent, int, int | None]]):
     def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
         return None
 
-    # -- Extension --------------------------------------------------------------------------
-    async def start(self, running: Running) -> None:
-        self.attach(running.redis)
-
-    async def stopping(self) -> None:
-        return None
-
     # -- writing ----------------------------------------------------------------------------
-    def keys(self, queue: str) -> QueueKeys:
-        keys = self._keys.get(queue)
-        if keys is None:
-            keys = self._keys[queue] = QueueKeys(self.prefix, queue)
-        return keys
-
     async def write(self, redis: Redis, batch: Sequence[tuple[JobEvent, int, int | None]]) -> None:
         if self._script is None:
             self._script = redis.register_script(WRITE_RECORDS)

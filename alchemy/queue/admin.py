@@ -73,21 +73,23 @@ class QueueAdmin:
             pipe.pttl(k.paused_until)
             pipe.zrange(k.consumers, 0, -1)
             wait, delayed, dead, held, pause_ms, members = await pipe.execute()
-        consumers = []
-        for raw in members:
-            identity = raw.decode()
-            async with self.redis.pipeline(transaction=False) as pipe:
+        identities = [raw.decode() for raw in members]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for identity in identities:
                 pipe.get(k.heartbeat(identity))
                 pipe.llen(k.processing(identity))
-                beat, processing = await pipe.execute()
-            consumers.append(
-                ConsumerStatus(
-                    identity=identity,
-                    alive=beat is not None,
-                    processing=int(processing),
-                    heartbeat=json.loads(beat) if beat else None,
-                )
+            replies = await pipe.execute() if identities else []
+        consumers = [
+            ConsumerStatus(
+                identity=identity,
+                alive=beat is not None,
+                processing=int(processing),
+                heartbeat=json.loads(beat) if beat else None,
             )
+            for identity, beat, processing in zip(
+                identities, replies[::2], replies[1::2], strict=True
+            )
+        ]
         return QueueStatus(
             queue=queue,
             wait=int(wait),

@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -19,7 +18,8 @@ from alchemy.config import parse_config
 from alchemy.db.migrate import MigrationError, load_migrations, migrate, migrate_url
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import REPO, build_config_dict, queue_table, wait_for
-from tests.fakes.postgres import ADMIN_URL, free_port, with_database
+from tests.fakes.postgres import empty_database as new_empty_database
+from tests.fakes.postgres import free_port
 
 EXPECTED_TABLES = {
     "schema_migrations",
@@ -34,14 +34,8 @@ EXPECTED_TABLES = {
 
 @pytest.fixture
 async def empty_database() -> AsyncIterator[str]:
-    name = f"alchemy_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(ADMIN_URL, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with new_empty_database() as url:
+        yield url
 
 
 async def tables(url: str) -> set[str]:

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
@@ -69,6 +70,21 @@ async def _drop(name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def empty_database() -> AsyncIterator[str]:
+    """A new database with no tables (not migrated), dropped afterwards; yields its URL."""
+    name = f"alchemy_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')  # a generated name, not input
+    finally:
+        await conn.close()
+    try:
+        yield with_database(ADMIN_URL, name)
+    finally:
+        await _drop(name)
 
 
 async def truncate_all(conn: asyncpg.Connection) -> None:

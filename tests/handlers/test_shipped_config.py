@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +17,14 @@ from redis.asyncio import Redis
 
 from alchemy.db import init_connection
 from tests.conftest import REPO, WorkerProcess, wait_exited, wait_started
-from tests.fakes.postgres import ADMIN_URL, with_database
+from tests.fakes.postgres import empty_database
 from tests.handlers.support import create_brand, create_idea, create_request, push, wait_status
 
 
 @pytest.fixture
 async def fresh_database() -> Any:
-    name = f"alchemy_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(ADMIN_URL, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with empty_database() as url:
+        yield url
 
 
 @pytest.mark.timeout(60)

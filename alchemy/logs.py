@@ -15,6 +15,7 @@ import asyncio
 import atexit
 import logging
 import sys
+import time
 from collections.abc import Iterable, MutableMapping
 from typing import Any, BinaryIO
 
@@ -46,6 +47,27 @@ def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
         elif not isinstance(value, int | float | bool | type(None)):
             event[key] = redact(str(value))
     return event
+
+
+class _UtcStamper:
+    """Adds ``ts``: UTC in ISO 8601 with microseconds and a Z, like structlog's
+    ``TimeStamper(fmt="iso", utc=True)``, at a fraction of its cost (the date and time of
+    day are formatted once per second; a busy worker stamps thousands of lines a second)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, _: Any, __: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event["ts"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event
 
 
 def _dumps(obj: Any, **_: Any) -> bytes:
@@ -138,7 +160,7 @@ def configure_logging(
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        _UtcStamper(),
     ]
     exceptions: list[Any] = [structlog.processors.format_exc_info] if use_json else []
     numeric_level = logging.getLevelNamesMapping()[level.upper()]

@@ -27,6 +27,7 @@ import structlog
 from redis.asyncio import Redis
 
 from alchemy.ops.batching import QueueBatchWriter
+from alchemy.queue import scripts
 from alchemy.queue.keys import QueueKeys
 from alchemy.worker.observer import JobEvent, Transition
 
@@ -34,44 +35,6 @@ log = structlog.get_logger("alchemy.events")
 
 THROUGHPUT_WINDOW_S: Final = 300  # seconds of per-second counts kept for the admin API
 FAILED: Final = frozenset({Transition.RETRYING, Transition.DEAD})
-
-# KEYS[1] the stream, KEYS[2] the throughput hash.
-# ARGV[1] MAXLEN (0: no entries), ARGV[2] window in seconds, ARGV[3] completed, ARGV[4]
-# failed, ARGV[5] the entries: a JSON array of arrays of strings (field, value, field, ...).
-# One JSON argument rather than one argument per string: packing a command costs the
-# client about a microsecond per argument in redis-py; Redis decodes JSON in C (expanding
-# compact values into fields in Lua instead was measured twice as slow).
-# The per-second counts are keyed by Redis's clock, so every process counts alike; fields
-# older than the window are dropped once the hash holds four times the window.
-APPEND_EVENTS: Final = """
-local maxlen = tonumber(ARGV[1])
-if maxlen > 0 then
-  for _, fields in ipairs(cjson.decode(ARGV[5])) do
-    redis.call('XADD', KEYS[1], '*', unpack(fields))
-  end
-  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
-end
-local window = tonumber(ARGV[2])
-local done = tonumber(ARGV[3])
-local failed = tonumber(ARGV[4])
-if done + failed > 0 then
-  local now = tonumber(redis.call('TIME')[1])
-  if done > 0 then redis.call('HINCRBY', KEYS[2], now .. ':c', done) end
-  if failed > 0 then redis.call('HINCRBY', KEYS[2], now .. ':f', failed) end
-  if redis.call('HLEN', KEYS[2]) > 4 * window + 20 then
-    local old = {}
-    for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
-      local sec = tonumber(string.match(f, '^(%d+)'))
-      if sec == nil or sec < now - window then old[#old + 1] = f end
-    end
-    for j = 1, #old, 500 do
-      redis.call('HDEL', KEYS[2], unpack(old, j, math.min(j + 499, #old)))
-    end
-  end
-  redis.call('EXPIRE', KEYS[2], window + 60)
-end
-return 1
-"""
 
 
 def _ms(seconds: float) -> str:
@@ -82,7 +45,7 @@ def event_fields(event: JobEvent, ts_ms: int) -> list[str]:
     """The stream entry of one job transition, as field, value, field, value, ..."""
     fields = [
         "event",
-        event.transition.value,
+        event.transition,  # a str (StrEnum)
         "attempt",
         str(event.attempt),
         "worker",
@@ -103,13 +66,12 @@ def event_fields(event: JobEvent, ts_ms: int) -> list[str]:
         fields += ("reason", event.reason)
     if event.retry_in_s is not None:
         fields += ("retry_in_ms", str(round(event.retry_in_s * 1000)))
+    if event.dead_worker is not None:
+        fields += ("dead_worker", event.dead_worker)
     return fields
 
 
-_Recovery = tuple[str, list[str]]  # queue, fields
-
-
-class EventStream(QueueBatchWriter[tuple[JobEvent | _Recovery, int]]):
+class EventStream(QueueBatchWriter[tuple[JobEvent, int]]):
     """Observer and extension: appends each transition to its queue's stream.
 
     The hot path keeps the engine's event and the time; the entry is built when the batch
@@ -129,32 +91,22 @@ class EventStream(QueueBatchWriter[tuple[JobEvent | _Recovery, int]]):
     def on_job(self, event: JobEvent) -> None:
         self.add((event, int(time.time() * 1000)))
 
-    def on_recovered(self, queue: str, dead_worker: str, recovered: int, poisoned: int) -> None:
-        ts_ms = int(time.time() * 1000)
-        fields = ["event", "recovered", "worker", self.identity, "ts", str(ts_ms)]
-        fields += ("dead_worker", dead_worker, "recovered", str(recovered))
-        fields += ("poisoned", str(poisoned))
-        self.add(((queue, fields), ts_ms))
-
     def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
         return None  # a throttled claim is not a job transition; metrics count it
 
     # -- writing ----------------------------------------------------------------------------
-    async def write(self, redis: Redis, batch: Sequence[tuple[JobEvent | _Recovery, int]]) -> None:
+    async def write(self, redis: Redis, batch: Sequence[tuple[JobEvent, int]]) -> None:
         if self._script is None:
-            self._script = redis.register_script(APPEND_EVENTS)
+            self._script = redis.register_script(scripts.EVENTS_APPEND)
         by_queue: dict[str, list[list[str]]] = defaultdict(list)
         counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for item, ts_ms in batch:
-            if isinstance(item, JobEvent):
-                queue, fields = item.queue, event_fields(item, ts_ms)
-                if item.transition is Transition.COMPLETED:
-                    counts[queue][0] += 1
-                elif item.transition in FAILED:
-                    counts[queue][1] += 1
-            else:
-                queue, fields = item
-            by_queue[queue].append(fields)
+        for event, ts_ms in batch:
+            queue = event.queue
+            if event.transition is Transition.COMPLETED:
+                counts[queue][0] += 1
+            elif event.transition in FAILED:
+                counts[queue][1] += 1
+            by_queue[queue].append(event_fields(event, ts_ms))
         for queue, entries in by_queue.items():
             keys = self.keys(queue)
             done, failed = counts[queue]
@@ -208,9 +160,6 @@ class EventHooks:
             return
         for callback in callbacks:
             self._call(callback, event)
-
-    def on_recovered(self, queue: str, dead_worker: str, recovered: int, poisoned: int) -> None:
-        return None
 
     def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
         return None

@@ -253,12 +253,8 @@ class Metrics:
                 q.failed += 1
             reason = event.reason or "unknown"
             q.dead[reason] = q.dead.get(reason, 0) + 1
-
-    def on_recovered(self, queue: str, dead_worker: str, recovered: int, poisoned: int) -> None:
-        q = self.jobs.queue(queue)
-        q.recovered += recovered
-        if poisoned:
-            q.dead["poison"] = q.dead.get("poison", 0) + poisoned
+        elif transition is Transition.RECOVERED:
+            q.recovered += 1
 
     def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
         self.held_back.labels(queue, why).inc()

@@ -179,13 +179,14 @@ return moved
 #       consumers
 # ARGV: identity, max_recoveries, queue, require_dead ("1": do nothing while the heartbeat
 #       lives)
-# Returns {recovered, poisoned} or {-1} when the process is alive after all.
+# Returns {-1} when the process is alive after all, else {1, then per job: id ('' when
+# unknown), attempt, recoveries, 'r' (back on wait) or 'p' (dead-lettered as poison)}.
 RECOVER: Final = (
     _NOW
     + """
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return {-1} end
 local max_recoveries = tonumber(ARGV[2])
-local recovered, poisoned = 0, 0
+local reply = {1}
 while true do
   local item = redis.call('LPOP', KEYS[1])
   if not item then break end
@@ -199,7 +200,11 @@ while true do
     if ok and type(obj) == 'table' and type(obj['id']) == 'string' then meta['id'] = obj['id'] end
   end
   meta['recoveries'] = (tonumber(meta['recoveries']) or 0) + 1
+  local id = meta['id']
+  if type(id) ~= 'string' then id = '' end
+  local outcome = 'r'
   if meta['recoveries'] > max_recoveries then
+    outcome = 'p'
     local entry = {
       v = 1, queue = ARGV[3], id = meta['id'] or cjson.null, reason = 'poison',
       error = {type = 'ProcessDied', message = 'the process running this job died '
@@ -208,17 +213,20 @@ while true do
       first_attempt_ms = meta['first_attempt_ms'] or cjson.null, dead_at_ms = now, job = job
     }
     redis.call('LPUSH', KEYS[3], cjson.encode(entry))
-    poisoned = poisoned + 1
   else
     redis.call('RPUSH', KEYS[2],
       '{"_alchemy":' .. cjson.encode(meta) .. ',"job":' .. cjson.encode(job) .. '}')
-    recovered = recovered + 1
   end
+  local n = #reply
+  reply[n + 1] = id
+  reply[n + 2] = tonumber(meta['attempt']) or 1
+  reply[n + 3] = meta['recoveries']
+  reply[n + 4] = outcome
 end
 if ARGV[4] == '1' then
   redis.call('ZREM', KEYS[5], ARGV[1])
 end
-return {recovered, poisoned}
+return reply
 """
 )
 
@@ -248,4 +256,92 @@ RETRY_DEAD: Final = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 return 1
+"""
+
+# -- for operators: the events stream and job records (alchemy.ops) ----------------------
+
+# KEYS[1] the stream, KEYS[2] the throughput hash.
+# ARGV[1] MAXLEN (0: no entries), ARGV[2] window in seconds, ARGV[3] completed, ARGV[4]
+# failed, ARGV[5] the entries: a JSON array of arrays of strings (field, value, field, ...).
+# One JSON argument rather than one argument per string: packing a command costs the
+# client about a microsecond per argument in redis-py; Redis decodes JSON in C (expanding
+# compact values into fields in Lua instead was measured twice as slow).
+# The per-second counts are keyed by Redis's clock, so every process counts alike; fields
+# older than the window are dropped once the hash holds four times the window.
+EVENTS_APPEND: Final = """
+local maxlen = tonumber(ARGV[1])
+if maxlen > 0 then
+  for _, fields in ipairs(cjson.decode(ARGV[5])) do
+    redis.call('XADD', KEYS[1], '*', unpack(fields))
+  end
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
+end
+local window = tonumber(ARGV[2])
+local done = tonumber(ARGV[3])
+local failed = tonumber(ARGV[4])
+if done + failed > 0 then
+  local now = tonumber(redis.call('TIME')[1])
+  if done > 0 then redis.call('HINCRBY', KEYS[2], now .. ':c', done) end
+  if failed > 0 then redis.call('HINCRBY', KEYS[2], now .. ':f', failed) end
+  if redis.call('HLEN', KEYS[2]) > 4 * window + 20 then
+    local old = {}
+    for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+      local sec = tonumber(string.match(f, '^(%d+)'))
+      if sec == nil or sec < now - window then old[#old + 1] = f end
+    end
+    for j = 1, #old, 500 do
+      redis.call('HDEL', KEYS[2], unpack(old, j, math.min(j + 499, #old)))
+    end
+  end
+  redis.call('EXPIRE', KEYS[2], window + 60)
+end
+return 1
+"""
+
+# KEYS[1] current generation, KEYS[2] old generation.
+# ARGV[1] ttl ms, ARGV[2] records per generation, ARGV[3] a JSON array of [id, merge, JSON
+# record]. With merge = 1 the stored record (from an earlier attempt) lends
+# first_started_ms and last_error when the new one has none, so a job retried on another
+# process keeps its history. (One JSON argument, not three per record: see EVENTS_APPEND.)
+RECORDS_WRITE: Final = """
+local cur, old = KEYS[1], KEYS[2]
+local ttl = tonumber(ARGV[1])
+local per_generation = tonumber(ARGV[2])
+local batch = cjson.decode(ARGV[3])
+local size = redis.call('HLEN', cur)
+if size > 0 then
+  local left = redis.call('PTTL', cur)
+  if size + #batch > per_generation or left < ttl / 2 then
+    redis.call('UNLINK', old)
+    redis.call('RENAME', cur, old)
+    size = 0
+  end
+end
+for _, item in ipairs(batch) do
+  local id, rec = item[1], item[3]
+  if item[2] == 1 then
+    local stored = redis.call('HGET', cur, id) or redis.call('HGET', old, id)
+    if stored then
+      local ok, o = pcall(cjson.decode, stored)
+      if ok and type(o) == 'table' then
+        local r = cjson.decode(rec)
+        local changed = false
+        if r.first_started_ms == cjson.null and o.first_started_ms ~= nil then
+          r.first_started_ms = o.first_started_ms
+          changed = true
+        end
+        if r.last_error == cjson.null and o.last_error ~= nil then
+          r.last_error = o.last_error
+          changed = true
+        end
+        if changed then rec = cjson.encode(r) end
+      end
+    end
+  end
+  redis.call('HSET', cur, id, rec)
+end
+if size == 0 then
+  redis.call('PEXPIRE', cur, ttl)
+end
+return #batch
 """

@@ -58,6 +58,16 @@ class RateLimit:
 UNLIMITED: Final = RateLimit(0, 1.0, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class RecoveredJob:
+    """One job a recovery took out of a dead process's processing list."""
+
+    job_id: str | None  # None: the item had no readable id
+    attempt: int  # the attempt that was running when the process died
+    recoveries: int  # deaths counted for this job so far, this one included
+    poisoned: bool  # True: dead-lettered as ``poison``; False: back on the wait list
+
+
 class _Scripts:
     """The Lua steps, registered once per Redis client."""
 
@@ -173,9 +183,10 @@ class QueueStore:
 
     async def recover(
         self, identity: str, *, max_recoveries: int, require_dead: bool
-    ) -> tuple[int, int] | None:
+    ) -> list[RecoveredJob] | None:
         """Return a process's processing list to the wait list, counting a recovery for each
-        job and dead-lettering those past ``max_recoveries``. ``None``: it is alive."""
+        job and dead-lettering those past ``max_recoveries``; say what happened to each job.
+        ``None``: it is alive."""
         k = self.keys
         reply = await _run(
             self._s.recover,
@@ -184,7 +195,15 @@ class QueueStore:
         )
         if int(reply[0]) == -1:
             return None
-        return int(reply[0]), int(reply[1])
+        return [
+            RecoveredJob(
+                job_id=_text(reply[n]) or None,
+                attempt=int(reply[n + 1]),
+                recoveries=int(reply[n + 2]),
+                poisoned=reply[n + 3] in (b"p", "p"),
+            )
+            for n in range(1, len(reply), 4)
+        ]
 
     async def deregister(self) -> bool:
         k = self.keys
@@ -195,3 +214,7 @@ class QueueStore:
     async def retry_dead(self, entry: bytes, raw_job: bytes) -> bool:
         keys = [self.keys.dead, self.keys.wait]
         return bool(await _run(self._s.retry_dead, keys, [entry, raw_job]))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

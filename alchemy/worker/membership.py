@@ -20,9 +20,10 @@ import structlog
 
 from alchemy.config import WorkerConfig
 from alchemy.errors import IdentityInUseError
-from alchemy.queue.store import QueueStore
+from alchemy.queue.job import ErrorInfo
+from alchemy.queue.store import QueueStore, RecoveredJob
 from alchemy.worker.connections import is_transient
-from alchemy.worker.observer import Observers
+from alchemy.worker.observer import JobEvent, Observers, Transition
 
 log = structlog.get_logger("alchemy.membership")
 
@@ -102,18 +103,46 @@ class Membership:
     async def recover_own(self) -> None:
         """Return what a previous run with this identity left in its processing lists."""
         for store in self.stores:
-            result = await store.recover(
+            jobs = await store.recover(
                 self.identity, max_recoveries=self.config.max_recoveries, require_dead=False
             )
-            if result and any(result):
-                self.observers.on_recovered(store.queue, self.identity, *result)
+            if jobs:
+                self._announce(store.queue, self.identity, jobs)
+                recovered, poisoned = _counts(jobs)
                 log.warning(
                     "recovered_own_jobs",
                     queue=store.queue,
-                    recovered=result[0],
-                    poisoned=result[1],
+                    recovered=recovered,
+                    poisoned=poisoned,
                     worker=self.identity,
                 )
+
+    def _announce(self, queue: str, dead_worker: str, jobs: Sequence[RecoveredJob]) -> None:
+        """One event per recovered job: ``recovered`` (back on the wait list) or ``dead``
+        with reason ``poison``."""
+        limit = self.config.max_recoveries
+        for job in jobs:
+            if job.poisoned:
+                transition, reason = Transition.DEAD, "poison"
+                message = (
+                    f"the process running this job died {job.recoveries} times (limit {limit})"
+                )
+            else:
+                transition, reason = Transition.RECOVERED, None
+                message = f"the process running this job ({dead_worker}) died"
+            self.observers.on_job(
+                JobEvent(
+                    queue,
+                    transition,
+                    job.job_id,
+                    job.attempt,
+                    self.identity,
+                    error=ErrorInfo("ProcessDied", message),
+                    reason=reason,
+                    dead_worker=dead_worker,
+                    recoveries=job.recoveries,
+                )
+            )
 
     async def beat(self) -> None:
         value = self.heartbeat_value()
@@ -147,16 +176,23 @@ class Membership:
             for member in await store.consumers():
                 if member == self.identity or await store.heartbeat_of(member) is not None:
                     continue
-                result = await store.recover(
+                jobs = await store.recover(
                     member, max_recoveries=self.config.max_recoveries, require_dead=True
                 )
-                if result is not None:
-                    self.observers.on_recovered(store.queue, member, *result)
+                if jobs is not None:
+                    self._announce(store.queue, member, jobs)
+                    recovered, poisoned = _counts(jobs)
                     log.warning(
                         "recovered_dead_worker",
                         queue=store.queue,
                         dead_worker=member,
-                        recovered=result[0],
-                        poisoned=result[1],
+                        recovered=recovered,
+                        poisoned=poisoned,
                         worker=self.identity,
                     )
+
+
+def _counts(jobs: Sequence[RecoveredJob]) -> tuple[int, int]:
+    """(back on the wait list, dead-lettered as poison)"""
+    poisoned = sum(job.poisoned for job in jobs)
+    return len(jobs) - poisoned, poisoned

@@ -7,9 +7,8 @@ must not block (queue the work and write it elsewhere) and must not raise.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import structlog
 
@@ -24,10 +23,13 @@ class Transition(StrEnum):
     RETRYING = "retrying"  # failed, comes back after a backoff
     PAUSED = "paused"  # rate limited upstream: comes back after the pause, no attempt spent
     DEAD = "dead"
+    RECOVERED = "recovered"  # its process died while running it: back on the wait list
 
 
-@dataclass(frozen=True, slots=True)
-class JobEvent:
+class JobEvent(NamedTuple):
+    """One transition of one job. A named tuple: immutable, and built twice per job on the
+    engine's hot path, where a frozen dataclass costs three times as much."""
+
     queue: str
     transition: Transition
     job_id: str | None
@@ -38,12 +40,12 @@ class JobEvent:
     error: ErrorInfo | None = None
     reason: str | None = None  # dead: the dead-letter reason
     retry_in_s: float | None = None
+    dead_worker: str | None = None  # recovered, and dead as poison: whose process died
+    recoveries: int = 0  # deaths of processes running this job so far
 
 
 class JobObserver(Protocol):
     def on_job(self, event: JobEvent) -> None: ...
-
-    def on_recovered(self, queue: str, dead_worker: str, recovered: int, poisoned: int) -> None: ...
 
     def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
         """``why``: "throttled" (no rate-limit token) or "paused"."""
@@ -59,13 +61,6 @@ class Observers:
         for observer in self.observers:
             try:
                 observer.on_job(event)
-            except Exception as exc:
-                log.error("observer_failed", observer=type(observer).__name__, error=repr(exc))
-
-    def on_recovered(self, queue: str, dead_worker: str, recovered: int, poisoned: int) -> None:
-        for observer in self.observers:
-            try:
-                observer.on_recovered(queue, dead_worker, recovered, poisoned)
             except Exception as exc:
                 log.error("observer_failed", observer=type(observer).__name__, error=repr(exc))
 

@@ -41,6 +41,10 @@ async def test_every_transition_lands_in_the_queue_stream(
         await redis.lpush(keys.wait, json.dumps(job))
     await redis.lpush(keys.wait, b"not json")
     await redis.lpush(keys.processing(identity), json.dumps({"id": "left"}))
+    deaths = config.worker.max_recoveries  # this job's process died that often already
+    meta = {"v": 1, "id": "killer", "attempt": 1, "recoveries": deaths}
+    envelope = {"_alchemy": meta, "job": json.dumps({"id": "killer"})}
+    await redis.lpush(keys.processing(identity), json.dumps(envelope))
     events = EventStream(prefix, identity=identity)
     run_worker(config, observers=[events], extensions=[events])
 
@@ -61,16 +65,18 @@ async def test_every_transition_lands_in_the_queue_stream(
     assert by_id["flaky"] == ["started", "retrying", "started", "completed"]
     assert by_id["doomed"] == ["started", "dead"]
     assert by_id["slow-down"] == ["started", "paused", "started", "completed"]
-    assert by_id["left"] == ["started", "completed"]
-    assert by_id[None] == ["recovered", "dead"]  # the leftovers, then the unreadable item
+    assert by_id["left"] == ["recovered", "started", "completed"]
+    assert by_id["killer"] == ["dead"]
+    assert by_id[None] == ["dead"]  # the unreadable item
 
-    recovered = entries[0]
+    recovered = next(e for e in entries if e.get("job_id") == "left")
     assert recovered["event"] == "recovered"
-    assert (recovered["dead_worker"], recovered["recovered"], recovered["poisoned"]) == (
-        identity,
-        "1",
-        "0",
-    )
+    assert (recovered["dead_worker"], recovered["attempt"]) == (identity, "1")
+    assert recovered["error_type"] == "ProcessDied"
+    poisoned = next(e for e in entries if e.get("job_id") == "killer")
+    assert (poisoned["reason"], poisoned["dead_worker"]) == ("poison", identity)
+    assert poisoned["error_type"] == "ProcessDied"
+    assert f"died {deaths + 1} times" in poisoned["error_message"]
     flaky = [e for e in entries if e.get("job_id") == "flaky"]
     assert flaky[0]["attempt"] == "1"
     assert float(flaky[0]["pickup_ms"]) > 0

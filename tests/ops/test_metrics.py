@@ -43,7 +43,9 @@ def test_each_transition_counts_once() -> None:
     ]
     for event in events:
         m.on_job(event)
-    m.on_recovered("q", "dead-one", 3, 1)
+    for job_id in ("e", "f", "g"):
+        m.on_job(JobEvent("q", Transition.RECOVERED, job_id, 1, "w", dead_worker="dead-one"))
+    m.on_job(JobEvent("q", Transition.DEAD, "h", 2, "w", reason="poison", dead_worker="dead-one"))
     m.on_held_back("q", "throttled", 250)
     m.on_held_back("q", "paused", -1)
     m.on_held_back("q", "paused", 30_000)

@@ -139,3 +139,49 @@ async def test_a_generation_older_than_half_the_ttl_is_retired(redis: Redis, pre
     assert a is not None
     assert a["expires_in_s"] == 0  # under a second left
     assert 1000 < await redis.pttl(keys.records) <= 2000
+
+
+async def test_recovered_and_poisoned_jobs_have_records(
+    redis: Redis, prefix: str, make_config: Any, run_worker: Any
+) -> None:
+    config = make_config(queue_table("q"))
+    keys = QueueKeys(prefix, "q")
+    identity = config.worker.identity
+    # What a killed earlier run of this identity left: a job that will run again, and one
+    # whose processes died as often as they may.
+    await redis.lpush(keys.processing(identity), json.dumps({"id": "left", "sleep": 0.5}))
+    deaths = config.worker.max_recoveries
+    meta = {"v": 1, "id": "killer", "attempt": 1, "recoveries": deaths}
+    envelope = {"_alchemy": meta, "job": json.dumps({"id": "killer"})}
+    await redis.lpush(keys.processing(identity), json.dumps(envelope))
+    records = JobRecords(prefix, ttl=TTL)
+    seen: list[str] = []
+
+    class States:
+        def on_job(self, event: JobEvent) -> None:
+            if event.job_id == "left":
+                seen.append(event.transition.value)
+
+        def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
+            return None
+
+    run_worker(config, observers=[records, States()], extensions=[records])
+    await wait_for(lambda: _is(_state(redis, prefix, "killer"), "dead"))
+    killer = await read_record(redis, prefix, "q", "killer")
+    assert killer is not None
+    assert (killer["reason"], killer["attempt"], killer["worker"]) == ("poison", 1, identity)
+    assert killer["last_error"] is not None
+    assert killer["last_error"]["type"] == "ProcessDied"
+    assert killer["finished_ms"] is not None
+    await wait_for(lambda: _is(_state(redis, prefix, "left"), "completed"))
+    left = await read_record(redis, prefix, "q", "left")
+    assert left is not None
+    # Its recovery was recorded (and then its run): the death stays as its last error.
+    assert seen == ["recovered", "started", "completed"]
+    assert left["last_error"] is not None
+    assert left["last_error"]["type"] == "ProcessDied"
+
+
+async def _state(redis: Redis, prefix: str, job_id: str) -> str | None:
+    record = await read_record(redis, prefix, "q", job_id)
+    return record["state"] if record else None

@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 
 from alchemy.queue.admin import QueueAdmin
 from alchemy.queue.job import DeadReason, ErrorInfo, Meta, encode_dead_entry, encode_envelope
-from alchemy.queue.store import ClaimKind, QueueStore, RateLimit
+from alchemy.queue.store import ClaimKind, QueueStore, RateLimit, RecoveredJob
 
 ME = "host:me"
 
@@ -140,13 +140,17 @@ async def test_recovery_counts_and_dead_letters_poison(redis: Redis, prefix: str
     await redis.lpush(s.keys.wait, raw)
     for expected_recoveries in (1, 2):
         await s.claim(1)
-        assert await s.recover(ME, max_recoveries=2, require_dead=False) == (1, 0)
+        assert await s.recover(ME, max_recoveries=2, require_dead=False) == [
+            RecoveredJob("p", 1, expected_recoveries, poisoned=False)
+        ]
         [wrapped] = await redis.lrange(s.keys.wait, 0, -1)
         envelope = json.loads(wrapped)
         assert envelope["job"].encode() == raw
         assert envelope["_alchemy"]["recoveries"] == expected_recoveries
     await s.claim(1)
-    assert await s.recover(ME, max_recoveries=2, require_dead=False) == (0, 1)
+    assert await s.recover(ME, max_recoveries=2, require_dead=False) == [
+        RecoveredJob("p", 1, 3, poisoned=True)
+    ]
     assert await redis.llen(s.keys.wait) == 0
     [dead] = await redis.lrange(s.keys.dead, 0, -1)
     entry = json.loads(dead)
@@ -164,7 +168,13 @@ async def test_recovery_leaves_a_live_process_alone(redis: Redis, prefix: str) -
     assert await sweeper.recover("host:other", max_recoveries=2, require_dead=True) is None
     assert await redis.llen(other.processing) == 2
     await redis.delete(other.keys.heartbeat("host:other"))
-    assert await sweeper.recover("host:other", max_recoveries=2, require_dead=True) == (2, 0)
+    back = await sweeper.recover("host:other", max_recoveries=2, require_dead=True)
+    assert back is not None
+    assert sorted(back, key=lambda job: job.job_id or "") == [
+        RecoveredJob("j0", 1, 1, poisoned=False),
+        RecoveredJob("j1", 1, 1, poisoned=False),
+    ]
+    assert await sweeper.recover("host:other", max_recoveries=2, require_dead=True) == []
     assert await redis.zscore(other.keys.consumers, "host:other") is None
 
 

@@ -10,8 +10,9 @@ handler ran in another process.
     sleep                   seconds to sleep
     sleep_first_run_only    sleep only while job.recoveries == 0
     sleep_until_attempt     sleep only while job.attempt < this
+    ignore_cancel           catch CancelledError during the sleep and go on
     fail_until_attempt      raise while job.attempt < this (0 = never, -1 = always)
-    error                   plain | permanent | retryable | rate_limited | leak_env
+    error                   plain | permanent | retryable | rate_limited | timeout | leak_env
                             (default plain; leak_env puts os.environ[data["variable"]] in
                             the message)
     delay                   RetryableError delay
@@ -76,7 +77,11 @@ async def scripted(job: Job) -> None:
             "sleep_until_attempt" in data and job.attempt >= int(data["sleep_until_attempt"])
         )
         if sleep and not skip:
-            await asyncio.sleep(sleep)
+            try:
+                await asyncio.sleep(sleep)
+            except asyncio.CancelledError:
+                if not data.get("ignore_cancel"):
+                    raise
         until = int(data.get("fail_until_attempt", 0))
         if until == -1 or job.attempt < until:
             raise _error(data)
@@ -96,6 +101,8 @@ def _error(data: Any) -> Exception:
         return RetryableError("told to fail for now", delay=data.get("delay"))
     if kind == "rate_limited":
         return RateLimitedError(float(data["retry_after"]))
+    if kind == "timeout":  # a library's own timeout, not the queue's
+        return TimeoutError("told to time out")
     return ValueError("told to fail")
 
 

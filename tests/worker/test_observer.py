@@ -15,14 +15,10 @@ from tests.conftest import queue_table, wait_for
 class Recorder:
     def __init__(self) -> None:
         self.jobs: list[JobEvent] = []
-        self.recovered: list[tuple[str, str, int, int]] = []
         self.held_back: list[tuple[str, str, int]] = []
 
     def on_job(self, event: JobEvent) -> None:
         self.jobs.append(event)
-
-    def on_recovered(self, queue: str, dead_worker: str, recovered: int, poisoned: int) -> None:
-        self.recovered.append((queue, dead_worker, recovered, poisoned))
 
     def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
         self.held_back.append((queue, why, wait_ms))
@@ -30,9 +26,6 @@ class Recorder:
 
 class Broken:
     def on_job(self, event: JobEvent) -> None:
-        raise RuntimeError("observer bug")
-
-    def on_recovered(self, queue: str, dead_worker: str, recovered: int, poisoned: int) -> None:
         raise RuntimeError("observer bug")
 
     def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
@@ -50,10 +43,16 @@ async def test_observer_sees_each_transition(
         await redis.lpush(keys.wait, json.dumps(job))
     await redis.lpush(keys.wait, b"not json")
     # Leftovers of an earlier run of this identity are recovered at start.
-    await redis.lpush(keys.processing(config.worker.identity), json.dumps({"id": "left"}))
+    identity = config.worker.identity
+    await redis.lpush(keys.processing(identity), json.dumps({"id": "left"}))
+    # ... one of them for the last time it may.
+    deaths = config.worker.max_recoveries
+    meta = {"v": 1, "id": "killer", "attempt": 1, "recoveries": deaths}
+    envelope = {"_alchemy": meta, "job": json.dumps({"id": "killer"})}
+    await redis.lpush(keys.processing(identity), json.dumps(envelope))
     recorder = Recorder()
     run_worker(config, observers=[Broken(), recorder])
-    await wait_for(lambda: sum(e.transition is Transition.DEAD for e in recorder.jobs) == 2)
+    await wait_for(lambda: sum(e.transition is Transition.DEAD for e in recorder.jobs) == 3)
     for job_id in ("left", "flaky"):
         await wait_for(lambda j=job_id: _completed(recorder, j))
     by_id: dict[str | None, list[str]] = {}
@@ -62,7 +61,16 @@ async def test_observer_sees_each_transition(
     assert by_id["flaky"] == ["started", "retrying", "started", "completed"]
     assert by_id["doomed"] == ["started", "dead"]
     assert by_id[None] == ["dead"]  # the unreadable item
-    assert by_id["left"] == ["started", "completed"]
+    assert by_id["left"] == ["recovered", "started", "completed"]
+    assert by_id["killer"] == ["dead"]
+    recovered = next(e for e in recorder.jobs if e.job_id == "left")
+    assert (recovered.worker, recovered.dead_worker, recovered.attempt) == (identity, identity, 1)
+    assert recovered.error is not None
+    assert recovered.error.type == "ProcessDied"
+    poisoned = next(e for e in recorder.jobs if e.job_id == "killer")
+    assert (poisoned.reason, poisoned.dead_worker) == ("poison", identity)
+    assert poisoned.error is not None
+    assert f"died {deaths + 1} times" in poisoned.error.message
     flaky_start = next(e for e in recorder.jobs if e.job_id == "flaky")
     assert flaky_start.pickup_s is not None
     assert flaky_start.pickup_s > 0
@@ -70,7 +78,6 @@ async def test_observer_sees_each_transition(
     assert retrying.error is not None
     assert retrying.error.type == "ValueError"
     assert retrying.duration_s is not None
-    assert recorder.recovered == [("q", config.worker.identity, 1, 0)]
 
 
 async def test_observer_hears_about_throttling(

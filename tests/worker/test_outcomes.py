@@ -128,6 +128,36 @@ async def test_handler_past_its_timeout_is_cancelled_and_retried(
     assert [d["attempt"] for d in done] == [2]  # the first run never finished
 
 
+async def test_a_handler_that_ignores_the_timeout_completes_and_its_own_timeouts_are_errors(
+    redis: Redis, prefix: str, make_config: Any, run_worker: Any
+) -> None:
+    config = make_config(queue_table("q", timeout=0.3, max_attempts=1))
+    await push(redis, prefix, "q", job(prefix, "stubborn", sleep=30, ignore_cancel=True))
+    await push(redis, prefix, "q", job(prefix, "own", fail_until_attempt=-1, error="timeout"))
+    await push(redis, prefix, "q", job(prefix, "after"))
+    run_worker(config)
+    keys = QueueKeys(prefix, "q")
+    await wait_for(lambda: _count(redis, f"{prefix}:rec:done", 2), within=5)
+    done = await records(redis, f"{prefix}:rec:done")
+    assert sorted(d["id"] for d in done) == ["after", "stubborn"]
+    await wait_for(lambda: redis.llen(keys.dead), within=5)
+    [dead] = await redis.lrange(keys.dead, 0, -1)
+    entry = json.loads(dead)
+    assert entry["id"] == "own"
+    assert entry["error"] == {"type": "TimeoutError", "message": "told to time out"}
+    # Nothing left behind: the stubborn job was acknowledged like any completed one.
+    await wait_for(lambda: _is_zero(redis.llen(keys.processing(config.worker.identity))))
+    assert await redis.zcard(keys.delayed) == 0
+
+
+async def _count(redis: Redis, key: str, n: int) -> bool:
+    return bool(await redis.llen(key) >= n)
+
+
+async def _is_zero(value: Any) -> bool:
+    return bool(await value == 0)
+
+
 async def test_bad_input_is_dead_lettered_raw_and_the_consumer_goes_on(
     redis: Redis, prefix: str, make_config: Any, run_worker: Any
 ) -> None:

@@ -167,19 +167,18 @@ class HttpConfig:
 
 @dataclass(frozen=True, slots=True)
 class EventsConfig:
-    """The per-queue events stream (docs/protocol.md). Off by default for now: on a
-    2-core machine it costs ~20% of no-op throughput (make bench)."""
+    """The per-queue events stream (docs/protocol.md) and the admin API's recent
+    throughput."""
 
-    enabled: bool = _spec(False)
+    enabled: bool = _spec(True)
     max_length: int = _spec(10_000, min=100, max=10_000_000)
 
 
 @dataclass(frozen=True, slots=True)
 class RecordsConfig:
-    """The capped, expiring records of jobs' last transitions, for lookup by id. Off by
-    default for now, like the events stream."""
+    """The capped, expiring records of jobs' last transitions, for lookup by id."""
 
-    enabled: bool = _spec(False)
+    enabled: bool = _spec(True)
     max_per_queue: int = _spec(10_000, min=100, max=1_000_000)
     ttl: float = _spec(86_400.0, min=1.0, max=30 * 86_400.0)
 

@@ -94,7 +94,8 @@ def report(s: Settings, r: Results, server: str) -> str:
     head = (
         f"alchemy bench: Redis {server} at {s.url}, redis-py {redis_py.__version__}, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs; "
-        f"concurrency {s.concurrency}, {r.latency_jobs:,} latency jobs"
+        f"concurrency {s.concurrency}, {r.latency_jobs:,} latency jobs, "
+        f"events and records {'on' if s.ops else 'off'}"
     )
     lines = [head, "", f"{'measure':<34}{'value':>16}  goal"]
     lines += [f"{a:<34}{b:>16}  {c:<10}{d}".rstrip() for a, b, c, d in rows]
@@ -118,11 +119,22 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument(
         "--rounds", type=int, default=3, help="drains of each side, medians reported (3)"
     )
+    parser.add_argument(
+        "--without-ops",
+        action="store_true",
+        help="turn the events stream and job records off in the worker (on by default)",
+    )
     args = parser.parse_args(argv)
     if min(args.jobs, args.concurrency, args.rounds) < 1 or args.rate <= 0 or args.seconds <= 0:
         parser.error("every option must be positive")
     return Settings(
-        args.redis_url, args.jobs, args.concurrency, args.rate, args.seconds, args.rounds
+        args.redis_url,
+        args.jobs,
+        args.concurrency,
+        args.rate,
+        args.seconds,
+        args.rounds,
+        ops=not args.without_ops,
     )
 
 

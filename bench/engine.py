@@ -23,7 +23,9 @@ IDENTITY: Final = f"{HOST}:{NAME}"
 HANDLER: Final = "alchemy.handlers.noop:handle"
 
 
-def config_toml(*, url: str, prefix: str, concurrency: int) -> str:
+def config_toml(*, url: str, prefix: str, concurrency: int, ops: bool = True) -> str:
+    """``ops``: the events stream and job records as shipped (on), or off."""
+    enabled = "true" if ops else "false"
     return f"""\
 [redis]
 url = {json.dumps(url)}
@@ -37,6 +39,12 @@ shutdown_timeout = 10.0
 [log]
 format = "json"
 level = "info"
+
+[events]
+enabled = {enabled}
+
+[records]
+enabled = {enabled}
 
 [queues.{QUEUE}]
 handler = "{HANDLER}"
@@ -55,12 +63,16 @@ def worker_env() -> dict[str, str]:
 class EngineWorker:
     """One worker process serving the ``bench`` queue under a private prefix."""
 
-    def __init__(self, *, url: str, prefix: str, concurrency: int, workdir: Path) -> None:
+    def __init__(
+        self, *, url: str, prefix: str, concurrency: int, workdir: Path, ops: bool = True
+    ) -> None:
         self.keys = QueueKeys(prefix, QUEUE)
         self.processing = self.keys.processing(IDENTITY)
         self.config_path = workdir / "bench.toml"
         self.log_path = workdir / "worker.log"
-        self.config_path.write_text(config_toml(url=url, prefix=prefix, concurrency=concurrency))
+        self.config_path.write_text(
+            config_toml(url=url, prefix=prefix, concurrency=concurrency, ops=ops)
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, cwd: Path) -> None:

@@ -35,6 +35,7 @@ class Settings:
     rate: float
     seconds: float
     rounds: int
+    ops: bool = True  # the events stream and job records on, as shipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +164,11 @@ async def run(s: Settings) -> Results:
     try:
         with tempfile.TemporaryDirectory(prefix="alchemy-bench-") as workdir:
             worker = EngineWorker(
-                url=s.url, prefix=prefix, concurrency=s.concurrency, workdir=Path(workdir)
+                url=s.url,
+                prefix=prefix,
+                concurrency=s.concurrency,
+                workdir=Path(workdir),
+                ops=s.ops,
             )
             try:
                 for _ in range(s.rounds):

@@ -5,18 +5,20 @@
 #   ARGS         arguments for `python -m alchemy` in `make run` (default: run)
 #   PYTEST_ARGS  arguments for pytest in `make test`, e.g. PYTEST_ARGS="-x tests/queue"
 #   BENCH_ARGS   arguments for `python -m bench` in `make bench`
+#   TRIAL_ARGS   arguments for systemd/try-in-container.sh in `make systemd-trial` (--fresh)
 
 PYTHON ?=
 ARGS ?= run
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+TRIAL_ARGS ?=
 
 VENV := .venv
 VENV_PY := $(VENV)/bin/python
 IS_PY311 := -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
 
 .DEFAULT_GOAL := help
-.PHONY: help venv services tools run test lint bench clean
+.PHONY: help venv services tools run test lint bench systemd-trial clean
 
 help:
 	@echo "make run      set up .venv, make sure Redis + Postgres answer, migrate, run python -m alchemy \$$ARGS"
@@ -25,6 +27,7 @@ help:
 	@echo "make bench    same setup, then python -m bench (pass BENCH_ARGS=...)"
 	@echo "make services make sure Redis and Postgres answer at the configured URLs"
 	@echo "make tools    make sure systemd-analyze is there (installs Debian's systemd as root)"
+	@echo "make systemd-trial  boot systemd in a container (root) and run docs/operations.md's systemctl steps"
 	@echo "make venv     create .venv with Python 3.11 and install the package with [dev] extras"
 	@echo "make clean    remove .venv and tool caches (keeps .local/ and running services)"
 
@@ -83,6 +86,11 @@ lint: venv
 
 bench: venv services
 	$(VENV_PY) -m bench $(BENCH_ARGS)
+
+# The units under a real systemd: a Debian 12 container booted with systemd-nspawn runs the
+# systemctl/journalctl steps of docs/operations.md (see the script's header). Root only.
+systemd-trial: venv services
+	systemd/try-in-container.sh $(TRIAL_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

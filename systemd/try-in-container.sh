@@ -241,10 +241,34 @@ c 'systemctl enable --now alchemy@research alchemy@content-generation alchemy@me
 c "systemctl status 'alchemy@*' --no-pager -n 3"
 c 'alchemy status'
 
-say "13. rolling restart (docs: Upgrades and rolling restarts), each timed"
+say "12b. a drop-in (docs: systemctl edit), then undone"
+# the "editor" writes the docs' two lines into the file systemctl edit hands it
+printf '#!/bin/sh\nprintf "[Service]\\nTimeoutStopSec=75\\n" > "$1"\n' > "$ROOT/usr/local/sbin/write-dropin"
+chmod 755 "$ROOT/usr/local/sbin/write-dropin"
+# (systemctl edit wants a terminal: script(1) gives it one)
+c 'script -qec "EDITOR=/usr/local/sbin/write-dropin systemctl edit alchemy@research" /dev/null && cat /etc/systemd/system/alchemy@research.service.d/override.conf && echo && systemctl show -P TimeoutStopUSec alchemy@research'
+c 'systemctl revert alchemy@research && systemctl show -P TimeoutStopUSec alchemy@research'
+
+say "12c. watching it (docs: Watching it)"
+c "systemctl status alchemy 'alchemy@*' --no-pager -n 2"
+c 'timeout 2 journalctl -u alchemy -f --no-pager; echo "(journalctl -f stopped by timeout: $?)"'
+c "journalctl -u 'alchemy@*' -o cat --since -1h | jq -cR 'fromjson? | select(.level != \"info\")'"
+c 'alchemy status'
+
+say "13. a rolling restart (docs: Upgrades and rolling restarts) while research jobs wait"
+# 8 research jobs: the queue's rate limit (5/min, burst 5) starts 5 at once and the others
+# 12 s apart, so jobs are waiting in Redis across the restarts.
+c "for n in 1 2 3 4 5 6 7 8; do alchemy enqueue research '{\"idea_id\":\"$IDEA\",\"type\":\"keywords\"}' --id sd-roll-\$n >/dev/null; done; alchemy status | head -4"
+# The docs' block; the code comes from the bind-mounted checkout (the container has no git)
+# and pip installs offline from the host's wheels.
+c 'tar -C /srv/checkout -cf - . | tar -x -C /opt/alchemy --no-same-owner'
+CT=300 c '/opt/alchemy/.venv/bin/pip install --quiet --disable-pip-version-check --no-index --find-links /srv/wheels /opt/alchemy'
+c 'alchemy check-config >/dev/null && echo check-config ok; alchemy migrate'
 c 'TIMEFORMAT="  took %Rs"; for unit in alchemy@research alchemy@content-generation alchemy@media-generation; do echo "systemctl restart $unit"; time systemctl restart "$unit" || break; echo "  MainPID=$(systemctl show -P MainPID "$unit") Status: $(systemctl show -P StatusText "$unit")"; done'
 c 'TIMEFORMAT="  took %Rs"; time systemctl restart alchemy; echo "  MainPID=$(systemctl show -P MainPID alchemy) Status: $(systemctl show -P StatusText alchemy)"'
-c 'journalctl -u alchemy -n 12 --no-pager'
+c 'journalctl -u alchemy@research -n 30 --no-pager | tail -12'
+# every one of the 8 jobs completes, once, whichever process took it
+CT=90 c "for i in \$(seq 80); do n=\$(journalctl -u alchemy -u 'alchemy@*' -o cat --no-pager | jq -cR 'fromjson? | select(.event == \"job_finished\" and (.job_id | startswith(\"sd-roll-\")))' | wc -l); [ \$n -ge 8 ] && break; sleep 1; done; echo \"finished: \$n of 8\"; journalctl -u alchemy -u 'alchemy@*' -o cat --no-pager | jq -rR 'fromjson? | select(.event == \"job_finished\" and (.job_id | startswith(\"sd-roll-\"))) | [.job_id, .outcome, .worker, .ts] | @tsv' | sort; alchemy status | head -4"
 c "journalctl -u 'alchemy@*' -o cat --since -5min --no-pager | jq -cR 'fromjson? | select(.level != \"info\")' | head -20"
 c "systemctl status alchemy 'alchemy@*' --no-pager -n 0"
 

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,6 +20,7 @@ from redis.asyncio import Redis
 from alchemy.config import DEFAULT_CONFIG_PATH, Config, Secret, load_config, mask_url
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
 from alchemy.logs import configure_logging, redact, register_secrets
+from alchemy.ops.records import read_record
 from alchemy.ops.systemd import SystemdNotifier
 from alchemy.queue.admin import QueueAdmin, QueueStatus
 from alchemy.queue.keys import QueueKeys
@@ -35,6 +37,7 @@ COMMANDS: Final = (
     "status",
     "dead",
     "enqueue",
+    "job",
     "pause",
     "resume",
     "check-config",
@@ -106,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("queue")
     enqueue.add_argument("data", help="the job's data as a JSON object")
     enqueue.add_argument("--id", help="job id (default: a random one)")
+
+    job = sub.add_parser(
+        "job", parents=[common, as_json], help="a job's last transition, looked up by id"
+    )
+    job.add_argument("queue")
+    job.add_argument("id")
 
     for name, text in (("pause", "stop starting jobs"), ("resume", "start jobs again")):
         cmd = sub.add_parser(
@@ -377,6 +386,36 @@ def _enqueue(config: Config, args: argparse.Namespace) -> int:
     return _with_redis(config, action)
 
 
+def _job(config: Config, args: argparse.Namespace) -> int:
+    _known_queue(config, args.queue)
+
+    async def action(redis: Redis) -> int:
+        record = await read_record(redis, config.redis.prefix, args.queue, args.id)
+        if record is None:
+            print(
+                f"alchemy: no record of job {args.id!r} in {args.queue}: waiting for its first"
+                " attempt, expired, or never enqueued",
+                file=sys.stderr,
+            )
+            return 1
+        if args.json:
+            print(json.dumps(record, indent=2, ensure_ascii=False))
+            return 0
+        for key, value in record.items():
+            if key.endswith("_ms") and key != "duration_ms" and isinstance(value, int):
+                value = f"{value} ({_utc(value)})"
+            elif isinstance(value, dict):
+                value = f"{value.get('type')}: {value.get('message')}"
+            print(f"{key:<17} {'-' if value is None else value}")
+        return 0
+
+    return _with_redis(config, action)
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
 def _pause_resume(config: Config, args: argparse.Namespace) -> int:
     _known_queue(config, args.queue)
 
@@ -474,6 +513,7 @@ COMMAND_TABLE: Final[dict[str, Callable[[Config, argparse.Namespace], int]]] = {
     "status": _status,
     "dead": _dead,
     "enqueue": _enqueue,
+    "job": _job,
     "pause": _pause_resume,
     "resume": _pause_resume,
     "check-config": _check_config,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -104,6 +105,7 @@ HELP_PATHS = [
     ["dead", "retry"],
     ["dead", "purge"],
     ["enqueue"],
+    ["job"],
     ["pause"],
     ["resume"],
     ["check-config"],
@@ -252,6 +254,36 @@ async def test_status_shows_processes_with_heartbeat_age(
     line = next(line for line in text.splitlines() if line.strip().startswith(identity))
     assert f"pid={worker.pid} alive beat=" in line
     assert "s ago processing=0" in line
+
+
+async def test_job_lookup_by_id(
+    cli: Cli, redis: Redis, prefix: str, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    worker = spawn_worker({"research": QUEUES["research"]})
+    await wait_started(worker)
+    assert (await cli("enqueue", "research", "{}", "--id", "look-me-up")).status == 0
+    identity = f"{socket.gethostname()}:w1"
+
+    async def completed() -> Any:
+        result = await cli("job", "research", "look-me-up", "--json")
+        return result.status == 0 and result.json()["state"] == "completed" and result.json()
+
+    record = None
+    deadline = time.monotonic() + 10
+    while not record and time.monotonic() < deadline:
+        record = await completed()
+        await asyncio.sleep(0.05)
+    assert record, "the job never got a completed record"
+    assert (record["id"], record["attempt"], record["worker"]) == ("look-me-up", 1, identity)
+    assert record["last_error"] is None
+    assert record["finished_ms"] >= record["started_ms"] > 0
+    text = (await cli("job", "research", "look-me-up")).out
+    assert any(line.split() == ["state", "completed"] for line in text.splitlines()), text
+    finished = next(line for line in text.splitlines() if line.startswith("finished_ms"))
+    assert re.fullmatch(r"finished_ms +\d{13} \(\d{4}-\d\d-\d\dT[\d:.]+\+00:00\)", finished)
+    assert (await cli("job", "research", "never-enqueued")).failed_with(
+        1, "no record of job 'never-enqueued' in research"
+    )
 
 
 # --- failures: one line, no traceback -------------------------------------------------

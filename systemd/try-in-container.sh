@@ -249,7 +249,18 @@ chmod 755 "$ROOT/usr/local/sbin/write-dropin"
 c 'script -qec "EDITOR=/usr/local/sbin/write-dropin systemctl edit alchemy@research" /dev/null && cat /etc/systemd/system/alchemy@research.service.d/override.conf && echo && systemctl show -P TimeoutStopUSec alchemy@research'
 c 'systemctl revert alchemy@research && systemctl show -P TimeoutStopUSec alchemy@research'
 
-say "12c. watching it (docs: Watching it)"
+say "12c. the HTTP listener, one port per process (docs: HTTP listener)"
+# port 9464 for alchemy.service from the config file; a drop-in per alchemy@ instance
+printf '#!/bin/sh\nprintf "[Service]\\nEnvironment=ALCHEMY_HTTP_PORT=%%s\\n" "$PORT" > "$1"\n' > "$ROOT/usr/local/sbin/write-port-dropin"
+chmod 755 "$ROOT/usr/local/sbin/write-port-dropin"
+c "sed -i '/^\\[http\\]/,/^\\[/ s/^port = 0 /port = 9464/' /etc/alchemy/config.toml && grep -n '^port' /etc/alchemy/config.toml"
+c 'port=9465; for unit in alchemy@research alchemy@content-generation alchemy@media-generation; do script -qec "PORT=$port EDITOR=/usr/local/sbin/write-port-dropin systemctl edit $unit" /dev/null || break; port=$((port + 1)); done; cat /etc/systemd/system/alchemy@*.service.d/override.conf'
+c "systemctl restart alchemy 'alchemy@*' && systemctl is-active alchemy 'alchemy@*'"
+c 'for port in 9464 9465 9466 9467; do python3.11 -c "import sys, urllib.request as u; r = u.urlopen(\"http://127.0.0.1:$port/readyz\"); print($port, r.status, r.read().decode())"; done'
+c "python3.11 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:9465/metrics\").read().decode())' | grep -E '^alchemy_(jobs_completed_total|queue_jobs|jobs_in_flight|redis_up)' | head -12"
+c "journalctl -u alchemy -u 'alchemy@*' -o cat --since -1min | jq -cR 'fromjson? | select(.event == \"http_listening\")'"
+
+say "12d. watching it (docs: Watching it)"
 c "systemctl status alchemy 'alchemy@*' --no-pager -n 2"
 c 'timeout 2 journalctl -u alchemy -f --no-pager; echo "(journalctl -f stopped by timeout: $?)"'
 c "journalctl -u 'alchemy@*' -o cat --since -1h | jq -cR 'fromjson? | select(.level != \"info\")'"
@@ -290,5 +301,5 @@ c "journalctl -u alchemy -u 'alchemy@research' -n 10 --no-pager"
 c "systemctl status alchemy alchemy@research --no-pager -n 0"
 c 'alchemy status'
 # leave nothing enabled for the next boot of this rootfs
-c 'systemctl disable alchemy alchemy@research alchemy@content-generation alchemy@media-generation'
+c 'systemctl disable alchemy alchemy@research alchemy@content-generation alchemy@media-generation && systemctl revert alchemy@research alchemy@content-generation alchemy@media-generation'
 c 'journalctl -b -p warning --no-pager | grep -v -E "^-- " | head -20; systemctl --failed --no-pager'

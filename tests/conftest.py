@@ -20,6 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 from alchemy.config import Config, parse_config
+from alchemy.queue.keys import QueueKeys
 from alchemy.worker.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,6 +117,20 @@ async def run_worker() -> AsyncIterator[Callable[[Config], Supervisor]]:
     for _, task in running:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 15)
+
+
+async def plant_dying_job(
+    redis: Redis, config: Config, queue: str, job: dict[str, Any], *, attempt: int = 1
+) -> int:
+    """Leave ``job`` in this worker identity's processing list of ``queue`` as a process that
+    died running it would, after it had already died ``max_recoveries`` times: the next
+    recovery dead-letters it as poison. Returns that count."""
+    deaths = config.worker.max_recoveries
+    meta = {"v": 1, "id": job["id"], "attempt": attempt, "recoveries": deaths}
+    envelope = {"_alchemy": meta, "job": json.dumps(job)}
+    processing = QueueKeys(config.redis.prefix, queue).processing(config.worker.identity)
+    await redis.lpush(processing, json.dumps(envelope))
+    return deaths
 
 
 async def wait_for(

@@ -107,3 +107,42 @@ async def run_or_mark_failed(
             message, detail = row_error(exc)
             await best_effort(what, lambda: mark_failed(message, detail))
         raise
+
+
+def fail_rows_the_engine_gives_up_on(handler: str, sql: str, *, what: str) -> None:
+    """Mark a job's row failed when the engine, not the handler, dead-letters the job: a
+    process died with it too often (``poison``) or its last attempt ran past the queue
+    ``timeout`` (the handler was cancelled, so it never saw a failure to record).
+
+    Registers an ``on_failed`` hook that runs ``sql`` ($1 job id, $2 message, $3 detail JSON)
+    for dead jobs of the queues whose handler is ``handler`` ("module:function"); ``sql``
+    must only touch a row still ``processing``, so a row the handler already marked keeps
+    its own error."""
+    from alchemy.ops.events import hooks  # the worker's process-wide hooks
+    from alchemy.services import current_services
+    from alchemy.worker.observer import JobEvent, Transition
+
+    async def mark(event: JobEvent) -> None:
+        if event.transition is not Transition.DEAD or event.job_id is None:
+            return
+        services = current_services()
+        try:
+            if services.config.queue(event.queue).handler != handler:
+                return
+        except KeyError:
+            return
+        error = event.error
+        message = error.message if error else f"dead-lettered: {event.reason}"
+        detail = {
+            "type": error.type if error else "DeadLettered",
+            "reason": event.reason,
+            "attempt": event.attempt,
+        }
+
+        async def update() -> None:
+            pool = await services.db()
+            await pool.execute(sql, event.job_id, redact(message)[:MAX_ROW_ERROR], detail)
+
+        await best_effort(what, update)
+
+    hooks.on_failed(mark)

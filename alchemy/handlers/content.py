@@ -29,6 +29,7 @@ from alchemy.content.quality import Draft, Quality, quality_score
 from alchemy.content.schemas import ContentDraft
 from alchemy.errors import PermanentError
 from alchemy.handlers.common import (
+    fail_rows_the_engine_gives_up_on,
     run_or_mark_failed,
     str_field,
     uuid_field,
@@ -77,6 +78,11 @@ MARK_FAILED = """
 UPDATE content_queue
 SET status = 'failed', error = $2, error_detail = $3, updated_at = now()
 WHERE id = $1 AND status <> 'completed'
+"""
+MARK_FAILED_BY_ENGINE = """
+UPDATE content_queue
+SET status = 'failed', error = $2, error_detail = $3, updated_at = now()
+WHERE job_id = $1 AND status = 'processing'
 """
 EXISTING = """
 SELECT id, media_job_id, extras FROM contents WHERE job_id = $1 OR content_queue_id = $2
@@ -128,6 +134,11 @@ async def handle(job: Job) -> None:
         mark_failed,
         what="mark_content_failed",
     )
+
+
+fail_rows_the_engine_gives_up_on(
+    f"{__name__}:handle", MARK_FAILED_BY_ENGINE, what="mark_content_failed_by_engine"
+)
 
 
 async def generate_content(job: Job, request: ContentJob, services: Services) -> None:

@@ -28,6 +28,7 @@ import structlog
 from alchemy.content.storage import dimensions_sync, downscale_sync, store_bytes
 from alchemy.errors import PermanentError
 from alchemy.handlers.common import (
+    fail_rows_the_engine_gives_up_on,
     run_or_mark_failed,
     str_field,
     uuid_field,
@@ -60,6 +61,11 @@ WHERE id = $1
 MARK_FAILED = """
 UPDATE media SET status = 'failed', error = $2, error_detail = $3, updated_at = now()
 WHERE job_id = $1 AND status <> 'completed'
+"""
+
+MARK_FAILED_BY_ENGINE = """
+UPDATE media SET status = 'failed', error = $2, error_detail = $3, updated_at = now()
+WHERE job_id = $1 AND status = 'processing'
 """
 
 
@@ -111,6 +117,11 @@ async def handle(job: Job) -> None:
         mark_failed,
         what="mark_media_failed",
     )
+
+
+fail_rows_the_engine_gives_up_on(
+    f"{__name__}:handle", MARK_FAILED_BY_ENGINE, what="mark_media_failed_by_engine"
+)
 
 
 async def make_media(job: Job, request: MediaJob, services: Services) -> None:

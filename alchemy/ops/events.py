@@ -30,6 +30,7 @@ from alchemy.ops.batching import QueueBatchWriter
 from alchemy.queue import scripts
 from alchemy.queue.keys import QueueKeys
 from alchemy.worker.observer import JobEvent, Transition
+from alchemy.worker.supervisor import Running
 
 log = structlog.get_logger("alchemy.events")
 
@@ -183,6 +184,16 @@ class EventHooks:
         """Wait for the coroutine callbacks still running (tests, shutdown)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=within)
+
+    # -- Extension: the worker waits for running callbacks before it closes its services --
+    async def start(self, running: Running) -> None:
+        return None
+
+    async def stopping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self.wait_idle()
 
 
 def _name(callback: Callback) -> str:

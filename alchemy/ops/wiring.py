@@ -36,7 +36,7 @@ def operations(
     metrics = Metrics.for_process()
     if install_metrics:
         metrics_module.install(metrics)
-    ops = Operations(metrics, observers=[metrics, event_hooks])
+    ops = Operations(metrics, observers=[metrics, event_hooks], extensions=[event_hooks])
     prefix = config.redis.prefix
     if config.events.enabled:
         stream = EventStream(

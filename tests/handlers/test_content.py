@@ -9,8 +9,9 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from alchemy.ops.events import hooks
 from alchemy.queue.keys import QueueKeys
-from tests.conftest import wait_for
+from tests.conftest import plant_dying_job, wait_for
 from tests.fakes.ai_server import FakeAI, Reply
 from tests.fakes.fixtures import ANTHROPIC_KEY
 from tests.handlers.support import (
@@ -371,3 +372,64 @@ async def test_offline_provider_needs_no_network(
         "image/png",
     )
     assert fake_ai.calls == []
+
+
+async def test_a_last_attempt_past_the_queue_timeout_fails_the_row(
+    db: asyncpg.Pool,
+    redis: Redis,
+    prefix: str,
+    fake_ai: FakeAI,
+    make_app_config: Any,
+    run_worker: Any,
+) -> None:
+    """The engine cancels the handler, which never sees a failure to record: the hook the
+    content module registers marks the row instead."""
+    row_id = await seed(db)
+    fake_ai.script("messages", Reply.slow(3.0))
+    config = make_app_config(
+        providers={"timeout": 10.0}, queues={"timeout": 0.5, "max_attempts": 1}
+    )
+    run_worker(config, observers=[hooks], extensions=[hooks])
+    await push(redis, prefix, Q, "job-slow", content_queue_id=str(row_id))
+    row = await wait_status(db, "content_queue", row_id, ("completed", "failed"))
+    assert row["status"] == "failed"
+    assert row["error"] == "handler ran past the queue timeout of 0.5s"
+    assert row["error_detail"] == {"type": "JobTimeout", "reason": "max_attempts", "attempt": 1}
+    [entry] = await wait_dead(redis, prefix, Q)
+    assert entry["error"]["type"] == "JobTimeout"
+
+
+async def test_a_job_whose_processes_keep_dying_fails_its_row(
+    db: asyncpg.Pool,
+    redis: Redis,
+    prefix: str,
+    fake_ai: FakeAI,
+    make_app_config: Any,
+    run_worker: Any,
+) -> None:
+    row_id = await seed(db)
+    # The row as a process left it when it died in the middle of the job ...
+    await db.execute(
+        "UPDATE content_queue SET status = 'processing', job_id = 'job-killer' WHERE id = $1",
+        row_id,
+    )
+    # ... for the last time it may: the next recovery dead-letters the job as poison.
+    config = make_app_config()
+    job = {"id": "job-killer", "content_queue_id": str(row_id)}
+    deaths = await plant_dying_job(redis, config, Q, job)
+    # A row another job is still working on is left alone.
+    other = await seed(db)
+    await db.execute(
+        "UPDATE content_queue SET status = 'processing', job_id = 'job-other' WHERE id = $1",
+        other,
+    )
+    run_worker(config, observers=[hooks], extensions=[hooks])
+    row = await wait_status(db, "content_queue", row_id, ("completed", "failed"))
+    assert row["error"] == f"the process running this job died {deaths + 1} times (limit {deaths})"
+    assert row["error_detail"] == {"type": "ProcessDied", "reason": "poison", "attempt": 1}
+    [entry] = await wait_dead(redis, prefix, Q)
+    assert entry["reason"] == "poison"
+    assert fake_ai.count("messages") == 0
+    assert (
+        await db.fetchval("SELECT status FROM content_queue WHERE id = $1", other) == "processing"
+    )

@@ -12,6 +12,8 @@ import asyncpg
 from PIL import Image
 from redis.asyncio import Redis
 
+from alchemy.ops.events import hooks
+from tests.conftest import plant_dying_job
 from tests.fakes.ai_server import FakeAI, Reply, png_bytes
 from tests.handlers.support import create_brand, push, wait_dead, wait_status
 
@@ -212,3 +214,29 @@ async def test_bad_media_jobs_are_permanent(
     row = await wait_status(db, "media", "m-size", ("failed",))
     assert "not valid for gpt-image-1.5" in row["error"]
     assert fake_ai.calls == []
+
+
+async def test_a_media_job_whose_processes_keep_dying_fails_its_row(
+    db: asyncpg.Pool,
+    redis: Redis,
+    prefix: str,
+    fake_ai: FakeAI,
+    make_app_config: Any,
+    run_worker: Any,
+) -> None:
+    brand_id = await create_brand(db)
+    await db.execute(
+        "INSERT INTO media (brand_id, kind, prompt, job_id, status)"
+        " VALUES ($1, 'image', 'a heat pump in snow', 'media-killer', 'processing')",
+        brand_id,
+    )
+    config = make_app_config()
+    job = {"id": "media-killer", "brand_id": str(brand_id), "prompt": "a heat pump"}
+    await plant_dying_job(redis, config, Q, job, attempt=2)
+    run_worker(config, observers=[hooks], extensions=[hooks])
+    row = await wait_status(db, "media", "media-killer", ("completed", "failed"))
+    assert row["status"] == "failed"
+    assert row["error_detail"] == {"type": "ProcessDied", "reason": "poison", "attempt": 2}
+    assert "died" in row["error"]
+    assert [e["reason"] for e in await wait_dead(redis, prefix, Q)] == ["poison"]
+    assert fake_ai.count("images") == 0

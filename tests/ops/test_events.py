@@ -13,7 +13,7 @@ from alchemy.ops.events import EventHooks, EventStream, read_throughput
 from alchemy.queue.job import ErrorInfo
 from alchemy.queue.keys import QueueKeys
 from alchemy.worker.observer import JobEvent, Transition
-from tests.conftest import queue_table, wait_for
+from tests.conftest import plant_dying_job, queue_table, wait_for
 
 
 def decode(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[dict[str, str]]:
@@ -41,10 +41,7 @@ async def test_every_transition_lands_in_the_queue_stream(
         await redis.lpush(keys.wait, json.dumps(job))
     await redis.lpush(keys.wait, b"not json")
     await redis.lpush(keys.processing(identity), json.dumps({"id": "left"}))
-    deaths = config.worker.max_recoveries  # this job's process died that often already
-    meta = {"v": 1, "id": "killer", "attempt": 1, "recoveries": deaths}
-    envelope = {"_alchemy": meta, "job": json.dumps({"id": "killer"})}
-    await redis.lpush(keys.processing(identity), json.dumps(envelope))
+    deaths = await plant_dying_job(redis, config, "q", {"id": "killer"})
     events = EventStream(prefix, identity=identity)
     run_worker(config, observers=[events], extensions=[events])
 

@@ -12,7 +12,7 @@ from alchemy.ops.records import JobRecords, read_record
 from alchemy.queue.job import ErrorInfo
 from alchemy.queue.keys import QueueKeys
 from alchemy.worker.observer import JobEvent, Transition
-from tests.conftest import queue_table, wait_for
+from tests.conftest import plant_dying_job, queue_table, wait_for
 
 TTL = 3600.0
 
@@ -150,10 +150,7 @@ async def test_recovered_and_poisoned_jobs_have_records(
     # What a killed earlier run of this identity left: a job that will run again, and one
     # whose processes died as often as they may.
     await redis.lpush(keys.processing(identity), json.dumps({"id": "left", "sleep": 0.5}))
-    deaths = config.worker.max_recoveries
-    meta = {"v": 1, "id": "killer", "attempt": 1, "recoveries": deaths}
-    envelope = {"_alchemy": meta, "job": json.dumps({"id": "killer"})}
-    await redis.lpush(keys.processing(identity), json.dumps(envelope))
+    await plant_dying_job(redis, config, "q", {"id": "killer"})
     records = JobRecords(prefix, ttl=TTL)
     seen: list[str] = []
 

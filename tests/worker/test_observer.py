@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
 from alchemy.worker.observer import JobEvent, Transition
-from tests.conftest import queue_table, wait_for
+from tests.conftest import plant_dying_job, queue_table, wait_for
 
 
 class Recorder:
@@ -46,10 +46,7 @@ async def test_observer_sees_each_transition(
     identity = config.worker.identity
     await redis.lpush(keys.processing(identity), json.dumps({"id": "left"}))
     # ... one of them for the last time it may.
-    deaths = config.worker.max_recoveries
-    meta = {"v": 1, "id": "killer", "attempt": 1, "recoveries": deaths}
-    envelope = {"_alchemy": meta, "job": json.dumps({"id": "killer"})}
-    await redis.lpush(keys.processing(identity), json.dumps(envelope))
+    deaths = await plant_dying_job(redis, config, "q", {"id": "killer"})
     recorder = Recorder()
     run_worker(config, observers=[Broken(), recorder])
     await wait_for(lambda: sum(e.transition is Transition.DEAD for e in recorder.jobs) == 3)

@@ -243,12 +243,20 @@ class QueueConsumer:
         assert task is not None
         loop = task.get_loop()
         timer = loop.call_at(loop.time() + self.config.timeout, self._time_out, task)
+        timed_out, other_cancels = False, 0
         try:
-            await self.handler(decoded.job)
+            try:
+                await self.handler(decoded.job)
+            finally:
+                # Disarmed before any failure step runs, so the timer can only ever cancel
+                # the handler.
+                timer.cancel()
+                if task in self._timed_out:
+                    self._timed_out.discard(task)
+                    timed_out, other_cancels = True, task.uncancel()
         except asyncio.CancelledError as exc:
-            if task in self._timed_out:
-                self._timed_out.discard(task)
-                if task.uncancel():
+            if timed_out:
+                if other_cancels:
                     raise  # shutdown past its grace as well: returned unchanged
                 timeout = self.config.timeout
                 error = ErrorInfo(
@@ -268,17 +276,13 @@ class QueueConsumer:
             error = ErrorInfo(type(exc).__name__, redact(str(exc))[:2000])
             meta = _first_attempt(meta, picked_ms)
             return await asyncio.shield(self._after_failure(item, decoded, meta, exc, error))
-        finally:
-            timer.cancel()
-            if task in self._timed_out:  # the handler swallowed the cancellation
-                self._timed_out.discard(task)
-                task.uncancel()
+        # (A handler that swallowed the timeout's cancellation and returned has completed.)
         self._acks.append(item)
         self._acks_ready.set()
         return Outcome("completed")
 
     def _time_out(self, task: asyncio.Task[None]) -> None:
-        """The queue timeout of the job ``task`` runs passed: cancel its handler."""
+        """The queue timeout of the job ``task`` ran out: cancel its handler."""
         self._timed_out.add(task)
         task.cancel()
 

@@ -51,16 +51,7 @@ async def time_drain(
 
 async def wait_empty(redis: Redis, wait: str, processing: str, *, within: float) -> None:
     """Return once ``wait`` and ``processing`` are both empty."""
-    deadline = time.monotonic() + within
-    while True:
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.llen(wait)
-            pipe.llen(processing)
-            waiting, running = await pipe.execute()
-        if waiting == 0 and running == 0:
-            return
-        _check(deadline, f"not drained: {waiting} waiting, {running} processing")
-        await asyncio.sleep(POLL_INTERVAL)
+    await wait_settled(redis, wait, processing, 0, within=within)
 
 
 async def wait_settled(

@@ -14,8 +14,11 @@ from alchemy.config import Config
 from alchemy.db import TRANSIENT_DB_ERRORS
 from alchemy.errors import PermanentError, RateLimitedError, RetryableError
 from alchemy.logs import redact
+from alchemy.ops.events import hooks
 from alchemy.providers.base import OutputInvalidError
 from alchemy.queue.job import Job
+from alchemy.services import current_services
+from alchemy.worker.observer import JobEvent, Transition
 
 log = structlog.get_logger("alchemy.handlers")
 
@@ -118,9 +121,6 @@ def fail_rows_the_engine_gives_up_on(handler: str, sql: str, *, what: str) -> No
     for dead jobs of the queues whose handler is ``handler`` ("module:function"); ``sql``
     must only touch a row still ``processing``, so a row the handler already marked keeps
     its own error."""
-    from alchemy.ops.events import hooks  # the worker's process-wide hooks
-    from alchemy.services import current_services
-    from alchemy.worker.observer import JobEvent, Transition
 
     async def mark(event: JobEvent) -> None:
         if event.transition is not Transition.DEAD or event.job_id is None:

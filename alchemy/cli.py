@@ -27,7 +27,7 @@ from alchemy.queue.keys import QueueKeys
 from alchemy.queue.producer import Producer
 from alchemy.worker.connections import shared_client
 from alchemy.worker.handlers import Unavailable, load_handler
-from alchemy.worker.supervisor import Extension, Supervisor
+from alchemy.worker.supervisor import Extension
 
 EX_CONFIG: Final = 78
 EX_UNAVAILABLE: Final = 69
@@ -212,8 +212,10 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     # ---------------------------------------------------------------------------------------
     # sd_notify (a no-op outside systemd); last, so READY=1 follows the others' start.
     extensions.append(SystemdNotifier.from_environ(os.environ))
-    supervisor = Supervisor(config, names, observers=ops.observers, extensions=extensions)
-    return asyncio.run(supervisor.run())
+    from alchemy.process import Worker
+
+    worker = Worker(config, names, observers=ops.observers, extensions=extensions)
+    return asyncio.run(worker.run())
 
 
 def _with_redis(config: Config, action: Callable[[Redis], Awaitable[int]]) -> int:

@@ -6,9 +6,21 @@
     └── JobError               raised by handlers; the consumer decides from the type alone
         ├── PermanentError     never retried: straight to the dead-letter list
         └── RetryableError     retried with backoff, or after ``delay`` seconds when given
-            └── RateLimitedError   the upstream said "retry after N seconds": the whole
-                                   queue pauses for N seconds in every process and the job
-                                   is retried without spending an attempt
+            ├── RateLimitedError   the upstream said "retry after N seconds": the whole
+            │                      queue pauses for N seconds in every process and the job
+            │                      is retried without spending an attempt
+            ├── DeferredError      not now, and not a failure: the job comes back after
+            │                      ``delay`` seconds without spending an attempt (another
+            │                      runner holds the work, say); the queue goes on
+            └── DependencyUnavailableError
+                                   a dependency the handler needs (``dependency``, e.g.
+                                   "postgres") is down: the job goes back to the front of
+                                   its queue without spending an attempt, and every queue
+                                   that needs the dependency holds in every process until
+                                   a probe sees it answer again
+
+Retry-after and deferral are bounded per job (``max_deferrals``, ``max_deferred``): past
+them the job is dead-lettered as ``deferred_too_long``.
 
 Any other exception raised by a handler (including a timeout) counts as a failed attempt
 and is retried with the queue's backoff until ``max_attempts``.
@@ -63,3 +75,24 @@ class RateLimitedError(RetryableError):
         text = message or f"rate limited, retry after {retry_after:g}s"
         super().__init__(text, delay=retry_after)
         self.retry_after = retry_after
+
+
+class DeferredError(RetryableError):
+    """Come back after ``delay`` seconds; no attempt is spent and the queue goes on.
+
+    For work that someone else is doing right now (a live lease held by another runner)."""
+
+    def __init__(self, delay: float, message: str = "") -> None:
+        super().__init__(message or f"deferred for {delay:g}s", delay=delay)
+        self.delay: float = delay
+
+
+class DependencyUnavailableError(RetryableError):
+    """A dependency the handler needs is down (``dependency``: its name, as the handler
+    module lists it in ``REQUIRES``). The engine returns the job to the front of its queue
+    without spending an attempt and holds every queue that needs the dependency until the
+    dependency's probe succeeds."""
+
+    def __init__(self, dependency: str, message: str = "") -> None:
+        super().__init__(message or f"{dependency} is unavailable")
+        self.dependency = dependency

@@ -20,8 +20,8 @@ import pytest
 from redis.asyncio import Redis
 
 from alchemy.config import Config, parse_config
+from alchemy.process import Worker
 from alchemy.queue.keys import QueueKeys
-from alchemy.worker.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -93,23 +93,23 @@ def make_config(prefix: str) -> Callable[..., Config]:
 
 
 @pytest.fixture
-async def run_worker() -> AsyncIterator[Callable[[Config], Supervisor]]:
-    """Start a Supervisor in this event loop; every one started is stopped at teardown."""
-    running: list[tuple[Supervisor, asyncio.Task[int]]] = []
+async def run_worker() -> AsyncIterator[Callable[[Config], Worker]]:
+    """Start a worker in this event loop; every one started is stopped at teardown."""
+    running: list[tuple[Worker, asyncio.Task[int]]] = []
 
     def start(
         config: Config,
         queues: list[str] | None = None,
         observers: Sequence[Any] = (),
         extensions: Sequence[Any] = (),
-    ) -> Supervisor:
-        supervisor = Supervisor(
+    ) -> Worker:
+        worker = Worker(
             config, queues, handle_signals=False, observers=observers, extensions=extensions
         )
-        task = asyncio.create_task(supervisor.run())
-        supervisor.task = task  # type: ignore[attr-defined]
-        running.append((supervisor, task))
-        return supervisor
+        task = asyncio.create_task(worker.run())
+        worker.task = task  # type: ignore[attr-defined]
+        running.append((worker, task))
+        return worker
 
     yield start
     for supervisor, _ in running:

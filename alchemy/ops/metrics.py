@@ -88,8 +88,10 @@ class _Queue:
     __slots__ = (
         "completed",
         "dead",
+        "deferred",
         "duration",
         "failed",
+        "held",
         "pickup",
         "rate_limited",
         "recovered",
@@ -99,12 +101,12 @@ class _Queue:
 
     def __init__(self) -> None:
         self.started = self.completed = self.failed = self.retried = 0
-        self.rate_limited = self.recovered = 0
+        self.rate_limited = self.recovered = self.deferred = self.held = 0
         self.dead: dict[str, int] = {}
         self.pickup = _Histogram(PICKUP_BUCKETS)
         self.duration = {
             outcome: _Histogram(DURATION_BUCKETS)
-            for outcome in ("completed", "retrying", "paused", "dead")
+            for outcome in ("completed", "retrying", "paused", "deferred", "held", "dead")
         }
 
 
@@ -126,6 +128,16 @@ _COUNTERS: Final = (
         "recovered",
         "alchemy_jobs_recovered",
         "Jobs this process returned to the wait list from a dead process",
+    ),
+    (
+        "deferred",
+        "alchemy_jobs_deferred",
+        "Attempts that raised DeferredError (back later, no attempt spent)",
+    ),
+    (
+        "held",
+        "alchemy_jobs_held",
+        "Attempts that found a dependency down (back to the front, no attempt spent)",
     ),
 )
 
@@ -248,6 +260,10 @@ class Metrics:
             q.retried += 1
         elif transition is Transition.PAUSED:
             q.rate_limited += 1
+        elif transition is Transition.DEFERRED:
+            q.deferred += 1
+        elif transition is Transition.HELD:
+            q.held += 1
         elif transition is Transition.DEAD:
             if event.duration_s is not None:  # ran and failed; bad input never ran
                 q.failed += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import uuid
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ class DeadReason(StrEnum):
     TOO_LARGE = "too_large"
     NO_HANDLER = "no_handler"
     POISON = "poison"
+    DEFERRED_TOO_LONG = "deferred_too_long"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,21 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Runner:
+    """Who runs one attempt of a job: the process's identity, the incarnation of that
+    identity (random per process start) and a number unique within the incarnation. Two
+    runs of the same job never share a runner, even in one process."""
+
+    identity: str = ""
+    incarnation: str = ""
+    run: int = 0
+
+    @property
+    def token(self) -> str:
+        return f"{self.identity}/{self.incarnation}/{self.run}"
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     """What a handler receives."""
 
@@ -62,6 +79,17 @@ class Job:
     data: Mapping[str, Any]
     recoveries: int = 0
     enqueued_at: float | None = None
+    runner: Runner = Runner()
+
+
+@dataclass(frozen=True, slots=True)
+class Death:
+    """Why the engine dead-letters a job, as a handler module's ``on_dead`` hook hears it:
+    the dead-letter ``reason`` (``permanent_error``, ``max_attempts``, ``poison``,
+    ``deferred_too_long``...) and the last error."""
+
+    reason: str
+    error: ErrorInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +101,11 @@ class Meta:
     recoveries: int = 0
     first_attempt_ms: int | None = None
     last_error: ErrorInfo | None = None
+    deferrals: int = 0  # times the job came back without spending an attempt
+    deferred_ms: int = 0  # the retry-after delays of those, summed
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "v": PROTOCOL_VERSION,
             "id": self.id,
             "attempt": self.attempt,
@@ -84,6 +114,16 @@ class Meta:
             "last_error": self.last_error.to_json() if self.last_error else None,
             "nonce": uuid.uuid4().hex,
         }
+        if self.deferrals:
+            body["deferrals"] = self.deferrals
+            body["deferred_ms"] = self.deferred_ms
+        return body
+
+
+def derived_id(raw_job: bytes) -> str:
+    """The id of a job pushed without one: named by its bytes, so it stays the same
+    through retries and recoveries, and an LPUSH sent twice is one job."""
+    return "sha256-" + hashlib.sha256(raw_job).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +176,7 @@ def decode_item(item: bytes, *, queue: str, max_bytes: int) -> Decoded | BadJob:
     if problem:
         return BadJob(raw_job, DeadReason.INVALID_FIELD, problem, _m(meta, obj))
     if meta is None:
-        meta = Meta(id=obj.get("id") or uuid.uuid4().hex)
+        meta = Meta(id=obj.get("id") or derived_id(raw_job))
     data = {k: v for k, v in obj.items() if k not in RESERVED_FIELDS}
     job = Job(
         id=meta.id,
@@ -184,7 +224,7 @@ def _unwrap_envelope(item: bytes) -> tuple[bytes, Meta] | None:
         return None
     raw_job = job.encode("utf-8", "surrogateescape")
     error = meta.get("last_error")
-    job_id = meta.get("id") or _inner_id(raw_job) or uuid.uuid4().hex
+    job_id = meta.get("id") or _inner_id(raw_job) or derived_id(raw_job)
     return raw_job, Meta(
         id=str(job_id),
         attempt=_int(meta.get("attempt"), 1),
@@ -193,6 +233,8 @@ def _unwrap_envelope(item: bytes) -> tuple[bytes, Meta] | None:
         last_error=ErrorInfo(str(error.get("type")), str(error.get("message")))
         if isinstance(error, dict)
         else None,
+        deferrals=_int(meta.get("deferrals"), 0),
+        deferred_ms=_int(meta.get("deferred_ms"), 0),
     )
 
 

@@ -165,6 +165,14 @@ redis.call('RPUSH', KEYS[2], ARGV[1])
 return 1
 """
 
+# KEYS: processing, wait   ARGV: item, envelope
+# Back to the front of the wait list as a new envelope (no attempt spent).
+REQUEUE_FRONT: Final = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return 1
+"""
+
 # KEYS: processing, wait   Every job left in a processing list back to the front of the
 # wait list, oldest first, unchanged.
 REQUEUE_ALL: Final = """
@@ -180,7 +188,8 @@ return moved
 # ARGV: identity, max_recoveries, queue, require_dead ("1": do nothing while the heartbeat
 #       lives)
 # Returns {-1} when the process is alive after all, else {1, then per job: id ('' when
-# unknown), attempt, recoveries, 'r' (back on wait) or 'p' (dead-lettered as poison)}.
+# unknown), attempt, recoveries, 'r' (back on wait) or 'p' (dead-lettered as poison), the
+# producer's job for 'p' ('' for 'r')}.
 RECOVER: Final = (
     _NOW
     + """
@@ -222,6 +231,7 @@ while true do
   reply[n + 2] = tonumber(meta['attempt']) or 1
   reply[n + 3] = meta['recoveries']
   reply[n + 4] = outcome
+  if outcome == 'p' then reply[n + 5] = job else reply[n + 5] = '' end
 end
 if ARGV[4] == '1' then
   redis.call('ZREM', KEYS[5], ARGV[1])

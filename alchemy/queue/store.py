@@ -66,6 +66,7 @@ class RecoveredJob:
     attempt: int  # the attempt that was running when the process died
     recoveries: int  # deaths counted for this job so far, this one included
     poisoned: bool  # True: dead-lettered as ``poison``; False: back on the wait list
+    raw_job: bytes = b""  # poisoned: the producer's job, as it went to the dead-letter list
 
 
 class _Scripts:
@@ -80,6 +81,7 @@ class _Scripts:
         self.defer_and_pause = redis.register_script(scripts.DEFER_AND_PAUSE)
         self.dead_letter = redis.register_script(scripts.DEAD_LETTER)
         self.requeue = redis.register_script(scripts.REQUEUE)
+        self.requeue_front = redis.register_script(scripts.REQUEUE_FRONT)
         self.requeue_all = redis.register_script(scripts.REQUEUE_ALL)
         self.recover = redis.register_script(scripts.RECOVER)
         self.heartbeat = redis.register_script(scripts.HEARTBEAT)
@@ -161,6 +163,11 @@ class QueueStore:
     async def requeue(self, item: bytes) -> bool:
         return bool(await _run(self._s.requeue, [self.processing, self.keys.wait], [item]))
 
+    async def requeue_front(self, item: bytes, envelope: bytes) -> bool:
+        """Back to the front of the wait list as ``envelope`` (no attempt spent)."""
+        keys = [self.processing, self.keys.wait]
+        return bool(await _run(self._s.requeue_front, keys, [item, envelope]))
+
     async def requeue_all(self) -> int:
         return int(await _run(self._s.requeue_all, [self.processing, self.keys.wait], []))
 
@@ -201,8 +208,9 @@ class QueueStore:
                 attempt=int(reply[n + 1]),
                 recoveries=int(reply[n + 2]),
                 poisoned=reply[n + 3] in (b"p", "p"),
+                raw_job=_bytes(reply[n + 4]),
             )
-            for n in range(1, len(reply), 4)
+            for n in range(1, len(reply), 5)
         ]
 
     async def deregister(self) -> bool:
@@ -214,6 +222,10 @@ class QueueStore:
     async def retry_dead(self, entry: bytes, raw_job: bytes) -> bool:
         keys = [self.keys.dead, self.keys.wait]
         return bool(await _run(self._s.retry_dead, keys, [entry, raw_job]))
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
 
 
 def _text(value: bytes | str) -> str:

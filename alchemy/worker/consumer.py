@@ -1,20 +1,17 @@
-"""One queue's consumer inside a worker process.
-
-A fetch loop claims jobs (several per round trip when there is a backlog, each with a
-rate-limit token) and blocks on BRPOPLPUSH on its own connection when the queue is empty.
-Each job runs as a task, at most ``concurrency`` at once. Acknowledgements are batched by an
-ack loop; a reconcile loop returns jobs that sit in this process's processing list without
-anyone running them (a BRPOPLPUSH reply lost with its connection).
+"""One queue's consumer inside a worker process: it runs the jobs its :class:`Fetcher`
+takes, at most ``concurrency`` at once, each as a task of its own, and applies what
+:func:`~alchemy.worker.outcome.decide` says about a failure. Finished jobs are acknowledged
+by an :class:`AckBatcher`; a reconcile loop returns items that sit in this process's
+processing list without anyone running them (a BRPOPLPUSH reply lost with its connection).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
+import itertools
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -22,43 +19,49 @@ import structlog
 from redis.asyncio import Redis
 
 from alchemy.config import QueueConfig
-from alchemy.errors import PermanentError, RateLimitedError, RetryableError
 from alchemy.logs import redact
-from alchemy.queue.backoff import backoff_delay
 from alchemy.queue.job import (
     BadJob,
     DeadReason,
+    Death,
     Decoded,
     ErrorInfo,
+    Job,
     Meta,
+    Runner,
     decode_item,
     encode_dead_entry,
     encode_envelope,
 )
-from alchemy.queue.store import Claim, ClaimKind, QueueStore
-from alchemy.worker.connections import Backoff, is_transient, until_done
-from alchemy.worker.handlers import Handler, Unavailable
+from alchemy.queue.store import QueueStore
+from alchemy.worker.acks import AckBatcher
+from alchemy.worker.connections import Backoff, Episode, until_done
+from alchemy.worker.fetcher import Fetcher
+from alchemy.worker.handlers import HandlerModule, Unavailable
 from alchemy.worker.observer import JobEvent, Observers, Transition
+from alchemy.worker.outcome import Action, Decision, decide
+from alchemy.worker.owned import Owned
 
 log = structlog.get_logger("alchemy.consumer")
+
+DEAD_HOOK_TIMEOUT = 10.0  # seconds a handler module's on_dead may take
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
-    """Sleep, but wake at once when ``stopping`` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), timeout=max(0.0, seconds))
-
-
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    name: str  # completed | retrying | dead | paused
+    name: str  # completed | retrying | deferred | paused | held | dead
     error: ErrorInfo | None = None
     retry_in_s: float | None = None
-    reason: DeadReason | None = None
+    reason: DeadReason | str | None = None
+
+
+# What a failure step needs to hear about a dependency going down (the process's
+# dependency monitor); ``None``: nobody listens.
+DependencyDown = Callable[[str, str, str], None]  # (dependency, queue, reason)
 
 
 class QueueConsumer:
@@ -68,28 +71,37 @@ class QueueConsumer:
         config: QueueConfig,
         store: QueueStore,
         blocking: Redis,
-        handler: Handler | Unavailable,
+        handler: HandlerModule | Unavailable,
         block_timeout: float,
         reconcile_interval: float,
+        incarnation: str = "",
         observers: Observers | None = None,
+        dependency_down: DependencyDown | None = None,
     ) -> None:
         self.config = config
         self.observers = observers or Observers()
         self.store = store
-        self.blocking = blocking
         self.handler = handler
-        self.block_timeout = block_timeout
         self.reconcile_interval = reconcile_interval
+        self.incarnation = incarnation
+        self.dependency_down = dependency_down
+        self.owned = Owned()
+        self.acks = AckBatcher(store, self.owned.release)
+        self.fetcher = Fetcher(
+            config=config,
+            store=store,
+            blocking=blocking,
+            block_timeout=block_timeout,
+            owned=self.owned,
+            free_slots=self._free_slots,
+            wait_for_slot=self._wait_for_slot,
+            start=self._start,
+            observers=self.observers,
+        )
         self._running: dict[asyncio.Task[None], bytes] = {}
         self._timed_out: set[asyncio.Task[None]] = set()  # cancelled by the queue timeout
-        self._owned: Counter[bytes] = Counter()
         self._slot_free = asyncio.Event()
-        self._acks: list[bytes] = []
-        self._acks_ready = asyncio.Event()
-        self._acks_in_flight = 0
-        self._acks_done = asyncio.Event()
-        self._acks_done.set()
-        self._stopping = asyncio.Event()
+        self._runs = itertools.count(1)
 
     @property
     def name(self) -> str:
@@ -99,73 +111,21 @@ class QueueConsumer:
     def in_flight(self) -> int:
         return len(self._running)
 
-    # -- fetching -------------------------------------------------------------------------
+    # -- slots and starting ---------------------------------------------------------------
+    def _free_slots(self) -> int:
+        return self.config.concurrency - len(self._running)
+
+    async def _wait_for_slot(self) -> None:
+        self._slot_free.clear()
+        await self._slot_free.wait()
+
     def request_stop(self) -> None:
         """Stop fetching; running jobs go on (see :meth:`drain`)."""
-        self._stopping.set()
+        self.fetcher.request_stop()
         self._slot_free.set()
 
-    async def fetch_loop(self) -> None:
-        stopping = self._stopping
-        backoff = Backoff()
-        while not stopping.is_set():
-            free = self.config.concurrency - len(self._running)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
-                continue
-            try:
-                claim = await self.store.claim(free)
-                if claim.kind is ClaimKind.EMPTY:
-                    claim = await self._block_fetch(stopping, claim.wait_ms)
-                backoff.reset()
-            except Exception as exc:
-                delay = backoff.next_delay()
-                level = log.warning if is_transient(exc) else log.error
-                level(
-                    "fetch_failed",
-                    queue=self.name,
-                    error=f"{type(exc).__name__}: {exc}",
-                    retry_in_s=round(delay, 3),
-                )
-                await sleep_unless(stopping, delay)
-                continue
-            await self._act_on(claim, stopping)
-
-    async def _act_on(self, claim: Claim, stopping: asyncio.Event) -> None:
-        if claim.kind is ClaimKind.JOBS:
-            picked = time.time() * 1000
-            for item in claim.items:
-                self._start(item, picked)
-        elif claim.kind is ClaimKind.THROTTLED:
-            self.observers.on_held_back(self.name, "throttled", claim.wait_ms)
-            await sleep_unless(stopping, claim.wait_ms / 1000 + random.random() * 0.01)
-        elif claim.kind is ClaimKind.PAUSED:
-            self.observers.on_held_back(self.name, "paused", claim.wait_ms)
-            wait_ms = 1000 if claim.wait_ms < 0 else min(claim.wait_ms, 1000)
-            await sleep_unless(stopping, wait_ms / 1000)
-
-    async def _block_fetch(self, stopping: asyncio.Event, next_due_ms: int) -> Claim:
-        # Wake up in time to promote the next due retry (the claim step promotes them).
-        block = self.block_timeout
-        if next_due_ms >= 0:
-            block = min(block, max(0.01, next_due_ms / 1000))
-        item = await self.store.block_fetch(self.blocking, block)
-        if item is None:
-            await self.store.refund()
-            return Claim(ClaimKind.EMPTY)
-        self._owned[item] += 1
-        try:
-            if stopping.is_set():
-                await until_done(lambda: self.store.requeue(item), what="requeue")
-                await self.store.refund()
-                return Claim(ClaimKind.EMPTY)
-            return await self.store.confirm(item)
-        finally:
-            self._release((item,))
-
     def _start(self, item: bytes, picked_ms: float) -> None:
-        self._owned[item] += 1
+        self.owned.take(item)
         task = asyncio.create_task(self._run_job(item, picked_ms))
         self._running[task] = item
         task.add_done_callback(self._on_done)
@@ -179,7 +139,7 @@ class QueueConsumer:
         if exc is not None:
             # The job's last step did not reach Redis; whatever is left in the processing
             # list is returned by the reconcile loop, so let go of it.
-            self._release((item,))
+            self.owned.release((item,))
             log.error("job_step_failed", queue=self.name, error=f"{type(exc).__name__}: {exc}")
 
     # -- running one job ------------------------------------------------------------------
@@ -189,7 +149,9 @@ class QueueConsumer:
             error = ErrorInfo("BadJob", decoded.message)
             await self._dead_letter(item, decoded.raw_job, decoded.reason, error, decoded.meta)
             return
-        job, meta = decoded.job, decoded.meta
+        runner = Runner(self.store.identity, self.incarnation, next(self._runs))
+        job = replace(decoded.job, runner=runner)
+        decoded = replace(decoded, job=job)
         pickup_s = None
         if job.enqueued_at is not None and job.attempt == 1 and job.recoveries == 0:
             pickup_s = (picked_ms - job.enqueued_at) / 1000
@@ -210,9 +172,9 @@ class QueueConsumer:
             queue=self.name, job_id=job.id, attempt=job.attempt, worker=self.store.identity
         )
         started = time.perf_counter()
-        outcome = await self._call_handler(item, decoded, meta, picked_ms)
+        outcome = await self._call_handler(item, decoded, picked_ms)
         duration = time.perf_counter() - started
-        self._log_finished(outcome, decoded, round(duration * 1000, 3), pickup_s)
+        self._log_finished(outcome, round(duration * 1000, 3), pickup_s)
         self.observers.on_job(
             JobEvent(
                 self.name,
@@ -228,14 +190,14 @@ class QueueConsumer:
             )
         )
 
-    async def _call_handler(
-        self, item: bytes, decoded: Decoded, meta: Meta, picked_ms: float
-    ) -> Outcome:
-        if isinstance(self.handler, Unavailable):
+    async def _call_handler(self, item: bytes, decoded: Decoded, picked_ms: float) -> Outcome:
+        meta = decoded.meta
+        handler = self.handler
+        if isinstance(handler, Unavailable):
             meta = _first_attempt(meta, picked_ms)
-            error = ErrorInfo("NoHandler", self.handler.reason)
+            error = ErrorInfo("NoHandler", handler.reason)
             return await self._dead_letter(
-                item, decoded.raw_job, DeadReason.NO_HANDLER, error, meta, log_it=False
+                item, decoded.raw_job, DeadReason.NO_HANDLER, error, meta, announce=False
             )
         # The queue timeout: a timer that cancels this task (a plain loop timer costs a third
         # of asyncio.timeout(), which matters at thousands of jobs a second).
@@ -246,7 +208,7 @@ class QueueConsumer:
         timed_out, other_cancels = False, 0
         try:
             try:
-                await self.handler(decoded.job)
+                await handler.handle(decoded.job)
             finally:
                 # Disarmed before any failure step runs, so the timer can only ever cancel
                 # the handler.
@@ -277,8 +239,7 @@ class QueueConsumer:
             meta = _first_attempt(meta, picked_ms)
             return await asyncio.shield(self._after_failure(item, decoded, meta, exc, error))
         # (A handler that swallowed the timeout's cancellation and returned has completed.)
-        self._acks.append(item)
-        self._acks_ready.set()
+        self.acks.add(item)
         return Outcome("completed")
 
     def _time_out(self, task: asyncio.Task[None]) -> None:
@@ -289,38 +250,51 @@ class QueueConsumer:
     async def _after_failure(
         self, item: bytes, decoded: Decoded, meta: Meta, exc: Exception, error: ErrorInfo
     ) -> Outcome:
-        if isinstance(exc, RateLimitedError):
-            envelope = encode_envelope(decoded.raw_job, replace(meta, last_error=error))
-            await until_done(
-                lambda: self.store.defer_and_pause(item, envelope, exc.retry_after),
-                what="defer_and_pause",
-            )
-            self._release((item,))
-            return Outcome("paused", error=error, retry_in_s=exc.retry_after)
-        if isinstance(exc, PermanentError):
-            reason = DeadReason.PERMANENT_ERROR
-            return await self._dead_letter(item, decoded.raw_job, reason, error, meta, False)
-        if meta.attempt >= self.config.max_attempts:
-            reason = DeadReason.MAX_ATTEMPTS
-            return await self._dead_letter(item, decoded.raw_job, reason, error, meta, False)
-        delay = self._retry_delay(exc, meta.attempt)
-        next_meta = replace(meta, attempt=meta.attempt + 1, last_error=error)
-        envelope = encode_envelope(decoded.raw_job, next_meta)
-        await until_done(lambda: self.store.retry(item, envelope, delay), what="retry")
-        self._release((item,))
-        return Outcome("retrying", error=error, retry_in_s=round(delay, 3))
+        decision = decide(exc, meta, error, self.config)
+        return await self._apply(item, decoded, decision)
 
-    def _retry_delay(self, exc: Exception, attempt: int) -> float:
-        if isinstance(exc, RetryableError) and exc.delay is not None:
-            return exc.delay
-        q = self.config
-        return backoff_delay(
-            attempt,
-            initial=q.backoff_initial,
-            multiplier=q.backoff_multiplier,
-            maximum=q.backoff_max,
-            jitter=q.backoff_jitter,
-        )
+    async def _apply(self, item: bytes, decoded: Decoded, decision: Decision) -> Outcome:
+        action, error = decision.action, decision.error
+        if action is Action.DEAD:
+            assert decision.reason is not None
+            await self._tell_handler(decoded.job, Death(str(decision.reason), error))
+            return await self._dead_letter(
+                item, decoded.raw_job, decision.reason, error, decision.meta, announce=False
+            )
+        envelope = encode_envelope(decoded.raw_job, decision.meta)
+        delay = decision.delay
+        step: Callable[[], Awaitable[bool]]
+        if action is Action.PAUSE:
+            step = partial(self.store.defer_and_pause, item, envelope, delay)
+        elif action is Action.HOLD:
+            assert decision.dependency is not None
+            if self.dependency_down is not None:
+                self.dependency_down(decision.dependency, self.name, error.message)
+            step = partial(self.store.requeue_front, item, envelope)
+        else:  # RETRY and DEFER: back after the delay
+            step = partial(self.store.retry, item, envelope, delay)
+        await until_done(step, what=action.value, queue=self.name)
+        self.owned.release((item,))
+        reason = decision.dependency if action is Action.HOLD else None
+        retry_in = None if action is Action.HOLD else round(delay, 3)
+        return Outcome(action.value, error=error, retry_in_s=retry_in, reason=reason)
+
+    async def _tell_handler(self, job: Job, death: Death) -> None:
+        """The handler module's ``on_dead`` hook, in this process, before the dead letter;
+        bounded in time, and what it raises is logged, never fatal."""
+        handler = self.handler
+        if isinstance(handler, Unavailable) or handler.on_dead is None:
+            return
+        try:
+            async with asyncio.timeout(DEAD_HOOK_TIMEOUT):
+                await handler.on_dead(job, death)
+        except Exception as exc:
+            log.error(
+                "on_dead_failed",
+                queue=self.name,
+                job_id=job.id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     async def _dead_letter(
         self,
@@ -329,8 +303,11 @@ class QueueConsumer:
         reason: DeadReason,
         error: ErrorInfo,
         meta: Meta,
-        log_it: bool = True,
+        *,
+        announce: bool = True,
     ) -> Outcome:
+        """Dead-letter ``item``. ``announce``: also report the transition and log it here
+        (for items that never reached :meth:`_run_job`'s own report)."""
         entry = encode_dead_entry(
             queue=self.name,
             raw_job=raw_job,
@@ -339,9 +316,11 @@ class QueueConsumer:
             meta=meta,
             dead_at_ms=now_ms(),
         )
-        await until_done(lambda: self.store.dead_letter(item, entry), what="dead_letter")
-        self._release((item,))
-        if log_it:
+        await until_done(
+            lambda: self.store.dead_letter(item, entry), what="dead_letter", queue=self.name
+        )
+        self.owned.release((item,))
+        if announce:
             self.observers.on_job(
                 JobEvent(
                     self.name,
@@ -365,9 +344,7 @@ class QueueConsumer:
             )
         return Outcome("dead", error=error, reason=reason)
 
-    def _log_finished(
-        self, outcome: Outcome, decoded: Decoded, duration_ms: float, pickup_s: float | None
-    ) -> None:
+    def _log_finished(self, outcome: Outcome, duration_ms: float, pickup_s: float | None) -> None:
         fields: dict[str, object] = {"outcome": outcome.name, "duration_ms": duration_ms}
         if pickup_s is not None:
             fields["pickup_ms"] = round(pickup_s * 1000, 3)
@@ -383,55 +360,31 @@ class QueueConsumer:
         else:
             log.warning("job_finished", **fields)
 
-    # -- acknowledgements -----------------------------------------------------------------
-    async def ack_loop(self) -> None:
-        """Acknowledge finished jobs, many per round trip under load. Runs until cancelled."""
-        while True:
-            await self._acks_ready.wait()
-            self._acks_ready.clear()
-            batch, self._acks = self._acks, []
-            if not batch:
-                continue
-            self._acks_done.clear()
-            try:
-                await asyncio.shield(until_done(partial(self.store.ack, batch), what="ack"))
-                self._release(batch)
-            finally:
-                if not self._acks:
-                    self._acks_done.set()
-
-    async def flush_acks(self) -> None:
-        while self._acks or not self._acks_done.is_set():
-            self._acks_ready.set()
-            await self._acks_done.wait()
-            await asyncio.sleep(0)
-
-    def _release(self, items: Iterable[bytes]) -> None:
-        for item in items:
-            left = self._owned[item] - 1
-            if left > 0:
-                self._owned[item] = left
-            else:
-                del self._owned[item]
-
     # -- reconciling ----------------------------------------------------------------------
     async def reconcile_loop(self) -> None:
         """Return jobs found twice in a row in our processing list that nobody here runs."""
         suspects: Counter[bytes] = Counter()
+        backoff = Backoff()
+        episode = Episode(f"reconcile:{self.name}")
         while True:
             await asyncio.sleep(self.reconcile_interval)
             try:
                 listed = Counter(await self.store.processing_items())
             except Exception as exc:
-                if not is_transient(exc):
-                    log.error("reconcile_failed", queue=self.name, error=repr(exc))
+                episode.failed(exc, step="reconcile", queue=self.name)
+                await asyncio.sleep(backoff.next_delay())
                 continue
-            orphans = listed - self._owned
+            episode.succeeded()
+            backoff.reset()
+            orphans = listed - self.owned.counts
             lost = orphans & suspects
             suspects = orphans - lost
             for item, count in lost.items():
                 for _ in range(count):
-                    if await self.store.requeue(item):
+                    returned = await until_done(
+                        partial(self.store.requeue, item), what="requeue", queue=self.name
+                    )
+                    if returned:
                         log.warning("job_returned_unowned", queue=self.name, bytes=len(item))
 
     # -- shutdown -------------------------------------------------------------------------
@@ -444,8 +397,8 @@ class QueueConsumer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        await self.flush_acks()
-        return await until_done(self.store.requeue_all, what="requeue_all")
+        await self.acks.flush()
+        return await until_done(self.store.requeue_all, what="requeue_all", queue=self.name)
 
 
 def _first_attempt(meta: Meta, picked_ms: float) -> Meta:

@@ -1,14 +1,28 @@
-"""Loading queue handlers named ``"module:callable"`` in the configuration."""
+"""Loading queue handlers named ``"module:callable"`` in the configuration.
+
+A handler module gives the engine up to three things:
+
+- the handler itself (the named async callable): runs one job; raise an
+  :mod:`alchemy.errors` JobError to steer what happens next;
+- ``on_dead`` (optional): ``async def on_dead(job: Job, death: Death) -> None``, called in
+  the process that dead-letters one of its jobs, for every reason the engine decides
+  (permanent error, attempts exhausted, poison after process deaths, a last attempt
+  cancelled at the queue timeout, deferred too long), before the job goes to the
+  dead-letter list; what it raises is logged and otherwise ignored;
+- ``REQUIRES`` (optional): the names of the dependencies it needs (``("postgres",)``). A
+  handler that raises :class:`~alchemy.errors.DependencyUnavailableError` for one of them
+  holds every queue that requires it until the dependency's probe answers.
+"""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from alchemy.queue.job import Job
+from alchemy.queue.job import Death, Job
 
 
 class Handler(Protocol):
@@ -18,6 +32,18 @@ class Handler(Protocol):
     def __call__(self, job: Job, /) -> Awaitable[object]: ...
 
 
+DeadHook = Callable[[Job, Death], Awaitable[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerModule:
+    """A loaded handler and what its module tells the engine."""
+
+    handle: Handler
+    on_dead: DeadHook | None = None
+    requires: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Unavailable:
     """Why a queue has no working handler."""
@@ -25,7 +51,13 @@ class Unavailable:
     reason: str
 
 
-def load_handler(path: str) -> Handler | Unavailable:
+def _is_async(value: Any) -> bool:
+    return inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(
+        getattr(value, "__call__", None)  # noqa: B004 - async callable objects count too
+    )
+
+
+def load_handler(path: str) -> HandlerModule | Unavailable:
     module_name, _, attribute = path.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -34,10 +66,12 @@ def load_handler(path: str) -> Handler | Unavailable:
     handler = getattr(module, attribute, None)
     if handler is None:
         return Unavailable(f"{module_name} has no attribute {attribute}")
-    is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)  # noqa: B004 - async callable objects count too
-    )
-    if not is_async:
+    if not _is_async(handler):
         return Unavailable(f"{path} is not an async callable")
-    result: Handler = handler
-    return result
+    on_dead = getattr(module, "on_dead", None)
+    if on_dead is not None and not _is_async(on_dead):
+        return Unavailable(f"{module_name}.on_dead is not an async callable")
+    requires = getattr(module, "REQUIRES", ())
+    if isinstance(requires, str) or not all(isinstance(name, str) for name in requires):
+        return Unavailable(f"{module_name}.REQUIRES must be a tuple of dependency names")
+    return HandlerModule(handle=handler, on_dead=on_dead, requires=tuple(requires))

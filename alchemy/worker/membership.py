@@ -14,16 +14,20 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import structlog
 
 from alchemy.config import WorkerConfig
 from alchemy.errors import IdentityInUseError
-from alchemy.queue.job import ErrorInfo
+from alchemy.queue.job import Death, Decoded, ErrorInfo, decode_item
 from alchemy.queue.store import QueueStore, RecoveredJob
 from alchemy.worker.connections import is_transient
+from alchemy.worker.handlers import HandlerModule, Unavailable
 from alchemy.worker.observer import JobEvent, Observers, Transition
+
+DEAD_HOOK_TIMEOUT = 10.0  # seconds a handler module's on_dead may take
 
 log = structlog.get_logger("alchemy.membership")
 
@@ -50,8 +54,11 @@ class Membership:
         stores: Sequence[QueueStore],
         config: WorkerConfig,
         observers: Observers | None = None,
+        *,
+        handlers: Mapping[str, HandlerModule | Unavailable] | None = None,
     ) -> None:
         self.stores = stores
+        self.handlers = handlers or {}
         self.observers = observers or Observers()
         self.config = config
         self.identity = config.identity
@@ -108,6 +115,7 @@ class Membership:
             )
             if jobs:
                 self._announce(store.queue, self.identity, jobs)
+                await self._tell_handler(store.queue, jobs)
                 recovered, poisoned = _counts(jobs)
                 log.warning(
                     "recovered_own_jobs",
@@ -143,6 +151,37 @@ class Membership:
                     recoveries=job.recoveries,
                 )
             )
+
+    async def _tell_handler(self, queue: str, jobs: Sequence[RecoveredJob]) -> None:
+        """The queue's handler module hears of each job dead-lettered as poison."""
+        handler = self.handlers.get(queue)
+        if not isinstance(handler, HandlerModule) or handler.on_dead is None:
+            return
+        limit = self.config.max_recoveries
+        for job in jobs:
+            if not job.poisoned:
+                continue
+            decoded = decode_item(job.raw_job, queue=queue, max_bytes=len(job.raw_job) + 1)
+            if not isinstance(decoded, Decoded):
+                continue  # unreadable: no job to tell about
+            message = f"the process running this job died {job.recoveries} times (limit {limit})"
+            death = Death("poison", ErrorInfo("ProcessDied", message))
+            dead_job = replace(
+                decoded.job,
+                id=job.job_id or decoded.job.id,
+                attempt=job.attempt,
+                recoveries=job.recoveries,
+            )
+            try:
+                async with asyncio.timeout(DEAD_HOOK_TIMEOUT):
+                    await handler.on_dead(dead_job, death)
+            except Exception as exc:
+                log.error(
+                    "on_dead_failed",
+                    queue=queue,
+                    job_id=dead_job.id,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
 
     async def beat(self) -> None:
         value = self.heartbeat_value()
@@ -181,6 +220,7 @@ class Membership:
                 )
                 if jobs is not None:
                     self._announce(store.queue, member, jobs)
+                    await self._tell_handler(store.queue, jobs)
                     recovered, poisoned = _counts(jobs)
                     log.warning(
                         "recovered_dead_worker",

@@ -22,6 +22,8 @@ class Transition(StrEnum):
     COMPLETED = "completed"
     RETRYING = "retrying"  # failed, comes back after a backoff
     PAUSED = "paused"  # rate limited upstream: comes back after the pause, no attempt spent
+    DEFERRED = "deferred"  # not now (the work is held elsewhere): back later, no attempt spent
+    HELD = "held"  # a dependency is down: back at the front of the queue, no attempt spent
     DEAD = "dead"
     RECOVERED = "recovered"  # its process died while running it: back on the wait list
 

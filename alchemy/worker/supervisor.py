@@ -1,5 +1,7 @@
 """The one asyncio supervisor of a worker process: it starts a consumer per queue, keeps
-the heartbeats and recovery sweeps going, and stops everything in order on a signal."""
+the heartbeats and recovery sweeps going, watches every background task, and stops
+everything in order on a signal. What it runs on (Redis, the handlers) is opened by
+:mod:`alchemy.process`."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,10 +21,10 @@ from alchemy.config import Config, QueueConfig
 from alchemy.errors import ConfigError
 from alchemy.logs import flush_logs
 from alchemy.queue.store import QueueStore, RateLimit
-from alchemy.services import open_services
-from alchemy.worker.connections import blocking_client, shared_client, until_done
+from alchemy.worker.connections import blocking_client, until_done
 from alchemy.worker.consumer import QueueConsumer
-from alchemy.worker.handlers import Unavailable, load_handler
+from alchemy.worker.handlers import HandlerModule, Unavailable
+from alchemy.worker.health import process_health
 from alchemy.worker.membership import Membership
 from alchemy.worker.observer import JobObserver, Observers
 
@@ -76,8 +78,11 @@ class Supervisor:
     def __init__(
         self,
         config: Config,
-        queue_names: Sequence[str] | None = None,
+        queues: Sequence[QueueConfig],
         *,
+        redis: Redis,
+        handlers: Mapping[str, HandlerModule | Unavailable],
+        stop_requested: asyncio.Event,
         handle_signals: bool = True,
         observers: Sequence[JobObserver] = (),
         extensions: Sequence[Extension] = (),
@@ -85,9 +90,13 @@ class Supervisor:
         self.extensions = list(extensions)
         self.observers = Observers(observers)
         self.config = config
+        self.redis = redis
+        self.handlers = handlers
         self.handle_signals = handle_signals
-        self.queues = select_queues(config, queue_names)
-        self.stop_requested = asyncio.Event()
+        self.queues = list(queues)
+        self.stop_requested = stop_requested
+        self.failed_task: str | None = None
+        self._tasks_ending = False
         self._signals = 0
 
     def request_stop(self, reason: str = "requested") -> None:
@@ -109,18 +118,10 @@ class Supervisor:
             raise ConfigError("queues", "no enabled queue to run")
         cfg = self.config
         identity = cfg.worker.identity
-        if cfg.database.migrate_on_start:
-            from alchemy.db.migrate import migrate_at_startup
-
-            report = await migrate_at_startup(cfg.database.url.reveal())
-            log.info(
-                "migrations_checked", applied=len(report.applied), version=report.current_version
-            )
+        redis = self.redis
         async with contextlib.AsyncExitStack() as stack:
-            redis = shared_client(cfg.redis)
-            stack.push_async_callback(redis.aclose)
-            await stack.enter_async_context(open_services(cfg, redis))
             consumers: list[QueueConsumer] = []
+            membership = Membership([], cfg.worker, self.observers, handlers=self.handlers)
             for queue in self.queues:
                 store = QueueStore(
                     redis,
@@ -131,7 +132,7 @@ class Supervisor:
                 )
                 blocking = blocking_client(cfg.redis)
                 stack.push_async_callback(blocking.aclose)
-                handler = load_handler(queue.handler)
+                handler = self.handlers[queue.name]
                 if isinstance(handler, Unavailable):
                     log.error("handler_unavailable", queue=queue.name, reason=handler.reason)
                 consumers.append(
@@ -142,10 +143,11 @@ class Supervisor:
                         handler=handler,
                         block_timeout=cfg.redis.block_timeout,
                         reconcile_interval=cfg.worker.reconcile_interval,
+                        incarnation=membership.incarnation,
                         observers=self.observers,
                     )
                 )
-            membership = Membership([c.store for c in consumers], cfg.worker, self.observers)
+            membership.stores = [c.store for c in consumers]
             if self.handle_signals:
                 stack.enter_context(self._signal_handlers())
             if not await self._unless_stopped(self._join(membership)):
@@ -182,13 +184,15 @@ class Supervisor:
         self, membership: Membership, consumers: list[QueueConsumer], running: Running
     ) -> int:
         background = [
-            asyncio.create_task(membership.heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(membership.recovery_loop(), name="recovery"),
+            self._watched(membership.heartbeat_loop(), "heartbeat"),
+            self._watched(membership.recovery_loop(), "recovery"),
         ]
         for consumer in consumers:
-            background.append(asyncio.create_task(consumer.ack_loop(), name="ack"))
-            background.append(asyncio.create_task(consumer.reconcile_loop(), name="reconcile"))
-        fetchers = [asyncio.create_task(c.fetch_loop(), name=f"fetch:{c.name}") for c in consumers]
+            background.append(self._watched(consumer.acks.run(), f"ack:{consumer.name}"))
+            background.append(
+                self._watched(consumer.reconcile_loop(), f"reconcile:{consumer.name}")
+            )
+        fetchers = [self._watched(c.fetcher.run(), f"fetch:{c.name}") for c in consumers]
         log.info(
             "worker_started",
             worker=membership.identity,
@@ -215,6 +219,7 @@ class Supervisor:
                     returned = await asyncio.gather(*(c.drain(grace) for c in consumers))
                     # Only now stop the heartbeats: leaving earlier would let a sweep take
                     # jobs still finishing; beating after leaving would re-register us.
+                    self._tasks_ending = True
                     for task in background:
                         task.cancel()
                     await asyncio.gather(*background, return_exceptions=True)
@@ -223,12 +228,40 @@ class Supervisor:
             except TimeoutError:
                 log.error("worker_stopped_unclean", reason="redis unreachable while draining")
                 return 1
+            if self.failed_task is not None:
+                log.error("worker_stopped", returned_to_wait=sum(returned), failed=self.failed_task)
+                return 1
             log.info("worker_stopped", returned_to_wait=sum(returned))
             return 0
         finally:
+            self._tasks_ending = True
             for task in [*fetchers, *background]:
                 task.cancel()
             await asyncio.gather(*fetchers, *background, return_exceptions=True)
+
+    def _watched(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A background task that must run until the stop: if it ends before (a bug; Redis
+        errors never end one), the process stops and exits with status 1 rather than run
+        half-alive, and ``/readyz`` names the task meanwhile."""
+        task = asyncio.create_task(work, name=name)
+        task.add_done_callback(self._task_ended)
+        return task
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        name = task.get_name()
+        if name.startswith("fetch:") and self.stop_requested.is_set():
+            return  # fetchers end when a stop begins
+        if self._tasks_ending:
+            return
+        if task.cancelled():
+            error = "cancelled"
+        else:
+            exc = task.exception()
+            error = "returned" if exc is None else f"{type(exc).__name__}: {exc}"
+        self.failed_task = self.failed_task or name
+        process_health.fail(f"task:{name}", f"ended: {error}")
+        log.error("background_task_ended", task=name, error=error)
+        self.request_stop(f"background task {name} ended")
 
     @contextlib.contextmanager
     def _signal_handlers(self) -> Iterator[None]:

@@ -71,7 +71,7 @@ async def test_wrong_redis_password_stops_startup_with_exit_78(
 
 async def test_sigterm_while_waiting_for_redis_exits_at_once(spawn_worker: Any) -> None:
     worker = spawn_worker(queue_table("q"), env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
-    await wait_for(lambda: worker.has_event("redis_unavailable"), within=15)
+    await wait_for(lambda: worker.has_event("redis_step_failing"), within=15)
     sent = time.monotonic()
     worker.signal(signal.SIGTERM)
     assert await wait_exited(worker, within=5) == 0

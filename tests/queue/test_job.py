@@ -61,10 +61,17 @@ def test_envelope_carries_the_raw_job_byte_for_byte() -> None:
     assert decoded.job.data["big"] == 12345678901234567890
 
 
-def test_a_job_without_id_gets_one() -> None:
+def test_a_job_without_id_gets_one_named_by_its_bytes() -> None:
     decoded = decode_item(b'{"a": 1}', queue="q", max_bytes=100)
+    again = decode_item(b'{"a": 1}', queue="q", max_bytes=100)
+    other = decode_item(b'{"a": 2}', queue="q", max_bytes=100)
     assert isinstance(decoded, Decoded)
-    assert len(decoded.job.id) == 32
+    assert isinstance(again, Decoded)
+    assert isinstance(other, Decoded)
+    assert decoded.job.id.startswith("sha256-")
+    assert len(decoded.job.id) == len("sha256-") + 32
+    assert again.job.id == decoded.job.id  # the same job (an LPUSH sent twice) keeps its id
+    assert other.job.id != decoded.job.id
 
 
 @pytest.mark.parametrize(

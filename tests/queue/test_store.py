@@ -148,8 +148,9 @@ async def test_recovery_counts_and_dead_letters_poison(redis: Redis, prefix: str
         assert envelope["job"].encode() == raw
         assert envelope["_alchemy"]["recoveries"] == expected_recoveries
     await s.claim(1)
+    # A poisoned job comes back with its bytes, for the handler module's on_dead hook.
     assert await s.recover(ME, max_recoveries=2, require_dead=False) == [
-        RecoveredJob("p", 1, 3, poisoned=True)
+        RecoveredJob("p", 1, 3, poisoned=True, raw_job=raw)
     ]
     assert await redis.llen(s.keys.wait) == 0
     [dead] = await redis.lrange(s.keys.dead, 0, -1)

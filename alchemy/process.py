@@ -1,0 +1,84 @@
+"""One worker process, assembled in one place: migrations, Redis, the services handlers
+share, the handler modules, then the :class:`~alchemy.worker.supervisor.Supervisor` with
+what the caller adds around it (metrics, events, records, the HTTP listener, systemd
+notification). Everything opened here is closed here, in reverse order, by one exit stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import structlog
+
+from alchemy.config import Config
+from alchemy.services import open_services
+from alchemy.worker.connections import shared_client
+from alchemy.worker.handlers import HandlerModule, Unavailable, load_handler
+from alchemy.worker.observer import JobObserver
+from alchemy.worker.supervisor import Extension, Supervisor, select_queues
+
+log = structlog.get_logger("alchemy.process")
+
+
+class Worker:
+    """``python -m alchemy run``: the queues ``queue_names`` (all enabled ones by default)
+    of ``config``. Constructing it does no I/O; :meth:`run` does it all and returns the
+    exit status."""
+
+    def __init__(
+        self,
+        config: Config,
+        queue_names: Sequence[str] | None = None,
+        *,
+        handle_signals: bool = True,
+        observers: Sequence[JobObserver] = (),
+        extensions: Sequence[Extension] = (),
+    ) -> None:
+        self.config = config
+        self.queues = select_queues(config, queue_names)
+        self.handle_signals = handle_signals
+        self.observers = list(observers)
+        self.extensions = list(extensions)
+        self.stop_requested = asyncio.Event()
+
+    def request_stop(self, reason: str = "requested") -> None:
+        if not self.stop_requested.is_set():
+            log.info("worker_stopping", reason=reason)
+        self.stop_requested.set()
+
+    async def run(self) -> int:
+        cfg = self.config
+        if cfg.database.migrate_on_start:
+            from alchemy.db.migrate import migrate_at_startup
+
+            report = await migrate_at_startup(cfg.database.url.reveal())
+            log.info(
+                "migrations_checked", applied=len(report.applied), version=report.current_version
+            )
+        async with contextlib.AsyncExitStack() as stack:
+            redis = shared_client(cfg.redis)
+            stack.push_async_callback(redis.aclose)
+            await stack.enter_async_context(open_services(cfg, redis))
+            handlers = load_handlers(self.queues_names())
+            supervisor = Supervisor(
+                cfg,
+                self.queues,
+                redis=redis,
+                handlers=handlers,
+                stop_requested=self.stop_requested,
+                handle_signals=self.handle_signals,
+                observers=self.observers,
+                extensions=self.extensions,
+            )
+            return await supervisor.run()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def queues_names(self) -> dict[str, str]:
+        return {queue.name: queue.handler for queue in self.queues}
+
+
+def load_handlers(paths: dict[str, str]) -> dict[str, HandlerModule | Unavailable]:
+    """Each queue's handler module, loaded once per process."""
+    return {queue: load_handler(path) for queue, path in paths.items()}

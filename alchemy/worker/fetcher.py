@@ -1,0 +1,129 @@
+"""Taking one queue's jobs for one process.
+
+The fetch loop claims jobs (several per round trip when there is a backlog, each with a
+rate-limit token) while there are free slots, and blocks on BRPOPLPUSH on a connection of
+its own when the queue is empty. Throttled, paused or held, it sleeps until the claim says
+to look again. Redis errors never end it: it backs off (capped) and tries again, logging
+once per episode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+from redis.asyncio import Redis
+
+from alchemy.config import QueueConfig
+from alchemy.queue.store import Claim, ClaimKind, QueueStore
+from alchemy.worker.connections import Backoff, Episode, until_done
+from alchemy.worker.observer import Observers
+from alchemy.worker.owned import Owned
+
+PAUSED_LOOK_S = 1.0  # a paused or held queue is looked at again after at most this
+THROTTLE_SPREAD_S = 0.005  # random extra sleep, so throttled processes do not all wake at once
+
+
+async def sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake at once when ``stopping`` is set."""
+    if seconds <= 0 or stopping.is_set():
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stopping.wait()
+
+
+class Fetcher:
+    def __init__(
+        self,
+        *,
+        config: QueueConfig,
+        store: QueueStore,
+        blocking: Redis,
+        block_timeout: float,
+        owned: Owned,
+        free_slots: Callable[[], int],
+        wait_for_slot: Callable[[], Awaitable[None]],
+        start: Callable[[bytes, float], None],
+        observers: Observers,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.blocking = blocking
+        self.block_timeout = block_timeout
+        self.owned = owned
+        self.free_slots = free_slots
+        self.wait_for_slot = wait_for_slot
+        self.start = start
+        self.observers = observers
+        self.stopping = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> None:
+        stopping = self.stopping
+        backoff = Backoff()
+        episode = Episode(f"fetch:{self.name}")
+        while not stopping.is_set():
+            free = self.free_slots()
+            if free <= 0:
+                await self.wait_for_slot()
+                continue
+            try:
+                claim = await self.store.claim(free)
+                if claim.kind is ClaimKind.EMPTY:
+                    claim = await self._block_fetch(claim.wait_ms)
+            except Exception as exc:
+                delay = backoff.next_delay()
+                episode.failed(exc, step="fetch", queue=self.name, retry_in_s=round(delay, 3))
+                await sleep_unless(stopping, delay)
+                continue
+            backoff.reset()
+            episode.succeeded()
+            await self._act_on(claim)
+
+    async def _act_on(self, claim: Claim) -> None:
+        if claim.kind is ClaimKind.JOBS:
+            picked = time.time() * 1000
+            for item in claim.items:
+                self.start(item, picked)
+        elif claim.kind is ClaimKind.THROTTLED:
+            self.observers.on_held_back(self.name, "throttled", claim.wait_ms)
+            spread = random.random() * THROTTLE_SPREAD_S
+            await sleep_unless(self.stopping, claim.wait_ms / 1000 + spread)
+        elif claim.kind is ClaimKind.PAUSED:
+            self.observers.on_held_back(self.name, "paused", claim.wait_ms)
+            wait_s = (
+                PAUSED_LOOK_S if claim.wait_ms < 0 else min(claim.wait_ms / 1000, PAUSED_LOOK_S)
+            )
+            await sleep_unless(self.stopping, wait_s)
+
+    async def _block_fetch(self, next_due_ms: int) -> Claim:
+        # Wake up in time to promote the next due retry (the claim step promotes them).
+        block = self.block_timeout
+        if next_due_ms >= 0:
+            block = min(block, max(0.01, next_due_ms / 1000))
+        item = await self.store.block_fetch(self.blocking, block)
+        if item is None:
+            await self.store.refund()
+            return Claim(ClaimKind.EMPTY)
+        self.owned.take(item)
+        try:
+            if self.stopping.is_set():
+                await until_done(partial(self.store.requeue, item), what="requeue", queue=self.name)
+                await self.store.refund()
+                return Claim(ClaimKind.EMPTY)
+            return await until_done(
+                lambda: self.store.confirm(item), what="confirm", queue=self.name
+            )
+        finally:
+            self.owned.release((item,))

@@ -152,11 +152,18 @@ async def wait_for(
 class WorkerProcess:
     """``python -m alchemy run`` as a real subprocess, its JSON log in a file."""
 
-    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        log_path: Path,
+        env: dict[str, str],
+        wrapper: Sequence[str] = (),
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
+        self.wrapped = bool(wrapper)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "alchemy", "--config", str(config_path), "run"],
+            [*wrapper, sys.executable, "-m", "alchemy", "--config", str(config_path), "run"],
             cwd=REPO,
             env=env,
             stdout=self._log,
@@ -165,7 +172,18 @@ class WorkerProcess:
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        """The worker's pid (for a wrapped worker, such as ``unshare --fork``: its child's)."""
+        if not self.wrapped:
+            return self.proc.pid
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            with contextlib.suppress(OSError):
+                found = children.read_text().split()
+                if found:
+                    return int(found[0])
+            time.sleep(0.01)
+        raise AssertionError("the wrapped worker has no child process")
 
     def events(self) -> list[dict[str, Any]]:
         out = []
@@ -179,7 +197,10 @@ class WorkerProcess:
 
     def signal(self, signum: int) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signum)
+            if self.wrapped:
+                os.kill(self.pid, signum)
+            else:
+                self.proc.send_signal(signum)
 
     def wait(self, timeout: float) -> int:
         try:
@@ -189,6 +210,9 @@ class WorkerProcess:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
+            if self.wrapped:
+                with contextlib.suppress(ProcessLookupError, AssertionError):
+                    os.kill(self.pid, signal.SIGKILL)
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
         self._log.close()
@@ -203,6 +227,7 @@ def spawn_worker(tmp_path: Path, prefix: str) -> Iterator[Callable[..., WorkerPr
         queues: dict[str, Any],
         worker: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        wrapper: Sequence[str] = (),
         **sections: Any,
     ) -> WorkerProcess:
         n = len(started)
@@ -218,7 +243,7 @@ def spawn_worker(tmp_path: Path, prefix: str) -> Iterator[Callable[..., WorkerPr
         for variable in ("REDIS_URL", "ALCHEMY_WORKER_NAME", "ALCHEMY_REDIS_PREFIX"):
             if variable not in (env or {}):
                 full_env.pop(variable, None)
-        process = WorkerProcess(config_path, tmp_path / f"worker{n}.log", full_env)
+        process = WorkerProcess(config_path, tmp_path / f"worker{n}.log", full_env, wrapper)
         started.append(process)
         return process
 

@@ -28,6 +28,18 @@ KEY_TEMPLATES: Final = {
     "records_old": "{prefix}:{{{queue}}}:records:old",
 }
 
+# Keys of a worker identity rather than of a queue.
+IDENTITY_TEMPLATES: Final = {
+    # JSON of the live process holding the identity (incarnation, host, pid...), with a
+    # TTL renewed with its heartbeats.
+    "claim": "{prefix}:identity:{{{identity}}}:claim",
+}
+
+
+def identity_claim_key(prefix: str, identity: str) -> str:
+    """The key a live process holds while it runs with ``identity``."""
+    return IDENTITY_TEMPLATES["claim"].format(prefix=prefix, identity=identity)
+
 
 @dataclass(frozen=True, slots=True)
 class QueueKeys:

@@ -240,6 +240,49 @@ return reply
 """
 )
 
+# KEYS: the identity's claim   ARGV: value (JSON with "incarnation"), incarnation, ttl_ms,
+#       replaceable (an incarnation known to be dead that may be replaced, or '')
+# Returns {1} claimed (or already ours: safe to re-send) | {0, holder's value, its PTTL ms}.
+CLAIM_IDENTITY: Final = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, holder = pcall(cjson.decode, current)
+  local incarnation = ok and type(holder) == 'table' and holder['incarnation'] or nil
+  if incarnation ~= ARGV[2] and (ARGV[4] == '' or incarnation ~= ARGV[4]) then
+    return {0, current, redis.call('PTTL', KEYS[1])}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[3]))
+return {1}
+"""
+
+# KEYS: the identity's claim   ARGV: value, incarnation, ttl_ms
+# With the heartbeat: extend our claim, or take it again if it expired meanwhile (a Redis
+# outage, a frozen process) and nobody else took it. Returns 1, or 0 when another
+# incarnation holds it now (this process has lost its identity).
+RENEW_IDENTITY: Final = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, holder = pcall(cjson.decode, current)
+  if not (ok and type(holder) == 'table' and holder['incarnation'] == ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[3]))
+return 1
+"""
+
+# KEYS: the identity's claim   ARGV: incarnation   Let go of our claim (a clean stop).
+RELEASE_IDENTITY: Final = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+local ok, holder = pcall(cjson.decode, current)
+if ok and type(holder) == 'table' and holder['incarnation'] == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 # KEYS: consumers, heartbeat   ARGV: identity, value, ttl_ms
 HEARTBEAT: Final = (
     _NOW

@@ -15,6 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from alchemy.config import RedisConfig
+from alchemy.errors import AlchemyError
 from alchemy.worker.health import process_health
 
 T = TypeVar("T")
@@ -141,15 +142,20 @@ async def until_done(step: Callable[[], Awaitable[T]], *, what: str, queue: str 
     error is retried: a transient one is logged as a warning, anything else (NOPERM, a
     script error) as an error, each once per episode; the step's recovery is logged too.
     While it fails, :data:`~alchemy.worker.health.process_health` lists it (``/readyz``).
-    Only wrong credentials are raised: waiting does not heal them (the command line turns
-    them into exit status 78).
+    Only wrong credentials and alchemy's own errors (decisions such as "this identity is in
+    use") are raised: waiting does not change them (the command line turns them into exit
+    status 78).
     """
     backoff = Backoff()
     episode = Episode(what if queue is None else f"{what}:{queue}")
     while True:
         try:
             result = await step()
-        except (redis_errors.AuthenticationError, redis_errors.AuthorizationError):
+        except (
+            redis_errors.AuthenticationError,
+            redis_errors.AuthorizationError,
+            AlchemyError,
+        ):
             raise
         except Exception as exc:
             delay = backoff.next_delay()

@@ -388,6 +388,14 @@ class QueueConsumer:
                         log.warning("job_returned_unowned", queue=self.name, bytes=len(item))
 
     # -- shutdown -------------------------------------------------------------------------
+    async def abandon(self) -> None:
+        """Cancel every running job without a Redis step: the processing list is no longer
+        ours (another process took our identity and returned what was in it)."""
+        tasks = list(self._running)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def drain(self, grace: float) -> int:
         """Give running jobs ``grace`` seconds, cancel the rest, acknowledge what finished
         and return every job left in the processing list to the wait list, unchanged."""

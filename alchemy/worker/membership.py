@@ -14,20 +14,77 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Final, Literal
 
 import structlog
 
 from alchemy.config import WorkerConfig
 from alchemy.errors import IdentityInUseError
+from alchemy.queue.identity import Holder, IdentityClaims
 from alchemy.queue.job import Death, Decoded, ErrorInfo, decode_item
 from alchemy.queue.store import QueueStore, RecoveredJob
-from alchemy.worker.connections import is_transient
+from alchemy.worker.connections import Episode
 from alchemy.worker.handlers import HandlerModule, Unavailable
 from alchemy.worker.observer import JobEvent, Observers, Transition
 
-DEAD_HOOK_TIMEOUT = 10.0  # seconds a handler module's on_dead may take
+DEAD_HOOK_TIMEOUT: Final = 10.0  # seconds a handler module's on_dead may take
+CLAIM_POLL_S: Final = 0.25  # seconds between tries while waiting out another's claim
+CLAIM_MARGIN_S: Final = 0.5  # past its claim's TTL, a holder that did not renew is gone
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFacts:
+    """What tells this process apart from any other on the machine, even one with the
+    same pid: its pid namespace, the boot, and when the pid started."""
+
+    pid_namespace: str
+    boot_id: str
+    pid_started: int | None
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as file:
+            return file.read().decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+
+
+def pid_started(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: when the process started, in clock ticks after boot."""
+    stat = _read(f"/proc/{pid}/stat")
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def this_process() -> ProcessFacts:
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return ProcessFacts(
+        namespace, _read("/proc/sys/kernel/random/boot_id"), pid_started(os.getpid())
+    )
+
+
+def judge(holder: Holder) -> Literal["alive", "dead", "unknown"]:
+    """Whether the process a claim names runs: known only on this machine, in our pid
+    namespace, since the last boot."""
+    facts = this_process()
+    if not (holder.pid_namespace and holder.boot_id and holder.pid is not None):
+        return "unknown"
+    if holder.pid_namespace != facts.pid_namespace or holder.boot_id != facts.boot_id:
+        return "unknown"
+    if holder.pid == os.getpid() or not pid_alive(holder.pid):
+        return "dead"
+    if holder.pid_started is not None and pid_started(holder.pid) != holder.pid_started:
+        return "dead"  # the pid was reused by another process
+    return "alive"
+
 
 log = structlog.get_logger("alchemy.membership")
 
@@ -55,10 +112,15 @@ class Membership:
         config: WorkerConfig,
         observers: Observers | None = None,
         *,
+        claims: IdentityClaims,
         handlers: Mapping[str, HandlerModule | Unavailable] | None = None,
+        on_identity_lost: Callable[[], None] = lambda: None,
     ) -> None:
         self.stores = stores
+        self.claims = claims
         self.handlers = handlers or {}
+        self.on_identity_lost = on_identity_lost
+        self.identity_lost = False
         self.observers = observers or Observers()
         self.config = config
         self.identity = config.identity
@@ -82,30 +144,84 @@ class Membership:
             separators=(",", ":"),
         )
 
+    def claim_value(self) -> str:
+        """What our identity claim says about us: enough for another process to tell
+        whether we still run (same machine and pid namespace: by our pid)."""
+        facts = this_process()
+        return json.dumps(
+            {
+                "identity": self.identity,
+                "incarnation": self.incarnation,
+                "host": self.host,
+                "pid": os.getpid(),
+                "pid_namespace": facts.pid_namespace,
+                "boot_id": facts.boot_id,
+                "pid_started": facts.pid_started,
+                "started_ms": self.started_ms,
+            },
+            separators=(",", ":"),
+        )
+
+    @property
+    def _claim_ttl_ms(self) -> int:
+        return max(1, round(self.config.heartbeat_ttl * 1000))
+
     async def claim_identity(self) -> None:
-        """Refuse to run beside a live process with the same identity."""
-        for store in self.stores:
-            value = await store.heartbeat_of(self.identity)
-            if value is None:
-                continue
-            try:
-                other = json.loads(value)
-            except ValueError:
-                continue
-            if other.get("incarnation") == self.incarnation:
-                continue
-            pid = other.get("pid")
-            if other.get("host") == self.host:
-                if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
-                    raise IdentityInUseError(
-                        f"worker identity {self.identity} is in use by live pid {pid}; "
-                        "give this process another worker.name"
-                    )
-            else:
-                raise IdentityInUseError(
-                    f"worker identity {self.identity} is in use by host {other.get('host')} "
-                    f"(queue {store.queue}); give this process another worker.name"
+        """Take our identity, atomically: never beside a live process that holds it.
+
+        A holder on this machine and in our pid namespace is judged by its pid at once (a
+        restart after a crash takes the identity back immediately). One we cannot see (another
+        host, another pid namespace: containers) is given the time its claim has left: if it
+        renews the claim meanwhile it is alive, and we refuse (:class:`IdentityInUseError`,
+        exit status 78); if the claim lapses, we take it."""
+        value = self.claim_value()
+        replaceable = ""
+        watching: str | None = None  # the incarnation whose claim we wait out
+        deadline = 0.0
+        while True:
+            holder = await self.claims.claim(
+                self.identity, value, self.incarnation, self._claim_ttl_ms, replaceable
+            )
+            if holder is None:
+                return
+            verdict = judge(holder)
+            if verdict == "dead":
+                log.warning(
+                    "identity_taken_back",
+                    worker=self.identity,
+                    dead_pid=holder.pid,
                 )
+                replaceable = holder.incarnation
+                continue
+            if verdict == "alive":
+                raise IdentityInUseError(
+                    f"worker identity {self.identity} is in use by live pid {holder.pid}; "
+                    "give this process another worker.name"
+                )
+            now = time.monotonic()
+            if watching != holder.incarnation:
+                watching = holder.incarnation
+                deadline = now + holder.ttl_ms / 1000 + CLAIM_MARGIN_S
+                log.warning(
+                    "identity_claim_waiting",
+                    worker=self.identity,
+                    holder_host=holder.host,
+                    holder_pid=holder.pid,
+                    wait_s=round(holder.ttl_ms / 1000, 3),
+                )
+            elif now > deadline:
+                where = (
+                    f"host {holder.host}" if holder.host != self.host else "another pid namespace"
+                )
+                raise IdentityInUseError(
+                    f"worker identity {self.identity} is in use by a live process in {where}"
+                    f" (pid {holder.pid}, it keeps renewing its claim); give this process"
+                    " another worker.name"
+                )
+            await asyncio.sleep(CLAIM_POLL_S)
+
+    async def release_identity(self) -> None:
+        await self.claims.release(self.identity, self.incarnation)
 
     async def recover_own(self) -> None:
         """Return what a previous run with this identity left in its processing lists."""
@@ -184,30 +300,49 @@ class Membership:
                 )
 
     async def beat(self) -> None:
+        if not await self.claims.renew(
+            self.identity, self.claim_value(), self.incarnation, self._claim_ttl_ms
+        ):
+            self._identity_lost()
+            return
         value = self.heartbeat_value()
         for store in self.stores:
             await store.heartbeat(value, self.config.heartbeat_ttl)
 
+    def _identity_lost(self) -> None:
+        if self.identity_lost:
+            return
+        self.identity_lost = True
+        log.error(
+            "identity_lost",
+            worker=self.identity,
+            reason="another process claimed this identity while ours had lapsed",
+        )
+        self.on_identity_lost()
+
     async def heartbeat_loop(self) -> None:
+        episode = Episode("heartbeat")
         while True:
             try:
                 await self.beat()
+                episode.succeeded()
             except Exception as exc:
                 self._healthy_since = time.monotonic()
-                log.warning("heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
+                episode.failed(exc, step="heartbeat")
             await asyncio.sleep(self.config.heartbeat_interval)
 
     async def recovery_loop(self) -> None:
+        episode = Episode("recovery")
         while True:
             await asyncio.sleep(self.config.recovery_interval)
             if time.monotonic() - self._healthy_since < self.config.heartbeat_ttl:
                 continue
             try:
                 await self.sweep()
+                episode.succeeded()
             except Exception as exc:
                 self._healthy_since = time.monotonic()
-                level = log.warning if is_transient(exc) else log.error
-                level("recovery_sweep_failed", error=f"{type(exc).__name__}: {exc}")
+                episode.failed(exc, step="recovery")
 
     async def sweep(self) -> None:
         """Return the processing lists of every registered process whose heartbeat expired."""

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from alchemy.config import Config, QueueConfig
 from alchemy.errors import ConfigError
 from alchemy.logs import flush_logs
+from alchemy.queue.identity import IdentityClaims
 from alchemy.queue.store import QueueStore, RateLimit
 from alchemy.worker.connections import blocking_client, until_done
 from alchemy.worker.consumer import QueueConsumer
@@ -121,7 +122,14 @@ class Supervisor:
         redis = self.redis
         async with contextlib.AsyncExitStack() as stack:
             consumers: list[QueueConsumer] = []
-            membership = Membership([], cfg.worker, self.observers, handlers=self.handlers)
+            membership = Membership(
+                [],
+                cfg.worker,
+                self.observers,
+                claims=IdentityClaims(redis, prefix=cfg.redis.prefix),
+                handlers=self.handlers,
+                on_identity_lost=lambda: self.request_stop("identity lost"),
+            )
             for queue in self.queues:
                 store = QueueStore(
                     redis,
@@ -209,6 +217,13 @@ class Supervisor:
             for consumer in consumers:
                 consumer.request_stop()
             await asyncio.gather(*fetchers, return_exceptions=True)
+            if membership.identity_lost:
+                # Another process runs with our identity, on our processing lists: leave
+                # them to it, acknowledge and return nothing, and go.
+                for consumer in consumers:
+                    await consumer.abandon()
+                log.error("worker_stopped", reason="identity lost", returned_to_wait=0)
+                return 1
             grace = max(0.0, self.config.worker.shutdown_timeout - (time.monotonic() - stopped_at))
             in_flight = sum(c.in_flight for c in consumers)
             log.info("worker_draining", in_flight=in_flight, grace_s=round(grace, 3))
@@ -225,6 +240,7 @@ class Supervisor:
                     await asyncio.gather(*background, return_exceptions=True)
                     for consumer in consumers:
                         await until_done(consumer.store.deregister, what="deregister")
+                    await until_done(membership.release_identity, what="release_identity")
             except TimeoutError:
                 log.error("worker_stopped_unclean", reason="redis unreachable while draining")
                 return 1

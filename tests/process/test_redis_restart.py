@@ -180,7 +180,7 @@ async def test_workers_survive_a_redis_restart(
     assert {d["recoveries"] for d in done} == {0}
 
 
-_OUTAGE_EVENTS = frozenset({"redis_step_failing", "heartbeat_failed"})
+_OUTAGE_EVENTS = frozenset({"redis_step_failing"})
 
 
 async def _count_at_least(redis: Redis, key: str, n: int) -> bool:

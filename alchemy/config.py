@@ -202,11 +202,6 @@ class QueueConfig:
     max_deferrals: int = _spec(50, min=1, max=1_000_000)
     max_deferred: float = _spec(3600.0, min=1.0, max=30 * 86_400.0)
 
-    @property
-    def burst(self) -> int:
-        """Bucket capacity: ``rate_burst``, or ``rate_limit`` when left at 0."""
-        return self.rate_burst or self.rate_limit
-
 
 @dataclass(frozen=True, slots=True)
 class Config:

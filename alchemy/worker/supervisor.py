@@ -45,7 +45,7 @@ def select_queues(config: Config, names: Sequence[str] | None) -> list[QueueConf
 
 
 def rate_of(queue: QueueConfig) -> RateLimit:
-    return RateLimit(queue.rate_limit, queue.rate_period, queue.burst)
+    return RateLimit(queue.rate_limit, queue.rate_period, queue.rate_burst)
 
 
 @dataclass(frozen=True, slots=True)

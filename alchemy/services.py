@@ -21,6 +21,7 @@ from alchemy.providers.registry import Providers
 from alchemy.queue.producer import Producer
 
 _current: ContextVar[Services] = ContextVar("alchemy_services")
+PING_TIMEOUT = 3.0  # seconds for the database to answer a probe
 
 
 class Services:
@@ -49,6 +50,12 @@ class Services:
                         init=init_connection,
                     )
         return self._db
+
+    async def ping_database(self) -> None:
+        """Raise unless PostgreSQL answers ``SELECT 1`` (the probe of the "postgres"
+        dependency that handler modules list in ``REQUIRES``)."""
+        pool = await self.db()
+        await pool.fetchval("SELECT 1", timeout=PING_TIMEOUT)
 
     async def aclose(self) -> None:
         await self.providers.aclose()

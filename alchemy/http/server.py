@@ -21,6 +21,7 @@ from alchemy.logs import redact
 from alchemy.ops.metrics import Metrics, QueueCollector
 from alchemy.queue.admin import QueueStatus
 from alchemy.services import Services, current_services
+from alchemy.worker.health import process_health
 from alchemy.worker.supervisor import Running
 
 log = structlog.get_logger("alchemy.http")
@@ -121,6 +122,8 @@ class HttpServer:
             return ["consumers: not started"]
         if self._stopping or running.stop_requested.is_set():
             reasons.append("stopping: the worker is shutting down")
+        # Steps failing right now, dependencies down (their queues held), tasks that ended.
+        reasons.extend(process_health.describe())
         try:
             async with asyncio.timeout(CHECK_TIMEOUT):
                 await running.redis.ping()

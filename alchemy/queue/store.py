@@ -92,6 +92,8 @@ class _Scripts:
         self.claim = redis.register_script(scripts.CLAIM)
         self.confirm = redis.register_script(scripts.CONFIRM)
         self.hold = redis.register_script(scripts.HOLD)
+        self.hold_renew = redis.register_script(scripts.HOLD_RENEW)
+        self.hold_release = redis.register_script(scripts.HOLD_RELEASE)
         self.ack = redis.register_script(scripts.ACK)
         self.retry = redis.register_script(scripts.RETRY)
         self.defer_and_pause = redis.register_script(scripts.DEFER_AND_PAUSE)
@@ -179,6 +181,15 @@ class QueueStore:
         keys = [self.processing, self.keys.wait, self.keys.held]
         ms = max(1, round(ttl * 1000))
         return bool(await _run(self._s.hold, keys, [item, envelope, hold, ms]))
+
+    async def renew_hold(self, dependency: str, hold: bytes, ttl: float) -> bool:
+        """Set or lengthen the queue's hold for ``dependency`` (not one of another's)."""
+        ms = max(1, round(ttl * 1000))
+        return bool(await _run(self._s.hold_renew, [self.keys.held], [hold, ms, dependency]))
+
+    async def release_hold(self, dependency: str) -> bool:
+        """Lift the queue's hold if ``dependency`` is what holds it."""
+        return bool(await _run(self._s.hold_release, [self.keys.held], [dependency]))
 
     async def requeue_front(self, item: bytes, envelope: bytes) -> bool:
         """Back to the front of the wait list as ``envelope`` (no attempt spent)."""

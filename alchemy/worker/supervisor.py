@@ -24,6 +24,7 @@ from alchemy.queue.identity import IdentityClaims
 from alchemy.queue.store import QueueStore, RateLimit
 from alchemy.worker.connections import blocking_client, until_done
 from alchemy.worker.consumer import QueueConsumer
+from alchemy.worker.dependencies import DependencyMonitor, Probe
 from alchemy.worker.handlers import HandlerModule, Unavailable
 from alchemy.worker.health import process_health
 from alchemy.worker.membership import Membership
@@ -84,6 +85,7 @@ class Supervisor:
         redis: Redis,
         handlers: Mapping[str, HandlerModule | Unavailable],
         stop_requested: asyncio.Event,
+        probes: Mapping[str, Probe] | None = None,
         handle_signals: bool = True,
         observers: Sequence[JobObserver] = (),
         extensions: Sequence[Extension] = (),
@@ -93,6 +95,8 @@ class Supervisor:
         self.config = config
         self.redis = redis
         self.handlers = handlers
+        self.probes = probes or {}
+        self.dependencies: DependencyMonitor | None = None
         self.handle_signals = handle_signals
         self.queues = list(queues)
         self.stop_requested = stop_requested
@@ -121,23 +125,38 @@ class Supervisor:
         identity = cfg.worker.identity
         redis = self.redis
         async with contextlib.AsyncExitStack() as stack:
-            consumers: list[QueueConsumer] = []
-            membership = Membership(
-                [],
-                cfg.worker,
-                self.observers,
-                claims=IdentityClaims(redis, prefix=cfg.redis.prefix),
-                handlers=self.handlers,
-                on_identity_lost=lambda: self.request_stop("identity lost"),
-            )
-            for queue in self.queues:
-                store = QueueStore(
+            stores = [
+                QueueStore(
                     redis,
                     prefix=cfg.redis.prefix,
                     queue=queue.name,
                     identity=identity,
                     rate=rate_of(queue),
                 )
+                for queue in self.queues
+            ]
+            membership = Membership(
+                stores,
+                cfg.worker,
+                self.observers,
+                claims=IdentityClaims(redis, prefix=cfg.redis.prefix),
+                handlers=self.handlers,
+                on_identity_lost=lambda: self.request_stop("identity lost"),
+            )
+            dependencies = DependencyMonitor(
+                identity=identity,
+                stores=stores,
+                requires={
+                    name: handler.requires
+                    for name, handler in self.handlers.items()
+                    if isinstance(handler, HandlerModule)
+                },
+                probes=self.probes,
+            )
+            self.dependencies = dependencies
+            stack.push_async_callback(dependencies.close)
+            consumers: list[QueueConsumer] = []
+            for queue, store in zip(self.queues, stores, strict=True):
                 blocking = blocking_client(cfg.redis)
                 stack.push_async_callback(blocking.aclose)
                 handler = self.handlers[queue.name]
@@ -153,9 +172,9 @@ class Supervisor:
                         reconcile_interval=cfg.worker.reconcile_interval,
                         incarnation=membership.incarnation,
                         observers=self.observers,
+                        dependencies=dependencies,
                     )
                 )
-            membership.stores = [c.store for c in consumers]
             if self.handle_signals:
                 stack.enter_context(self._signal_handlers())
             if not await self._unless_stopped(self._join(membership)):

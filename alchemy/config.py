@@ -372,6 +372,20 @@ def _check_relations(config: Config) -> None:
         raise ConfigError(
             "worker.heartbeat_ttl", "must be at least twice worker.heartbeat_interval"
         )
+    # A job taken by a fetch whose reply is still on its way sits in our processing list
+    # unowned for up to block_timeout + socket_timeout; a reconcile that returned it in that
+    # time would let it run twice.
+    redis = config.redis
+    wait_for_reply = redis.block_timeout + redis.socket_timeout
+    if worker.reconcile_interval <= wait_for_reply:
+        raise ConfigError(
+            "worker.reconcile_interval",
+            f"must be more than redis.block_timeout + redis.socket_timeout"
+            f" ({wait_for_reply:g}s): a job whose fetch reply is still on its way would be"
+            " returned to the queue and run twice",
+        )
+    if worker.recovery_interval > worker.heartbeat_ttl:
+        raise ConfigError("worker.recovery_interval", "must be at most worker.heartbeat_ttl")
     for queue in config.queues:
         path = f"queues.{queue.name}"
         if queue.backoff_max < queue.backoff_initial:

@@ -77,6 +77,21 @@ def q(**settings: Any) -> dict[str, Any]:
             "twice",
         ),
         (
+            {"worker": {"reconcile_interval": 6.0}},  # = block_timeout 1 + socket_timeout 5
+            "worker.reconcile_interval",
+            "run twice",
+        ),
+        (
+            {"redis": {"socket_timeout": 9.5}},  # 1 + 9.5 >= the default 10 s
+            "worker.reconcile_interval",
+            "redis.block_timeout + redis.socket_timeout",
+        ),
+        (
+            {"worker": {"recovery_interval": 9.0}},
+            "worker.recovery_interval",
+            "heartbeat_ttl",
+        ),
+        (
             q(backoff_initial=10.0, backoff_max=1.0),
             "queues.q.backoff_max",
             ">= backoff_initial",

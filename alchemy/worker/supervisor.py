@@ -33,6 +33,7 @@ from alchemy.worker.observer import JobObserver, Observers
 log = structlog.get_logger("alchemy.supervisor")
 
 DRAIN_REDIS_GRACE = 10.0  # seconds past the shutdown grace to finish the Redis steps
+CANCEL_AGAIN_S = 0.5  # a task still running this long after its cancellation is cancelled again
 
 
 def select_queues(config: Config, names: Sequence[str] | None) -> list[QueueConfig]:
@@ -74,6 +75,16 @@ class Extension(Protocol):
     async def stopping(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them to end, cancelling again any that swallowed the
+    cancellation (a library that catches CancelledError mid-call and goes on)."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN_S)
 
 
 class Supervisor:
@@ -254,9 +265,7 @@ class Supervisor:
                     # Only now stop the heartbeats: leaving earlier would let a sweep take
                     # jobs still finishing; beating after leaving would re-register us.
                     self._tasks_ending = True
-                    for task in background:
-                        task.cancel()
-                    await asyncio.gather(*background, return_exceptions=True)
+                    await cancel_and_wait(background)
                     for consumer in consumers:
                         await until_done(consumer.store.deregister, what="deregister")
                     await until_done(membership.release_identity, what="release_identity")
@@ -270,9 +279,7 @@ class Supervisor:
             return 0
         finally:
             self._tasks_ending = True
-            for task in [*fetchers, *background]:
-                task.cancel()
-            await asyncio.gather(*fetchers, *background, return_exceptions=True)
+            await cancel_and_wait([*fetchers, *background])
 
     def _watched(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A background task that must run until the stop: if it ends before (a bug; Redis

@@ -1,5 +1,6 @@
 """The aiohttp application of a worker's HTTP listener: :func:`create_app` builds it from
-its dependencies; the routes are in :mod:`alchemy.http.handlers`.
+its dependencies (:class:`~alchemy.http.deps.Deps`); the routes are in
+:mod:`alchemy.http.handlers`.
 
 Every error is JSON (``{"error": "..."}``) with a fitting status; a bug answers 500 with
 ``{"error": "internal error"}`` and is logged, never shown. Requests under ``/api/`` that
@@ -12,75 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
-import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
-from alchemy.config import Config, is_loopback_host
 from alchemy.errors import ConfigError
-from alchemy.http.overview import OverviewCache, OverviewUnavailable
-from alchemy.ops.metrics import Metrics
+from alchemy.http.deps import DEPS, ApiError, Deps, error_response
+from alchemy.http.handlers import ROUTES
+from alchemy.http.overview import OverviewUnavailable
 
 log = structlog.get_logger("alchemy.http")
 
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 REDIS_SLOTS: Final = 8  # requests reading or writing Redis at once (the pool is shared)
-
-
-async def _always_ready() -> list[str]:
-    return []
-
-
-@dataclass(frozen=True, slots=True)
-class Deps:
-    """What the listener serves from. ``readiness`` returns the reasons it is not ready."""
-
-    config: Config
-    redis: Redis
-    identity: str
-    overview: OverviewCache
-    metrics: Metrics | None = None
-    readiness: Callable[[], Awaitable[list[str]]] = _always_ready
-    started_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def queue_names(self) -> frozenset[str]:
-        return frozenset(q.name for q in self.config.queues)
-
-    @property
-    def reads_need_token(self) -> bool:
-        return not is_loopback_host(self.config.http.host)
-
-
-DEPS: Final = web.AppKey("deps", Deps)
 REDIS_GATE: Final = web.AppKey("redis_gate", asyncio.Semaphore)
-
-
-def json_response(data: Any, *, status: int = 200, headers: Any = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error_response(status: int, message: str, *, headers: Any = None) -> web.Response:
-    return json_response({"error": message}, status=status, headers=headers)
-
-
-class ApiError(Exception):
-    """A request the API refuses: ``status`` and a message for the client."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @web.middleware
@@ -150,8 +99,6 @@ def create_app(deps: Deps) -> web.Application:
             f"must be set (env ALCHEMY_ADMIN_TOKEN) because http.host = {http.host!r} "
             "is not a loopback address",
         )
-    from alchemy.http.handlers import ROUTES
-
     app = web.Application(middlewares=[errors_as_json, admin_guard], client_max_size=64 * 1024)
     app[DEPS] = deps
     app[REDIS_GATE] = asyncio.Semaphore(REDIS_SLOTS)

@@ -10,7 +10,7 @@ from typing import Any, Final
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from alchemy.http.app import DEPS, ApiError, Deps, json_response
+from alchemy.http.deps import DEPS, ApiError, Deps, json_response
 from alchemy.http.overview import OverviewUnavailable
 from alchemy.http.types import (
     ConsumerInfo,

@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 
 from alchemy.config import Config, parse_config
 from alchemy.errors import ConfigError
-from alchemy.http.app import Deps, create_app
+from alchemy.http.app import create_app
+from alchemy.http.deps import Deps
 from alchemy.http.overview import OverviewCache
 from alchemy.ops.metrics import Metrics
 from alchemy.ops.records import JobRecords

@@ -20,10 +20,8 @@ from redis.asyncio import Redis
 from alchemy.config import DEFAULT_CONFIG_PATH, Config, Secret, load_config, mask_url
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
 from alchemy.logs import configure_logging, redact, register_secrets
-from alchemy.ops.records import read_record
 from alchemy.ops.systemd import SystemdNotifier
-from alchemy.queue.admin import QueueAdmin, QueueStatus
-from alchemy.queue.keys import QueueKeys
+from alchemy.queue.admin import QueueAdmin
 from alchemy.queue.producer import Producer
 from alchemy.worker.connections import shared_client
 from alchemy.worker.handlers import Unavailable, load_handler
@@ -258,13 +256,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     async def action(redis: Redis) -> int:
         admin = QueueAdmin(redis, prefix=config.redis.prefix)
         statuses = [await admin.status(q.name) for q in config.queues]
-        ages = await _heartbeat_ages(redis, config.redis.prefix, statuses)
         if args.json:
-            queues = [s.to_json() for s in statuses]
-            for queue in queues:
-                for consumer in queue["consumers"]:
-                    consumer["heartbeat_age_s"] = ages.get((queue["queue"], consumer["identity"]))
-            print(json.dumps({"queues": queues}, indent=2))
+            print(json.dumps({"queues": [s.to_json() for s in statuses]}, indent=2))
             return 0
         print(f"{'queue':<24}{'wait':>8}{'processing':>12}{'delayed':>9}{'dead':>8}  paused")
         for s in statuses:
@@ -281,7 +274,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 seen = True
                 state = "alive" if c.alive else "HEARTBEAT EXPIRED"
                 pid = c.heartbeat.get("pid") if c.heartbeat else "?"
-                age = ages.get((s.queue, c.identity))
+                age = c.heartbeat_age_s
                 beat = "?" if age is None else f"{age:.1f}s"
                 print(
                     f"  {c.identity:<40} {s.queue:<22} pid={pid} {state} beat={beat} ago"
@@ -292,24 +285,6 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         return 0
 
     return _with_redis(config, action)
-
-
-async def _heartbeat_ages(
-    redis: Redis, prefix: str, statuses: Sequence[QueueStatus]
-) -> dict[tuple[str, str], float | None]:
-    """Seconds since each process's last heartbeat, per (queue, identity), by Redis's clock
-    (the score of the queue's consumers set, docs/protocol.md)."""
-    pairs = [(s.queue, c.identity) for s in statuses for c in s.consumers]
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.time()
-        for queue, identity in pairs:
-            pipe.zscore(QueueKeys(prefix, queue).consumers, identity)
-        (seconds, micros), *scores = await pipe.execute()
-    now_ms = seconds * 1000 + micros / 1000
-    return {
-        pair: None if score is None else round(max(0.0, now_ms - score) / 1000, 3)
-        for pair, score in zip(pairs, scores, strict=True)
-    }
 
 
 def _dead(config: Config, args: argparse.Namespace) -> int:
@@ -392,7 +367,8 @@ def _job(config: Config, args: argparse.Namespace) -> int:
     _known_queue(config, args.queue)
 
     async def action(redis: Redis) -> int:
-        record = await read_record(redis, config.redis.prefix, args.queue, args.id)
+        admin = QueueAdmin(redis, prefix=config.redis.prefix)
+        record = await admin.record(args.queue, args.id)
         if record is None:
             print(
                 f"alchemy: no record of job {args.id!r} in {args.queue}: waiting for its first"

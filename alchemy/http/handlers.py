@@ -26,11 +26,9 @@ from alchemy.http.types import (
     ThroughputWindow,
     UnknownJob,
 )
-from alchemy.ops import events
-from alchemy.ops.records import read_record
+from alchemy.queue import admin as queue_admin
 from alchemy.queue.admin import QueueAdmin, QueueStatus
 from alchemy.queue.job import MAX_ID_LENGTH
-from alchemy.queue.keys import QueueKeys
 
 ROUTES: Final = web.RouteTableDef()
 DEFAULT_PAGE: Final = 50
@@ -95,16 +93,16 @@ def _window(completed: int, failed: int, seconds: int) -> ThroughputWindow:
     }
 
 
-def _throughput(t: events.Throughput | None) -> Throughput | None:
+def _throughput(t: queue_admin.Throughput | None) -> Throughput | None:
     if t is None:
         return None
     return {
         "last_minute": _window(t.completed_1m, t.failed_1m, 60),
-        "last_5_minutes": _window(t.completed_5m, t.failed_5m, events.THROUGHPUT_WINDOW_S),
+        "last_5_minutes": _window(t.completed_5m, t.failed_5m, queue_admin.THROUGHPUT_WINDOW_S),
     }
 
 
-def _queue_info(status: QueueStatus, throughput: events.Throughput | None) -> QueueInfo:
+def _queue_info(status: QueueStatus, throughput: queue_admin.Throughput | None) -> QueueInfo:
     consumers: list[ConsumerInfo] = [
         {"identity": c.identity, "alive": c.alive, "processing": c.processing}
         for c in status.consumers
@@ -160,15 +158,13 @@ async def list_dead(request: web.Request) -> web.Response:
     queue = _queue(request)
     offset = _int_param(request, "offset", 0, 0, 10**9)
     limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    deps = _deps(request)
-    entries = await _admin(deps).dead_list(queue, offset=offset, limit=limit)
-    total = await deps.redis.llen(QueueKeys(deps.config.redis.prefix, queue).dead)
+    page = await _admin(_deps(request)).dead_page(queue, offset=offset, limit=limit)
     body: DeadPage = {
         "queue": queue,
-        "total": int(total),
+        "total": page.total,
         "offset": offset,
         "limit": limit,
-        "entries": [dict(entry.fields) for entry in entries],
+        "entries": [dict(entry.fields) for entry in page.entries],
     }
     return json_response(body)
 
@@ -247,7 +243,7 @@ async def show_job(request: web.Request) -> web.Response:
     records = deps.config.records
     if not records.enabled:
         raise ApiError(404, "job records are off in this process ([records] enabled = false)")
-    record = await read_record(deps.redis, deps.config.redis.prefix, queue, job_id)
+    record = await _admin(deps).record(queue, job_id)
     if record is None:
         unknown: UnknownJob = {
             "error": "no record of this job: waiting for its first attempt, expired, or never"

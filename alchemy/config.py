@@ -155,6 +155,12 @@ class MediaConfig:
     thumbnail_size: int = _spec(256, min=16, max=4096)
 
 
+# A host name, an IPv4 address or an IPv6 address (with or without brackets); no port.
+ALLOWED_HOST_PATTERN: Final = (
+    r"^(?:[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*|\[?[0-9A-Fa-f:.]{2,45}\]?)$"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     """The worker's HTTP listener: health, readiness, metrics, the admin API."""
@@ -163,6 +169,8 @@ class HttpConfig:
     port: int = _spec(0, min=0, max=65535)  # 0 = no listener
     admin_token: Secret = _spec(Secret(""))
     check_database: bool = _spec(True)
+    # Host header names answered besides the loopback ones and ``host`` (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = _spec((), item_pattern=ALLOWED_HOST_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +419,20 @@ def _check_http(http: HttpConfig) -> None:
             f"must be set (env ALCHEMY_ADMIN_TOKEN) because http.host = {http.host!r} "
             "is not a loopback address",
         )
+    for name in http.allowed_hosts:
+        bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+        if ("[" in name or ":" in name) and not _is_ipv6(bare):
+            raise ConfigError(
+                "http.allowed_hosts",
+                f"{name!r} is neither a host name nor an IP address (leave the port off)",
+            )
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
 
 
 def _check_providers(providers: ProvidersConfig) -> None:

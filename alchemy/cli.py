@@ -17,7 +17,14 @@ from typing import Any, Final
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from alchemy.config import DEFAULT_CONFIG_PATH, Config, Secret, load_config, mask_url
+from alchemy.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    Secret,
+    load_config,
+    mask_url,
+    url_secrets,
+)
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
 from alchemy.logs import configure_logging, redact, register_secrets
 from alchemy.ops.systemd import SystemdNotifier
@@ -187,14 +194,23 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _secret_values(config: Config) -> list[str]:
-    from urllib.parse import urlsplit
-
-    values = [config.providers.anthropic_api_key.reveal(), config.providers.openai_api_key.reveal()]
-    for url in (config.redis.url.reveal(), config.database.url.reveal()):
-        password = urlsplit(url).password
-        if password:
-            values.append(password)
+    """Every secret of the configuration, to be redacted wherever it would be written: API
+    keys, the admin token, and the passwords, userinfo and secret parameters of its URLs."""
+    values: list[str] = []
+    for section in _sections(config):
+        for field in dataclasses.fields(section):
+            value = getattr(section, field.name)
+            text = value.reveal() if isinstance(value, Secret) else value
+            if field.name.endswith("url") and isinstance(text, str):
+                values += url_secrets(text)
+            elif isinstance(value, Secret):
+                values.append(text)
     return values
+
+
+def _sections(config: Config) -> list[Any]:
+    tables = [getattr(config, f.name) for f in dataclasses.fields(config)]
+    return [t for t in tables if dataclasses.is_dataclass(t)]
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
@@ -204,7 +220,6 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     # -- operations (issue 4): metrics, events stream, job records, hooks, HTTP listener ---
     from alchemy.ops.wiring import operations
 
-    register_secrets([*_secret_values(config), config.http.admin_token.reveal()])
     ops = operations(config)
     extensions.extend(ops.extensions)
     # ---------------------------------------------------------------------------------------
@@ -224,30 +239,22 @@ def _with_redis(config: Config, action: Callable[[Redis], Awaitable[int]]) -> in
         finally:
             await redis.aclose()
 
+    where = mask_url(config.redis.url.reveal())
     try:
         return asyncio.run(go())
     except BrokenPipeError:
         raise  # standard output, not Redis
     except (OSError, ConnectionError) as exc:
-        print(
-            f"alchemy: redis unreachable at {mask_url(config.redis.url.reveal())}: {exc}",
-            file=sys.stderr,
-        )
+        print(f"alchemy: redis unreachable at {where}: {redact(str(exc))}", file=sys.stderr)
         return EX_UNAVAILABLE
     except Exception as exc:
         from alchemy.worker.connections import is_transient
 
         if is_transient(exc):
-            print(
-                f"alchemy: redis unreachable at {mask_url(config.redis.url.reveal())}: {exc}",
-                file=sys.stderr,
-            )
+            print(f"alchemy: redis unreachable at {where}: {redact(str(exc))}", file=sys.stderr)
             return EX_UNAVAILABLE
         if isinstance(exc, redis_errors.ResponseError):
-            print(
-                f"alchemy: redis at {mask_url(config.redis.url.reveal())} refused: {exc}",
-                file=sys.stderr,
-            )
+            print(f"alchemy: redis at {where} refused: {redact(str(exc))}", file=sys.stderr)
             return 1
         raise
 
@@ -442,21 +449,37 @@ def _effective_config(config: Config) -> dict[str, Any]:
             settings[field.name] = _masked(value)
     settings["worker"]["identity"] = config.worker.identity
     settings["queues"] = {queue.name: _masked(queue, skip="name") for queue in config.queues}
-    return settings
+    redacted: dict[str, Any] = _redacted(settings)
+    return redacted
 
 
 def _masked(section: Any, skip: str = "") -> dict[str, Any]:
+    """A section's settings; every URL through :func:`mask_url`, every other secret ``***``
+    (``""`` when unset)."""
     table: dict[str, Any] = {}
     for field in dataclasses.fields(section):
         value = getattr(section, field.name)
-        if isinstance(value, Secret):  # a URL keeps all but its password; a key is ***
-            url = field.name.endswith("url")
-            value = mask_url(value.reveal()) if url else ("***" if value else "")
+        if field.name.endswith("url") and isinstance(value, Secret | str):
+            value = mask_url(value.reveal() if isinstance(value, Secret) else value)
+        elif isinstance(value, Secret):
+            value = "***" if value else ""
         elif isinstance(value, tuple):
             value = list(value)
         if field.name != skip:
             table[field.name] = value
     return table
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every registered secret that is still in one of its strings masked
+    (a password pasted into another setting, say)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value
 
 
 def _shown(value: Any) -> str:

@@ -98,17 +98,20 @@ async def host_guard(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 def needs_token(access: Access, *, token_set: bool, loopback_only: bool) -> bool:
-    """Whether a request for a route of ``access`` must carry the admin token."""
-    if access is Access.OPEN:
-        return False
-    if access is Access.COUNTS:
-        return not loopback_only
-    if access is Access.JOB_DATA:
-        # Payloads: the token whenever there is one, even on loopback. Without one only a
-        # loopback listener serves them; the config refuses any other host without a token,
-        # and this keeps the rule here too, whatever built the config.
-        return token_set or not loopback_only
-    return True  # Access.CHANGE
+    """Whether a request for a route of ``access`` must carry the admin token. (A new
+    :class:`Access` fails the type check here until its rule is written.)"""
+    match access:
+        case Access.OPEN:
+            return False
+        case Access.COUNTS:
+            return not loopback_only
+        case Access.JOB_DATA:
+            # Payloads: the token whenever there is one, even on loopback. Without one only
+            # a loopback listener serves them; the config refuses any other host without a
+            # token, and this keeps the rule here too, whatever built the config.
+            return token_set or not loopback_only
+        case Access.CHANGE:
+            return True
 
 
 @web.middleware

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from alchemy.config import Config
 from alchemy.errors import AlchemyError
-from alchemy.http.app import Deps, create_app
+from alchemy.http.app import create_app
+from alchemy.http.deps import Deps
 from alchemy.http.overview import OverviewCache
 from alchemy.logs import redact
 from alchemy.ops.metrics import Metrics, QueueCollector

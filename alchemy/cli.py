@@ -273,6 +273,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 if not s.paused
                 else ("yes" if s.paused_for_ms < 0 else f"{s.paused_for_ms / 1000:.1f}s")
             )
+            if s.held is not None:
+                paused += f"; held: {s.held.get('dependency')} is down ({s.held.get('reason')})"
             print(f"{s.queue:<24}{s.wait:>8}{s.processing:>12}{s.delayed:>9}{s.dead:>8}  {paused}")
         print("\nprocesses:")
         seen = False

@@ -116,6 +116,7 @@ def _queue_info(status: QueueStatus, throughput: queue_admin.Throughput | None) 
         "dead": status.dead,
         "paused": status.paused,
         "paused_for_ms": status.paused_for_ms,
+        "held": status.held,
         "consumers": consumers,
         "throughput": _throughput(throughput),
     }

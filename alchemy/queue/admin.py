@@ -42,6 +42,8 @@ class QueueStatus:
     paused: bool
     paused_for_ms: int
     consumers: list[ConsumerStatus] = field(default_factory=list)
+    # While a dependency is down: {"dependency", "reason", "since_ms", "by", "left_ms"}
+    held: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +54,7 @@ class QueueStatus:
             "dead": self.dead,
             "paused": self.paused,
             "paused_for_ms": self.paused_for_ms,
+            "held": self.held,
             "consumers": [
                 {
                     "identity": c.identity,
@@ -129,7 +132,10 @@ class QueueAdmin:
             pipe.pttl(k.paused_until)
             pipe.zrange(k.consumers, 0, -1, withscores=True)
             pipe.time()
-            wait, delayed, dead, held, pause_ms, members, (seconds, micros) = await pipe.execute()
+            pipe.get(k.held)
+            pipe.pttl(k.held)
+            replies = await pipe.execute()
+        wait, delayed, dead, held, pause_ms, members, (seconds, micros), hold, hold_ms = replies
         now_ms = seconds * 1000 + micros / 1000
         identities = [raw.decode() for raw, _ in members]
         ages = [round(max(0.0, now_ms - score) / 1000, 3) for _, score in members]
@@ -159,6 +165,7 @@ class QueueAdmin:
             paused=bool(held) or int(pause_ms) > 0,
             paused_for_ms=-1 if held else max(0, int(pause_ms)),
             consumers=consumers,
+            held=_hold(hold, int(hold_ms)),
         )
 
     async def dead_list(self, queue: str, *, offset: int = 0, limit: int = 50) -> list[DeadEntry]:
@@ -278,3 +285,16 @@ def _sum_counts(counts: dict[bytes, bytes], now: int) -> Throughput:
             if age <= 60:
                 sums[failed] += int(value)
     return Throughput(*sums)
+
+
+def _hold(raw: bytes | None, left_ms: int) -> dict[str, Any] | None:
+    """The held key's JSON (docs/protocol.md) and its time left, or None."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        value = {"dependency": None, "reason": "unreadable hold"}
+    return {**value, "left_ms": max(0, left_ms)}

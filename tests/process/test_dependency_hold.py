@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -17,7 +20,7 @@ from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.producer import Producer
-from tests.conftest import queue_table, wait_for, wait_started
+from tests.conftest import REPO, queue_table, wait_for, wait_started
 from tests.fakes.postgres import ThrowawayCluster, free_port
 
 JOBS = 60
@@ -81,6 +84,10 @@ async def test_a_postgres_outage_holds_the_queue_and_spends_no_attempt(
                 seen_by_readyz = True
         await asyncio.sleep(0.2)
     assert seen_by_readyz, "no process said in /readyz that postgres is down"
+    status = await asyncio.to_thread(status_json, workers[0])
+    [queue] = [q for q in status["queues"] if q["queue"] == "q"]
+    assert queue["held"]["dependency"] == "postgres"
+    assert queue["held"]["left_ms"] > 0
     done_during = await redis.llen(f"{record}:done")
     await asyncio.to_thread(cluster.start)
     restarted = time.monotonic()
@@ -112,6 +119,21 @@ async def test_a_postgres_outage_holds_the_queue_and_spends_no_attempt(
         f"held {held_starts} job(s); {done_during} done before the hold; all done"
         f" {resumed_in:.1f}s after the restart"
     )
+
+
+def status_json(worker: Any) -> dict[str, Any]:
+    """``python -m alchemy status --json`` with the worker's own config file."""
+    config = worker.log_path.with_suffix(".toml")
+    out = subprocess.run(
+        [sys.executable, "-m", "alchemy", "--config", str(config), "status", "--json"],
+        capture_output=True,
+        check=True,
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if k != "REDIS_URL"},
+        timeout=30,
+    )
+    parsed: dict[str, Any] = json.loads(out.stdout)
+    return parsed
 
 
 async def _gone(redis: Redis, key: str) -> bool:

@@ -18,7 +18,8 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 # Token bucket refill; leaves `tokens` and saves nothing. Needs rate, cap, now. The bucket
 # holds at most `cap` = 1 + rate_burst tokens and refills at `rate` tokens per ms, so any
 # window of one period holds at most limit + rate_burst starts, and starts of a backlog come
-# one refill interval apart.
+# one refill interval apart. It may owe one token (down to -1): a job claimed with the next
+# token to arrive starts when it arrives.
 _REFILL: Final = """
 local state = redis.call('HMGET', bucket, 'tokens', 'ts')
 local tokens = tonumber(state[1]) or cap
@@ -49,8 +50,10 @@ end
 
 # KEYS: wait, processing, delayed, bucket, paused_until, paused, held
 # ARGV: max_jobs, rate (tokens per ms, 0 = unlimited), cap, bucket_ttl_ms, promote_batch
-# Returns {1, item...} claimed, one token each | {0, ms} nothing waiting (no token taken),
-# the next retry is due in ms (-1: none) | {2, ms} throttled: a token comes in ms |
+# Returns {1, item...} claimed, one token each | {6, ms, item} claimed with the next token,
+# which comes in ms: start it then | {0, ms} nothing waiting (no token taken), the next
+# retry is due in ms (-1: none) | {2, ms} throttled: the next token is spoken for, look
+# again in ms (when it arrives, to take the one after) |
 # {3, ms} paused for ms (-1: until resumed) | {4, ms, hold} held: a dependency is down
 # (hold = the held key's JSON; ms = its TTL)
 CLAIM: Final = (
@@ -76,9 +79,17 @@ if rate > 0 then
 """
     + _REFILL
     + """
-  if tokens < 1 then
+  if tokens < 0 then
     save_bucket()
-    return {2, math.ceil((1 - tokens) / rate)}
+    return {2, math.ceil(-tokens / rate)}
+  end
+  if tokens < 1 then
+    -- The next token is less than one interval away: take it now and start the job when
+    -- it arrives, so starts keep their pace however late a claim comes.
+    local wait_ms = math.ceil((1 - tokens) / rate)
+    tokens = tokens - 1
+    save_bucket()
+    return {6, wait_ms, redis.call('LMOVE', wait, processing, 'RIGHT', 'LEFT')}
   end
   take = math.min(take, math.floor(tokens))
   tokens = tokens - take
@@ -95,9 +106,9 @@ return out
 # KEYS: processing, wait, paused_until, paused, held, bucket
 # ARGV: item, rate, cap, bucket_ttl_ms
 # After a blocking fetch took `item` (without a token): go on with a token, or put it back
-# at the front of the wait list. Returns {1} go | {5} the item is no longer in our
-# processing list (a re-send after a lost reply: it went back already) | {2, ms} throttled
-# | {3, ms} paused | {4, ms, hold} held.
+# at the front of the wait list. Returns {1} go | {6, ms} go in ms (the next token) | {5}
+# the item is no longer in our processing list (a re-send after a lost reply: it went back
+# already) | {2, ms} throttled | {3, ms} paused | {4, ms, hold} held.
 CONFIRM: Final = (
     _NOW
     + _HOLDS
@@ -118,13 +129,14 @@ if rate > 0 then
 """
     + _REFILL
     + """
-  if tokens < 1 then
+  if tokens < 0 then
     save_bucket()
     put_back()
-    return {2, math.ceil((1 - tokens) / rate)}
+    return {2, math.ceil(-tokens / rate)}
   end
   tokens = tokens - 1
   save_bucket()
+  if tokens < 0 then return {6, math.ceil(-tokens / rate)} end
 end
 return {1}
 """

@@ -24,6 +24,7 @@ class ClaimKind(Enum):
     PAUSED = 3
     HELD = 4
     GONE = 5  # (confirm only) the item already went back: a re-sent step
+    SCHEDULED = 6  # taken with the next token: start it in ``wait_ms``
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +32,7 @@ class Claim:
     kind: ClaimKind
     items: Sequence[bytes] = ()
     # THROTTLED / PAUSED / HELD: how long (-1: paused until resumed); EMPTY: when the next
-    # retry is due (-1: none)
+    # retry is due (-1: none); SCHEDULED: when to start the job
     wait_ms: int = 0
     hold: bytes | None = None  # HELD: the held key's JSON (dependency, reason...)
 
@@ -150,8 +151,11 @@ class QueueStore:
             [self.processing, k.wait, k.paused_until, k.paused, k.held, k.bucket],
             [item, *self.rate.args()],
         )
-        if int(reply[0]) == 1:
+        kind = int(reply[0])
+        if kind == ClaimKind.JOBS.value:
             return Claim(ClaimKind.JOBS, items=(item,))
+        if kind == ClaimKind.SCHEDULED.value:
+            return Claim(ClaimKind.SCHEDULED, items=(item,), wait_ms=int(reply[1]))
         return _claim(reply)
 
     # -- finishing ------------------------------------------------------------------------
@@ -258,6 +262,8 @@ def _claim(reply: Sequence[Any]) -> Claim:
         return Claim(kind, items=reply[1:])
     if kind is ClaimKind.GONE:
         return Claim(kind)
+    if kind is ClaimKind.SCHEDULED:
+        return Claim(kind, items=reply[2:], wait_ms=int(reply[1]))
     hold = _bytes(reply[2]) if kind is ClaimKind.HELD else None
     return Claim(kind, wait_ms=int(reply[1]), hold=hold)
 

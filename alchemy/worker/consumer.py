@@ -11,9 +11,10 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -120,9 +121,12 @@ class QueueConsumer:
         self.fetcher.request_stop()
         self._slot_free.set()
 
-    def _start(self, item: bytes, picked_ms: float) -> None:
+    def _start(self, item: bytes, picked_ms: float, after_s: float = 0.0) -> None:
+        """Run the job of ``item`` (taken at ``picked_ms``), ``after_s`` seconds from now
+        (the rate limit's next token), in a task of its own."""
         self.owned.take(item)
-        task = asyncio.create_task(self._run_job(item, picked_ms))
+        run = self._run_job(item, picked_ms)
+        task = asyncio.create_task(_after(after_s, run) if after_s > 0 else run)
         self._running[task] = item
         task.add_done_callback(self._on_done)
 
@@ -408,6 +412,16 @@ class QueueConsumer:
             await asyncio.gather(*pending, return_exceptions=True)
         await self.acks.flush()
         return await until_done(self.store.requeue_all, what="requeue_all", queue=self.name)
+
+
+async def _after(seconds: float, run: Coroutine[Any, Any, None]) -> None:
+    """``run`` after ``seconds`` (its pickup time includes the wait)."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        run.close()
+        raise
+    await run
 
 
 def _first_attempt(meta: Meta, picked_ms: float) -> Meta:

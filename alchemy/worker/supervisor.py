@@ -129,6 +129,7 @@ class Supervisor:
                     queue=queue.name,
                     identity=identity,
                     rate=rate_of(queue),
+                    max_dead=queue.max_dead,
                 )
                 blocking = blocking_client(cfg.redis)
                 stack.push_async_callback(blocking.aclose)

@@ -21,8 +21,8 @@ from alchemy.queue.keys import QueueKeys
 from alchemy.queue.store import DeadScan, QueueStore
 
 # One step of a search by id: entries looked at (in Redis), and bytes of them at most.
-ID_STEP_ENTRIES: Final = 5000
-ID_STEP_BYTES: Final = 8 * 1024 * 1024
+ID_STEP_ENTRIES: Final = 2000
+ID_STEP_BYTES: Final = 4 * 1024 * 1024
 # One step of "every entry": entries (returned and decoded here), and bytes at most.
 ALL_STEP_ENTRIES: Final = 200
 ALL_STEP_BYTES: Final = 1024 * 1024

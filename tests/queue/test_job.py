@@ -211,20 +211,31 @@ def test_decode_item_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.message == "could not be read: RuntimeError: a parser bug"
 
 
-def test_a_large_job_reading_is_quick_and_allocates_little() -> None:
+def test_a_large_job_is_read_and_dead_lettered_quickly_with_little_memory() -> None:
     payload = b'{"id":"big","pad":"' + b"x" * 50_000_000 + b'"}'
     tracemalloc.start()
     try:
         started = time.perf_counter()
         result = decode_item(payload, queue="q", max_bytes=1_048_576)
-        elapsed = time.perf_counter() - started
+        decoded_in = time.perf_counter() - started
+        _, decode_peak = tracemalloc.get_traced_memory()
+        assert isinstance(result, BadJob)
+        entry = encode_dead_entry(
+            queue="q",
+            raw_job=result.raw_job,
+            reason=result.reason,
+            error=ErrorInfo("BadJob", result.message),
+            meta=result.meta,
+            dead_at_ms=1,
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert isinstance(result, BadJob)
     assert result.reason is DeadReason.TOO_LARGE
-    assert elapsed < 0.05
-    assert peak < 100_000  # bytes: nothing was copied or parsed
+    assert decoded_in < 0.05
+    assert decode_peak < 100_000  # bytes: nothing was copied or parsed
+    assert peak < 1_000_000  # the entry: the head, its JSON, and little else
+    assert len(entry) < DEAD_JOB_HEAD + 1024
 
 
 # -- too_large entries keep the head, the size and the digest --------------------------------

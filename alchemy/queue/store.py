@@ -290,9 +290,6 @@ class QueueStore:
         args = [part for removal in removals for part in removal]
         return int(await _run(self._s.purge_dead, [self.keys.dead], args))
 
-    async def dead_trimmed(self) -> int:
-        return int(await self.redis.get(self.keys.dead_trimmed) or 0)
-
 
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")

@@ -150,7 +150,8 @@ class QueueConsumer:
         except Exception as exc:
             # Whatever fails before the handler is called ends the item here: left in the
             # processing list, the reconcile loop would return it to fail again, forever.
-            ready = BadJob(item, DeadReason.INVALID_JSON, f"could not be read: {exc!r}"[:2000])
+            why = f"could not be read: {type(exc).__name__}: {exc}"[:2000]
+            ready = BadJob(item, DeadReason.INVALID_JSON, why)
         if isinstance(ready, BadJob):
             error = ErrorInfo("BadJob", ready.message)
             await self._dead_letter(item, ready.raw_job, ready.reason, error, ready.meta)

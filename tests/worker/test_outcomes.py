@@ -282,7 +282,7 @@ async def test_anything_raised_before_the_handler_dead_letters_the_item_once(
     assert entries[boom]["reason"] == "invalid_json"
     assert entries[boom]["error"] == {
         "type": "BadJob",
-        "message": "could not be read: RuntimeError('nobody foresaw this')",
+        "message": "could not be read: RuntimeError: nobody foresaw this",
     }
     assert entries[huge]["reason"] == "invalid_field"
     assert "enqueued_at" in entries[huge]["error"]["message"]

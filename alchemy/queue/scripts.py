@@ -177,12 +177,30 @@ return 1
 """
 )
 
-# KEYS: processing, dead   ARGV: item, entry
-DEAD_LETTER: Final = """
+# Keeps a dead-letter list at its cap after a push: drops the oldest entries, at most
+# DEAD_TRIM_MAX a step (a cap lowered by far is reached over several dead letters, never in
+# one long step), and counts them. Needs dead, trimmed (keys) and max_dead.
+DEAD_TRIM_MAX: Final = 10_000
+_TRIM_DEAD: Final = f"""
+local over = math.min(redis.call('LLEN', dead) - max_dead, {DEAD_TRIM_MAX})
+if over > 0 then
+  redis.call('LTRIM', dead, 0, -over - 1)
+  redis.call('INCRBY', trimmed, over)
+end
+"""
+
+# KEYS: processing, dead, dead_trimmed   ARGV: item, entry, max_dead
+DEAD_LETTER: Final = (
+    """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
+local dead, trimmed, max_dead = KEYS[2], KEYS[3], tonumber(ARGV[3])
+"""
+    + _TRIM_DEAD
+    + """
 return 1
 """
+)
 
 # KEYS: processing, wait   ARGV: item
 # Back to the front of the wait list, unchanged: no attempt spent, no recovery counted.
@@ -244,9 +262,9 @@ return moved
 """
 
 # KEYS: processing (of the dead process), wait, dead, heartbeat (of the dead process),
-#       consumers
+#       consumers, dead_trimmed
 # ARGV: identity, max_recoveries, queue, require_dead ("1": do nothing while the heartbeat
-#       lives)
+#       lives), max_dead
 # Returns {-1} when the process is alive after all, else {1, then per job: id ('' when
 # unknown), attempt, recoveries, 'r' (back on wait) or 'p' (dead-lettered as poison), the
 # producer's job for 'p' ('' for 'r')}.
@@ -296,6 +314,10 @@ end
 if ARGV[4] == '1' then
   redis.call('ZREM', KEYS[5], ARGV[1])
 end
+local dead, trimmed, max_dead = KEYS[3], KEYS[6], tonumber(ARGV[5])
+"""
+    + _TRIM_DEAD
+    + """
 return reply
 """
 )
@@ -363,12 +385,80 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS: dead, wait   ARGV: entry, job
-# One dead-letter entry back to the wait list as the producer wrote it (attempts reset).
+# KEYS: dead, dead_trimmed
+# ARGV: position (entries already passed, counted from the oldest end), trimmed (the
+#       dead_trimmed count when position was taken), max_entries, max_bytes, job_id ('':
+#       every entry), needle... (substrings one of which an entry with that id contains)
+# Read-only: looks at up to max_entries entries (fewer once max_bytes of them were read)
+# from position towards the newest, oldest first. Entries trimmed since position was taken
+# moved every position down by as many, which it makes good first. Returns {the next
+# position, the trimmed count now, the list's length, then for each entry found: its
+# position, the entry}. A candidate (one that holds a needle) is decoded to be sure of its id.
+DEAD_SCAN: Final = """
+local dead = KEYS[1]
+local trimmed = tonumber(redis.call('GET', KEYS[2]) or '0')
+local position = math.max(0, tonumber(ARGV[1]) - (trimmed - tonumber(ARGV[2])))
+local max_bytes, id = tonumber(ARGV[4]), ARGV[5]
+local length = redis.call('LLEN', dead)
+local stop = math.min(length, position + tonumber(ARGV[3]))
+local reply = {0, trimmed, length}
+local function wanted(entry)
+  if id == '' then return true end
+  for i = 6, #ARGV do
+    if string.find(entry, ARGV[i], 1, true) then
+      local ok, fields = pcall(cjson.decode, entry)
+      return ok and type(fields) == 'table' and fields['id'] == id
+    end
+  end
+  return false
+end
+-- Read in batches of about 256 KiB, so that large entries never pile up in memory.
+local read, batch = 0, 16
+while position < stop and read < max_bytes do
+  local last = math.min(stop, position + batch) - 1
+  local entries = redis.call('LRANGE', dead, -last - 1, -position - 1)
+  local got = 0
+  for k = #entries, 1, -1 do
+    local entry = entries[k]
+    if wanted(entry) then
+      reply[#reply + 1] = position
+      reply[#reply + 1] = entry
+    end
+    position = position + 1
+    got = got + #entry
+    if read + got >= max_bytes then break end
+  end
+  read = read + got
+  batch = math.max(1, math.min(1000, math.floor(batch * 262144 / math.max(got, 1))))
+end
+reply[1] = position
+return reply
+"""
+
+# KEYS: dead, wait   ARGV: end, entry, job, [end, entry, job...]
+# Dead-letter entries back to the wait list as the producer wrote them (attempts reset),
+# in this order: each entry is removed (LREM, exactly that entry, looked for from the end
+# it is nearer to: -1 the oldest, 1 the newest) and, if it was still there, its job pushed.
+# Returns how many moved.
 RETRY_DEAD: Final = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('LPUSH', KEYS[2], ARGV[2])
-return 1
+local moved = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('LREM', KEYS[1], tonumber(ARGV[i]), ARGV[i + 1]) == 1 then
+    redis.call('LPUSH', KEYS[2], ARGV[i + 2])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+# KEYS: dead   ARGV: end, entry, [end, entry...]   (end: as in RETRY_DEAD)
+# Returns how many entries were removed.
+PURGE_DEAD: Final = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  removed = removed + redis.call('LREM', KEYS[1], tonumber(ARGV[i]), ARGV[i + 1])
+end
+return removed
 """
 
 # -- for operators: the events stream and job records (alchemy.ops) ----------------------

@@ -6,7 +6,7 @@ import json
 
 from redis.asyncio import Redis
 
-from alchemy.queue.admin import QueueAdmin
+from alchemy.queue.admin import DeadRetry, QueueAdmin
 from alchemy.queue.job import DeadReason, ErrorInfo, Meta, encode_dead_entry, encode_envelope
 from alchemy.queue.store import ClaimKind, QueueStore, RateLimit, RecoveredJob
 
@@ -241,10 +241,10 @@ async def test_dead_letter_retry_and_purge(redis: Redis, prefix: str) -> None:
         await s.dead_letter(raw, entry)
     listed = await admin.dead_list("q", offset=0, limit=2)
     assert [e.id for e in listed] == ["j2", "j1"]  # newest first, paged
-    assert await admin.dead_retry("q", "j1") == 1
+    assert await admin.dead_retry("q", "j1") == DeadRetry(retried=1)
     assert await redis.lrange(s.keys.wait, 0, -1) == [raws[1]]  # as the producer wrote it
-    assert await admin.dead_retry("q", "nope") == 0
-    assert await admin.dead_retry_all("q") == 2
+    assert await admin.dead_retry("q", "nope") == DeadRetry()
+    assert await admin.dead_retry_all("q") == DeadRetry(retried=2)
     assert await redis.llen(s.keys.dead) == 0
     assert await redis.llen(s.keys.wait) == 3
     claim = await s.claim(3)

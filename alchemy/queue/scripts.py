@@ -601,3 +601,55 @@ if size == 0 then
 end
 return #batch
 """
+
+# -- for the dashboard: bounded reads --------------------------------------------------------
+
+# KEYS: wait. Returns {the oldest waiting job's enqueued_at as written ('' when none is
+# found in its first 4 KiB, false when the list is empty), Redis TIME seconds, microseconds}.
+# Copies one item (the oldest, at the right end) into Lua: O(1) list work.
+OLDEST_ENQUEUED: Final = r"""
+local item = redis.call('LINDEX', KEYS[1], -1)
+local t = redis.call('TIME')
+if not item then return {false, t[1], t[2]} end
+local head = string.sub(item, 1, 4096)
+local v = string.match(head, 'enqueued_at\\?"%s*:%s*(%-?[%d%.eE+]+)')
+return {v or '', t[1], t[2]}
+"""
+
+# KEYS: dead. ARGV: entries to look at (the newest), max_bytes.
+# Read-only: counts the newest entries by dead-letter reason and error type (read with a
+# pattern: in an entry only its own keys have unescaped quotes, a payload's are escaped),
+# reading at most max_bytes of them. Returns {entries looked at, the list's length, then
+# "REASON\nTYPE", count, ...} in the order first seen.
+DEAD_GROUPS: Final = """
+local length = redis.call('LLEN', KEYS[1])
+local want = math.min(length, tonumber(ARGV[1]))
+local max_bytes = tonumber(ARGV[2])
+local counts, order = {}, {}
+local position, read, batch = 0, 0, 16
+while position < want and read < max_bytes do
+  local entries = redis.call('LRANGE', KEYS[1], position, math.min(want, position + batch) - 1)
+  local got = 0
+  for _, entry in ipairs(entries) do
+    local reason = string.match(entry, '"reason":"([^"]*)"') or '?'
+    local kind = string.match(entry, '"type":"([^"]*)"') or '?'
+    local key = reason .. '\\n' .. kind
+    if counts[key] == nil then
+      counts[key] = 0
+      order[#order + 1] = key
+    end
+    counts[key] = counts[key] + 1
+    position = position + 1
+    got = got + #entry
+    if read + got >= max_bytes then break end
+  end
+  read = read + got
+  batch = math.max(1, math.min(1000, math.floor(batch * 262144 / math.max(got, 1))))
+end
+local reply = {position, length}
+for _, key in ipairs(order) do
+  reply[#reply + 1] = key
+  reply[#reply + 1] = counts[key]
+end
+return reply
+"""

@@ -10,7 +10,9 @@
    then its peak RSS;
 4. the rate limit: three workers share a queue limited to 50 starts per 2 s, with a
    backlog, for 12 s (bench/limiter.py): the worst window and the throughput, as % of the
-   limit.
+   limit;
+5. dashboards (bench/dashboards.py): the engine drain with 10 dashboards live vs none, and
+   the Redis work of one page refresh with 1,000 and 1,000,000 dead entries.
 
 Prints a table, then one JSON line, the last line of the output. See bench/README.md.
 """
@@ -29,6 +31,7 @@ from typing import Any
 import redis as redis_py
 from redis.asyncio import Redis
 
+from bench.dashboards import measure_dashboards
 from bench.limiter import LimiterResult, measure_limiter
 from bench.measure import Drain, Results, Settings, run
 
@@ -162,9 +165,13 @@ def main(argv: list[str]) -> int:
     server = asyncio.run(redis_version(settings.url))
     results = asyncio.run(run(settings))
     limiter = asyncio.run(measure_limiter(settings.url))
+    dashboards = asyncio.run(measure_dashboards(settings))
     print(report(settings, results, limiter, server))
+    print("\n".join(["", "dashboards:", *dashboards.lines()]))
     print(f"(took {time.monotonic() - started:.1f}s)\n")
-    print(json.dumps({**results.to_json(), **limiter.to_json()}), flush=True)
+    print(
+        json.dumps({**results.to_json(), **limiter.to_json(), **dashboards.to_json()}), flush=True
+    )
     return 0
 
 

@@ -28,7 +28,7 @@ from redis import exceptions as redis_errors
 
 from alchemy.errors import ConfigError
 from alchemy.http.board import snapshot
-from alchemy.http.dashboard import DASHBOARD, LIVE, STATIC
+from alchemy.http.dashboard import DASHBOARD, GROUPS, LIVE, STATIC
 from alchemy.http.deps import DEPS, Access, ApiError, Deps, error_response, needs_token
 from alchemy.http.handlers import ROUTES
 from alchemy.http.hosts import MALFORMED, HostCheck, host_of
@@ -138,6 +138,7 @@ def create_app(deps: Deps) -> web.Application:
     app[HOSTS] = HostCheck(http)
     app[REDIS_GATE] = asyncio.Semaphore(REDIS_SLOTS)
     app[STATIC] = load_static()
+    app[GROUPS] = {}
     app[LIVE] = _live_feed(deps)
     app.on_response_prepare.append(_security_headers)
     app.on_shutdown.append(_close_live)

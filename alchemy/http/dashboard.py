@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Final
 
 from aiohttp import web
@@ -26,13 +27,15 @@ from alchemy.http.deps import (
 )
 from alchemy.http.live import RETRY_MS, LiveFeed
 from alchemy.http.static import StaticFile
-from alchemy.queue.browse import FIND_ENTRIES, GROUP_ENTRIES, QueueBrowser
+from alchemy.queue.browse import FIND_ENTRIES, GROUP_ENTRIES, DeadGroups, QueueBrowser
 from alchemy.queue.job import MAX_ID_LENGTH
 
 DASHBOARD: Final = Routes()
 STATIC: Final = web.AppKey("static", dict[str, StaticFile])
 LIVE: Final = web.AppKey("live", LiveFeed)
 KEEPALIVE_S: Final = 15.0  # a comment line this often keeps proxies from closing the stream
+GROUPS_TTL: Final = 5.0  # seconds the groups of a queue are shared by every page
+GROUPS: Final = web.AppKey("groups", dict[str, tuple[float, DeadGroups]])
 
 
 def _browser(request: web.Request) -> QueueBrowser:
@@ -106,9 +109,14 @@ async def live(request: web.Request) -> web.StreamResponse:
 # -- dead-letter views --------------------------------------------------------------------
 @DASHBOARD.get("/api/queues/{queue}/dead/groups", Access.JOB_DATA)
 async def dead_groups(request: web.Request) -> web.Response:
-    """The newest entries (1,000 at most) by reason and error type."""
+    """The newest entries (1,000 at most) by reason and error type, counted at most every
+    :data:`GROUPS_TTL` seconds for all pages together (a few milliseconds of Redis each)."""
     queue = queue_param(request)
-    found = await _browser(request).dead_groups(queue, newest=GROUP_ENTRIES)
+    cache = request.app[GROUPS]
+    taken_at, found = cache.get(queue, (float("-inf"), None))
+    if found is None or time.monotonic() - taken_at >= GROUPS_TTL:
+        found = await _browser(request).dead_groups(queue, newest=GROUP_ENTRIES)
+        cache[queue] = (time.monotonic(), found)
     groups = [
         {"reason": g.reason, "error_type": g.error_type, "count": g.count} for g in found.groups
     ]

@@ -31,7 +31,7 @@ import structlog
 from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
-from alchemy.worker.connections import Backoff, Episode
+from alchemy.worker.connections import Backoff, describe
 
 log = structlog.get_logger("alchemy.http")
 
@@ -139,7 +139,7 @@ class LiveFeed:
     # -- the reader ---------------------------------------------------------------------------
     async def _read_loop(self) -> None:
         ids = dict.fromkeys(self.streams, "$")
-        backoff, episode = Backoff(), Episode("live:read")
+        backoff = Backoff()
         while True:
             try:
                 if self._redis is None:
@@ -148,11 +148,14 @@ class LiveFeed:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                episode.failed(exc, step="live_read")
+                # Logged once per run of failures; not a readiness problem of the worker.
+                if not backoff.failures:
+                    log.warning("live_read_failing", error=describe(exc))
                 await self._drop_connection()
                 await asyncio.sleep(backoff.next_delay())
                 continue
-            episode.succeeded()
+            if backoff.failures:
+                log.info("live_read_recovered", failures=backoff.failures)
             backoff.reset()
             self.reads += 1
             if reply:

@@ -72,6 +72,20 @@ async def add_dead(
     await redis.lpush(QueueKeys(prefix, "q").dead, entry)
 
 
+async def seed_last_hour(redis: Redis, prefix: str) -> None:
+    """Per-minute counts of an earlier hour, as workers write them (protocol.md: the
+    per-minute hash), so the chart has something to draw; the current minute is left to
+    the test."""
+    now, _ = await redis.time()
+    minute = int(now) // 60
+    counts = {}
+    for back in range(1, 60):
+        counts[f"{minute - back}:c"] = 40 + (back * 37) % 60
+        if back % 7 == 0:
+            counts[f"{minute - back}:f"] = back % 5 + 1
+    await redis.hset(QueueKeys(prefix, "q").per_minute, mapping=counts)
+
+
 async def until(driver: Driver, check: Callable[[Driver], Any], within: float = 10.0) -> Any:
     """Poll ``check`` in a thread (selenium blocks) until it returns something truthy. The
     page redraws its tables as updates arrive: an element gone meanwhile is looked up again."""
@@ -118,6 +132,7 @@ async def test_counts_live_completion_and_progress(
         await producer.enqueue("idle", {"n": n}, id=f"idle-{n}")
     await add_dead(redis, prefix, "d-1")
     await add_dead(redis, prefix, "d-2")
+    await seed_last_hour(redis, prefix)
     await start(spawn_worker, port)
     base = f"http://127.0.0.1:{port}/"
     await asyncio.to_thread(browser.get, base)
@@ -164,7 +179,8 @@ async def test_counts_live_completion_and_progress(
     await until(browser, progressed, within=15)
     assert {"20%", "60%", "90%"} <= set(shown), shown
     assert '"id": 9' in browser.find_element(By.ID, "job-body").text
-    screenshot(browser, "dashboard-progress")
+    await asyncio.to_thread(browser.set_window_size, 1400, 1750)  # the whole page
+    screenshot(browser, "dashboard-progress")  # docs/dashboard.png is one of these
     await asyncio.to_thread(browser.get, base + "#queue=q")
     await until(browser, lambda d: "d-2" in d.find_element(By.ID, "dead-list").text)
     screenshot(browser, "dashboard-overview")
@@ -205,6 +221,39 @@ async def test_retry_from_dead_needs_the_token(
     assert await redis.llen(QueueKeys(prefix, "q").dead) == 0
     await until(browser, lambda d: cell(d, "q", "dead") == "0")
     screenshot(browser, "dashboard-retried")
+
+    # Purge asks for the queue's name first; pause and resume flip the queue.
+    for n in range(3):
+        await add_dead(redis, prefix, f"purge-{n}")
+    await until(browser, lambda d: cell(d, "q", "dead") == "3")
+    await asyncio.to_thread(browser.find_element(By.ID, "purge").click)
+    typed = await until(browser, lambda d: d.find_element(By.ID, "confirm-input"))
+    await asyncio.to_thread(typed.send_keys, "not-q")
+    assert not browser.find_element(By.ID, "confirm-ok").is_enabled()
+    await asyncio.to_thread(typed.clear)
+    await asyncio.to_thread(typed.send_keys, "q")
+    await asyncio.to_thread(browser.find_element(By.ID, "confirm-ok").click)
+    await until(browser, lambda d: "purged 3" in d.find_element(By.ID, "dead-note").text)
+    assert await redis.llen(QueueKeys(prefix, "q").dead) == 0
+
+    def click(label: str) -> Callable[[Driver], bool]:
+        def find_and_click(d: Driver) -> bool:
+            row = d.find_element(By.CSS_SELECTOR, 'tr[data-queue="q"]')
+            buttons = [b for b in row.find_elements(By.TAG_NAME, "button") if b.text == label]
+            if buttons:
+                buttons[0].click()
+            return bool(buttons)
+
+        return find_and_click
+
+    await until(browser, click("Pause"))
+    await wait_for(lambda: redis.exists(QueueKeys(prefix, "q").paused))
+    await until(browser, click("Resume"))
+    await wait_for(lambda: _gone(redis, QueueKeys(prefix, "q").paused))
+
+
+async def _gone(redis: Redis, key: str) -> bool:
+    return not await redis.exists(key)
 
 
 async def test_hostile_text_is_shown_as_text(

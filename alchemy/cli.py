@@ -200,7 +200,7 @@ def _secret_values(config: Config) -> list[str]:
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
-    configure_logging(config.log.level, config.log.format)
+    configure_logging(config.log.level, config.log.format, buffer_lines=config.log.buffer_lines)
     names = [n.strip() for n in args.queues.split(",") if n.strip()] if args.queues else None
     extensions: list[Extension] = []
     # -- operations (issue 4): metrics, events stream, job records, hooks, HTTP listener ---
@@ -491,7 +491,7 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
     from alchemy.db import is_transient_db_error
     from alchemy.db.migrate import migrate_url
 
-    configure_logging(config.log.level, config.log.format)
+    configure_logging(config.log.level, config.log.format, buffer_lines=config.log.buffer_lines)
     url = config.database.url.reveal()
     try:
         report = asyncio.run(migrate_url(url))

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from alchemy.config import DEFAULT_CONFIG_PATH, Config, Secret, load_config, mask_url
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
-from alchemy.logs import configure_logging, redact, register_secrets
+from alchemy.logs import configure_logging, flush_logs, redact, register_secrets
 from alchemy.ops.records import read_record
 from alchemy.ops.systemd import SystemdNotifier
 from alchemy.queue.admin import QueueAdmin, QueueStatus
@@ -142,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _load(args)
         register_secrets(_secret_values(config))
         status = COMMAND_TABLE[args.command](config, args)
+        flush_logs()  # the writer thread's lines, then the prints sys.stdout holds
         sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
         return status
     except BrokenPipeError:

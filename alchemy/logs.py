@@ -141,6 +141,7 @@ class LineSink:
         self._unreported = 0  # dropped since the last log_lines_dropped line
         self._idle = True  # the writer waits (or has not started): it needs a nudge
         self._busy = False  # the writer holds a batch that is not written yet
+        self._write_started = 0.0  # time.monotonic() when the writer took its batch
         self._closing = False
         self._thread: threading.Thread | None = None
 
@@ -156,13 +157,18 @@ class LineSink:
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> bool:
         """Wait until the lines logged so far are written, at most ``timeout`` seconds.
-        False when the stream did not take them in time (they stay buffered)."""
+        False when the stream did not take them in time (they stay buffered), which is also
+        as soon as the write in progress has been stuck for ``timeout`` (so that the
+        flushes of one exit do not add up)."""
         self._end_turn_if_safe()
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
         with self._lock:
             if self._idle and self._chunks:
                 self._nudge()
             while self._chunks or self._busy:
+                deadline = started + timeout
+                if self._busy:
+                    deadline = min(deadline, self._write_started + timeout)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -274,6 +280,7 @@ class LineSink:
                     self._busy = bool(chunks)
                     if chunks:
                         self._chunks, self._lines, self._bytes, self._unreported = [], 0, 0, 0
+                        self._write_started = time.monotonic()
                     else:
                         self._idle = True
                         self._drained.notify_all()

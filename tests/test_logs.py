@@ -167,6 +167,12 @@ def test_flush_at_exit_gives_up_on_a_stuck_stream(gated: GatedStream) -> None:
     started = time.monotonic()
     assert not flush_logs(timeout=0.5)
     assert 0.4 <= time.monotonic() - started < 2.0
+    started = time.monotonic()
+    assert not flush_logs(timeout=0.5)  # stuck for longer already: no second wait at exit
+    assert time.monotonic() - started < 0.2
+    gated.opened.set()
+    assert flush_logs(timeout=5)
+    assert [e["event"] for e in lines(gated)] == ["stuck"]
 
 
 class FailingStream(io.BytesIO):

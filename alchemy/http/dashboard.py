@@ -78,13 +78,14 @@ async def live(request: web.Request) -> web.StreamResponse:
     ``changes``, the events per queue since the last one) whenever something changed, at
     most twice a second, and at least every 2 s; ``problem`` while Redis cannot be read."""
     feed = request.app[LIVE]
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",  # nginx: pass each event on at once
-        }
-    )
+    headers = {
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",  # nginx: pass each event on at once
+    }
+    if request.method == "HEAD":  # no stream to hold open for a request without a body
+        return web.Response(headers=headers)
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     client = feed.join()
     try:

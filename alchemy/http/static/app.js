@@ -181,10 +181,13 @@
       if (current.dead !== dead.total) later("dead", loadDead);
     }
   }
+  // At once when it last ran long enough ago, else once when that time is up.
   const timers = {};
+  const ranAt = {};
   function later(name, action) {
     if (timers[name]) return;
-    timers[name] = setTimeout(() => { timers[name] = 0; action(); }, REFRESH_MS);
+    const wait = Math.max(0, (ranAt[name] || 0) + REFRESH_MS - Date.now());
+    timers[name] = setTimeout(() => { timers[name] = 0; ranAt[name] = Date.now(); action(); }, wait);
   }
   function render() {
     pendingRender = false;

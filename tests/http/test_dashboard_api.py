@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 
 from alchemy.config import Config, parse_config
 from alchemy.http.app import create_app
-from alchemy.http.deps import Deps
+from alchemy.http.dashboard import DASHBOARD
+from alchemy.http.deps import Access, Deps
 from alchemy.http.overview import OverviewCache
 from alchemy.http.static import CSP, load_static
 from alchemy.ops.events import EventStream
@@ -209,3 +210,24 @@ async def test_counts_beyond_loopback_need_the_token(client_for: Any, prefix: st
     for path in ("/api/dashboard", "/api/live"):
         assert (await client.get(path)).status == 401, path
     assert (await client.get("/api/dashboard", headers=AUTH)).status == 200
+
+
+def test_every_dashboard_route_declares_its_access() -> None:
+    declared = {(r.method, r.path): (r.access, r.gated) for r in DASHBOARD}
+    assert declared == {
+        ("GET", "/"): (Access.OPEN, True),
+        ("GET", "/static/{name}"): (Access.OPEN, True),
+        ("GET", "/api/dashboard"): (Access.COUNTS, True),
+        ("GET", "/api/live"): (Access.COUNTS, False),  # open for hours: holds no Redis slot
+        ("GET", "/api/queues/{queue}/dead/groups"): (Access.JOB_DATA, True),
+        ("GET", "/api/queues/{queue}/dead/entry"): (Access.JOB_DATA, True),
+        ("GET", "/api/queues/{queue}/dead/find"): (Access.JOB_DATA, True),
+    }
+
+
+async def test_a_foreign_host_gets_no_page_and_no_feed(client_for: Any) -> None:
+    client = await client_for()
+    for path in ("/", "/static/app.js", "/api/dashboard", "/api/live"):
+        response = await client.get(path, headers={"Host": "rebound.example", **AUTH})
+        assert response.status == 421, path
+        assert response.headers["Content-Security-Policy"] == CSP

@@ -39,14 +39,15 @@ def queues() -> dict[str, Any]:
     }
 
 
-async def start(spawn_worker: Callable[..., WorkerProcess], port: int) -> WorkerProcess:
-    worker = spawn_worker(
-        queues(), http={"port": port, "admin_token": TOKEN, "check_database": False}
-    )
+async def start(
+    spawn_worker: Callable[..., WorkerProcess], port: int, path_prefix: str = ""
+) -> WorkerProcess:
+    http = {"port": port, "admin_token": TOKEN, "check_database": False}
+    worker = spawn_worker(queues(), http={**http, "path_prefix": path_prefix})
     await wait_started(worker)
 
     async def listening() -> bool:
-        url = f"http://127.0.0.1:{port}/healthz"
+        url = f"http://127.0.0.1:{port}{path_prefix}/healthz"
         try:
             async with aiohttp.ClientSession() as http, http.get(url) as response:
                 return response.status == 200
@@ -322,3 +323,17 @@ async def test_losing_the_listener_shows_disconnected_and_recovers(
     await start(spawn_worker, port)
     await until(browser, lambda d: conn.text == "live", within=20)
     await until(browser, lambda d: cell(d, "q", "wait") == "0")
+
+
+async def test_behind_a_proxy_path_the_page_finds_its_files_and_feed(
+    redis: Redis, prefix: str, spawn_worker: Callable[..., WorkerProcess], browser: Driver
+) -> None:
+    port = free_port()
+    await Producer(redis, prefix=prefix).enqueue("idle", {}, id="waits")
+    await start(spawn_worker, port, path_prefix="/ops/alchemy")
+    await asyncio.to_thread(browser.get, f"http://localhost:{port}/ops/alchemy")  # no slash
+    await until(browser, lambda d: d.find_element(By.ID, "conn").text == "live")
+    assert browser.current_url == f"http://localhost:{port}/ops/alchemy/"
+    await until(browser, lambda d: cell(d, "idle", "wait") == "1")
+    sheets = browser.execute_script("return document.styleSheets.length")
+    assert sheets == 1  # the style sheet came through the prefix too

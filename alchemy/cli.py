@@ -214,7 +214,13 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     extensions.append(SystemdNotifier.from_environ(os.environ))
     from alchemy.process import Worker
 
-    worker = Worker(config, names, observers=ops.observers, extensions=extensions)
+    worker = Worker(
+        config,
+        names,
+        observers=ops.observers,
+        extensions=extensions,
+        paid_observer=ops.paid_observer,
+    )
     return asyncio.run(worker.run())
 
 

@@ -133,7 +133,7 @@ def test_key_table_matches_the_key_templates() -> None:
     text = PROTOCOL.read_text()
     documented = set(re.findall(r"^\| `(PREFIX:\{QUEUE\}:[^`]+)` \|", text, re.MULTILINE))
     in_code = {
-        template.format(prefix="PREFIX", queue="QUEUE", identity="IDENTITY")
+        template.format(prefix="PREFIX", queue="QUEUE", identity="IDENTITY", job_id="ID")
         for template in KEY_TEMPLATES.values()
     }
     assert documented == in_code

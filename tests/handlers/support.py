@@ -82,6 +82,13 @@ async def create_request(
     return row_id
 
 
+async def create_content_request(db: asyncpg.Pool, **request: Any) -> uuid.UUID:
+    """A brand, an idea and a content_queue row for it."""
+    brand_id = await create_brand(db)
+    idea_id = await create_idea(db, brand_id)
+    return await create_request(db, brand_id, idea_id, **request)
+
+
 async def push(redis: Redis, prefix: str, queue: str, job_id: str, **data: Any) -> None:
     """LPUSH a job exactly as docs/protocol.md tells producers to."""
     await redis.lpush(QueueKeys(prefix, queue).wait, json.dumps({"id": job_id, **data}))

@@ -17,13 +17,18 @@ from typing import Any, Final
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from alchemy.config import DEFAULT_CONFIG_PATH, Config, Secret, load_config, mask_url
+from alchemy.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    Secret,
+    load_config,
+    mask_url,
+    url_secrets,
+)
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
 from alchemy.logs import configure_logging, redact, register_secrets
-from alchemy.ops.records import read_record
 from alchemy.ops.systemd import SystemdNotifier
-from alchemy.queue.admin import QueueAdmin, QueueStatus
-from alchemy.queue.keys import QueueKeys
+from alchemy.queue.admin import QueueAdmin
 from alchemy.queue.producer import Producer
 from alchemy.worker.connections import shared_client
 from alchemy.worker.handlers import Unavailable, load_handler
@@ -189,14 +194,23 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _secret_values(config: Config) -> list[str]:
-    from urllib.parse import urlsplit
-
-    values = [config.providers.anthropic_api_key.reveal(), config.providers.openai_api_key.reveal()]
-    for url in (config.redis.url.reveal(), config.database.url.reveal()):
-        password = urlsplit(url).password
-        if password:
-            values.append(password)
+    """Every secret of the configuration, to be redacted wherever it would be written: API
+    keys, the admin token, and the passwords, userinfo and secret parameters of its URLs."""
+    values: list[str] = []
+    for section in _sections(config):
+        for field in dataclasses.fields(section):
+            value = getattr(section, field.name)
+            text = value.reveal() if isinstance(value, Secret) else value
+            if field.name.endswith("url") and isinstance(text, str):
+                values += url_secrets(text)
+            elif isinstance(value, Secret):
+                values.append(text)
     return values
+
+
+def _sections(config: Config) -> list[Any]:
+    tables = [getattr(config, f.name) for f in dataclasses.fields(config)]
+    return [t for t in tables if dataclasses.is_dataclass(t)]
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
@@ -206,7 +220,6 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     # -- operations (issue 4): metrics, events stream, job records, hooks, HTTP listener ---
     from alchemy.ops.wiring import operations
 
-    register_secrets([*_secret_values(config), config.http.admin_token.reveal()])
     ops = operations(config)
     extensions.extend(ops.extensions)
     # ---------------------------------------------------------------------------------------
@@ -232,30 +245,22 @@ def _with_redis(config: Config, action: Callable[[Redis], Awaitable[int]]) -> in
         finally:
             await redis.aclose()
 
+    where = mask_url(config.redis.url.reveal())
     try:
         return asyncio.run(go())
     except BrokenPipeError:
         raise  # standard output, not Redis
     except (OSError, ConnectionError) as exc:
-        print(
-            f"alchemy: redis unreachable at {mask_url(config.redis.url.reveal())}: {exc}",
-            file=sys.stderr,
-        )
+        print(f"alchemy: redis unreachable at {where}: {redact(str(exc))}", file=sys.stderr)
         return EX_UNAVAILABLE
     except Exception as exc:
         from alchemy.worker.connections import is_transient
 
         if is_transient(exc):
-            print(
-                f"alchemy: redis unreachable at {mask_url(config.redis.url.reveal())}: {exc}",
-                file=sys.stderr,
-            )
+            print(f"alchemy: redis unreachable at {where}: {redact(str(exc))}", file=sys.stderr)
             return EX_UNAVAILABLE
         if isinstance(exc, redis_errors.ResponseError):
-            print(
-                f"alchemy: redis at {mask_url(config.redis.url.reveal())} refused: {exc}",
-                file=sys.stderr,
-            )
+            print(f"alchemy: redis at {where} refused: {redact(str(exc))}", file=sys.stderr)
             return 1
         raise
 
@@ -264,13 +269,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     async def action(redis: Redis) -> int:
         admin = QueueAdmin(redis, prefix=config.redis.prefix)
         statuses = [await admin.status(q.name) for q in config.queues]
-        ages = await _heartbeat_ages(redis, config.redis.prefix, statuses)
         if args.json:
-            queues = [s.to_json() for s in statuses]
-            for queue in queues:
-                for consumer in queue["consumers"]:
-                    consumer["heartbeat_age_s"] = ages.get((queue["queue"], consumer["identity"]))
-            print(json.dumps({"queues": queues}, indent=2))
+            print(json.dumps({"queues": [s.to_json() for s in statuses]}, indent=2))
             return 0
         print(f"{'queue':<24}{'wait':>8}{'processing':>12}{'delayed':>9}{'dead':>8}  paused")
         for s in statuses:
@@ -279,6 +279,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 if not s.paused
                 else ("yes" if s.paused_for_ms < 0 else f"{s.paused_for_ms / 1000:.1f}s")
             )
+            if s.held is not None:
+                paused += f"; held: {s.held.get('dependency')} is down ({s.held.get('reason')})"
             print(f"{s.queue:<24}{s.wait:>8}{s.processing:>12}{s.delayed:>9}{s.dead:>8}  {paused}")
         print("\nprocesses:")
         seen = False
@@ -287,7 +289,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 seen = True
                 state = "alive" if c.alive else "HEARTBEAT EXPIRED"
                 pid = c.heartbeat.get("pid") if c.heartbeat else "?"
-                age = ages.get((s.queue, c.identity))
+                age = c.heartbeat_age_s
                 beat = "?" if age is None else f"{age:.1f}s"
                 print(
                     f"  {c.identity:<40} {s.queue:<22} pid={pid} {state} beat={beat} ago"
@@ -298,24 +300,6 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         return 0
 
     return _with_redis(config, action)
-
-
-async def _heartbeat_ages(
-    redis: Redis, prefix: str, statuses: Sequence[QueueStatus]
-) -> dict[tuple[str, str], float | None]:
-    """Seconds since each process's last heartbeat, per (queue, identity), by Redis's clock
-    (the score of the queue's consumers set, docs/protocol.md)."""
-    pairs = [(s.queue, c.identity) for s in statuses for c in s.consumers]
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.time()
-        for queue, identity in pairs:
-            pipe.zscore(QueueKeys(prefix, queue).consumers, identity)
-        (seconds, micros), *scores = await pipe.execute()
-    now_ms = seconds * 1000 + micros / 1000
-    return {
-        pair: None if score is None else round(max(0.0, now_ms - score) / 1000, 3)
-        for pair, score in zip(pairs, scores, strict=True)
-    }
 
 
 def _dead(config: Config, args: argparse.Namespace) -> int:
@@ -398,7 +382,8 @@ def _job(config: Config, args: argparse.Namespace) -> int:
     _known_queue(config, args.queue)
 
     async def action(redis: Redis) -> int:
-        record = await read_record(redis, config.redis.prefix, args.queue, args.id)
+        admin = QueueAdmin(redis, prefix=config.redis.prefix)
+        record = await admin.record(args.queue, args.id)
         if record is None:
             print(
                 f"alchemy: no record of job {args.id!r} in {args.queue}: waiting for its first"
@@ -472,21 +457,37 @@ def _effective_config(config: Config) -> dict[str, Any]:
             settings[field.name] = _masked(value)
     settings["worker"]["identity"] = config.worker.identity
     settings["queues"] = {queue.name: _masked(queue, skip="name") for queue in config.queues}
-    return settings
+    redacted: dict[str, Any] = _redacted(settings)
+    return redacted
 
 
 def _masked(section: Any, skip: str = "") -> dict[str, Any]:
+    """A section's settings; every URL through :func:`mask_url`, every other secret ``***``
+    (``""`` when unset)."""
     table: dict[str, Any] = {}
     for field in dataclasses.fields(section):
         value = getattr(section, field.name)
-        if isinstance(value, Secret):  # a URL keeps all but its password; a key is ***
-            url = field.name.endswith("url")
-            value = mask_url(value.reveal()) if url else ("***" if value else "")
+        if field.name.endswith("url") and isinstance(value, Secret | str):
+            value = mask_url(value.reveal() if isinstance(value, Secret) else value)
+        elif isinstance(value, Secret):
+            value = "***" if value else ""
         elif isinstance(value, tuple):
             value = list(value)
         if field.name != skip:
             table[field.name] = value
     return table
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every registered secret that is still in one of its strings masked
+    (a password pasted into another setting, say)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value
 
 
 def _shown(value: Any) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, get_type_hints
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from alchemy.errors import ConfigError
 
@@ -61,17 +61,85 @@ class Secret:
     __str__ = __repr__
 
 
+MASK: Final = "***"
+# Schemes whose user name is not a secret (a Redis ACL user, a PostgreSQL role): only the
+# password is masked. In any other URL (a provider's base URL) the whole userinfo is, since
+# "https://TOKEN@host" carries a token where the user name would be.
+_NAMED_USER_SCHEMES: Final = frozenset({"redis", "rediss", "unix", "postgres", "postgresql"})
+# Query (and fragment) parameters whose values are secrets, e.g. unix://...?password=...
+_SECRET_PARAMETER: Final = re.compile(
+    r"pass|pwd|token|key|secret|auth|credential|signature", re.IGNORECASE
+)
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe to log."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` with every secret replaced by ``***``, safe to print and log: the password
+    (``redis://user:***@host``; the whole userinfo of other schemes: ``https://***@host``)
+    and the values of query or fragment parameters named like a password, token, key or
+    secret (``unix:///run/redis.sock?password=***``). Everything else is left as written."""
+    return _url_secrets(url)[0]
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets :func:`mask_url` hides in ``url``, as written and percent-decoded, to be
+    registered for log redaction (:func:`alchemy.logs.register_secrets`)."""
+    found = _url_secrets(url)[1]
+    return sorted({form for secret in found for form in (secret, unquote(secret)) if form})
+
+
+def _url_secrets(url: str) -> tuple[str, list[str]]:
+    scheme, sep, rest = url.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        scheme, rest = "", url
+    secrets: list[str] = []
+    userinfo, host_and_rest = _userinfo(rest)
+    if userinfo is not None:
+        user, colon, password = userinfo.partition(":")
+        if scheme.lower() in _NAMED_USER_SCHEMES:
+            shown = f"{user}:{MASK}" if colon else user
+            secrets.append(password)
+        else:
+            shown = MASK
+            secrets += [userinfo, password]
+        rest = f"{shown}@{host_and_rest}"
+    head, rest = _split_before(rest, "?#")
+    masked_parameters = _mask_parameters(rest, secrets)
+    prefix = f"{scheme}://" if scheme else ""
+    return prefix + head + masked_parameters, [s for s in secrets if s]
+
+
+def _userinfo(rest: str) -> tuple[str | None, str]:
+    """The userinfo of an URL's part after ``scheme://`` and what follows its ``@``.
+
+    Normally it ends at the last ``@`` before the first ``/``, ``?`` or ``#``. When a
+    password holds one of those unescaped (``redis://:pa/ss@host``), the last ``@`` of the
+    URL ends it if what comes before has a ``:``: more is masked, never less."""
+    netloc, _ = _split_before(rest, "/?#")
+    if "@" in netloc:
+        userinfo, _, _ = netloc.rpartition("@")
+        return userinfo, rest[len(userinfo) + 1 :]
+    before, at, after = rest.rpartition("@")
+    if at and ":" in before:
+        return before, after
+    return None, rest
+
+
+def _split_before(text: str, stops: str) -> tuple[str, str]:
+    ends = [i for i in (text.find(c) for c in stops) if i >= 0]
+    cut = min(ends) if ends else len(text)
+    return text[:cut], text[cut:]
+
+
+def _mask_parameters(tail: str, secrets: list[str]) -> str:
+    """``?query#fragment`` with the values of secret-named parameters masked."""
+    out = []
+    for part in re.split(r"([?#&;])", tail):
+        name, eq, value = part.partition("=")
+        if eq and value and _SECRET_PARAMETER.search(unquote(name)):
+            secrets.append(value)
+            part = f"{name}={MASK}"
+        out.append(part)
+    return "".join(out)
 
 
 def _spec(default: Any = dataclasses.MISSING, **checks: Any) -> Any:
@@ -158,6 +226,12 @@ class MediaConfig:
     thumbnail_size: int = _spec(256, min=16, max=4096)
 
 
+# A host name, an IPv4 address or an IPv6 address (with or without brackets); no port.
+ALLOWED_HOST_PATTERN: Final = (
+    r"^(?:[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*|\[?[0-9A-Fa-f:.]{2,45}\]?)$"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     """The worker's HTTP listener: health, readiness, metrics, the admin API."""
@@ -166,6 +240,8 @@ class HttpConfig:
     port: int = _spec(0, min=0, max=65535)  # 0 = no listener
     admin_token: Secret = _spec(Secret(""))
     check_database: bool = _spec(True)
+    # Host header names answered besides the loopback ones and ``host`` (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = _spec((), item_pattern=ALLOWED_HOST_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,11 +280,6 @@ class QueueConfig:
     max_payload_bytes: int = _spec(1_048_576, min=64, max=512 * 1_048_576)
     max_deferrals: int = _spec(50, min=1, max=1_000_000)
     max_deferred: float = _spec(3600.0, min=1.0, max=30 * 86_400.0)
-
-    @property
-    def burst(self) -> int:
-        """Bucket capacity: ``rate_burst``, or ``rate_limit`` when left at 0."""
-        return self.rate_burst or self.rate_limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +442,8 @@ def _check_bounds(value: Any, checks: Mapping[str, Any], key: str) -> None:
     if "choices" in checks and value not in checks["choices"]:
         raise ConfigError(key, f"must be one of {', '.join(checks['choices'])}; got {value!r}")
     if "pattern" in checks and not re.fullmatch(checks["pattern"], value):
-        raise ConfigError(key, f"{value!r} does not match {checks['pattern']}")
+        shown = mask_url(value) if key.endswith("url") else value
+        raise ConfigError(key, f"{shown!r} does not match {checks['pattern']}")
 
 
 def _check_relations(config: Config) -> None:
@@ -380,6 +452,20 @@ def _check_relations(config: Config) -> None:
         raise ConfigError(
             "worker.heartbeat_ttl", "must be at least twice worker.heartbeat_interval"
         )
+    # A job taken by a fetch whose reply is still on its way sits in our processing list
+    # unowned for up to block_timeout + socket_timeout; a reconcile that returned it in that
+    # time would let it run twice.
+    redis = config.redis
+    wait_for_reply = redis.block_timeout + redis.socket_timeout
+    if worker.reconcile_interval <= wait_for_reply:
+        raise ConfigError(
+            "worker.reconcile_interval",
+            f"must be more than redis.block_timeout + redis.socket_timeout"
+            f" ({wait_for_reply:g}s): a job whose fetch reply is still on its way would be"
+            " returned to the queue and run twice",
+        )
+    if worker.recovery_interval > worker.heartbeat_ttl:
+        raise ConfigError("worker.recovery_interval", "must be at most worker.heartbeat_ttl")
     for queue in config.queues:
         path = f"queues.{queue.name}"
         if queue.backoff_max < queue.backoff_initial:
@@ -414,6 +500,20 @@ def _check_http(http: HttpConfig) -> None:
             f"must be set (env ALCHEMY_ADMIN_TOKEN) because http.host = {http.host!r} "
             "is not a loopback address",
         )
+    for name in http.allowed_hosts:
+        bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+        if ("[" in name or ":" in name) and not _is_ipv6(bare):
+            raise ConfigError(
+                "http.allowed_hosts",
+                f"{name!r} is neither a host name nor an IP address (leave the port off)",
+            )
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
 
 
 def _check_providers(providers: ProvidersConfig) -> None:

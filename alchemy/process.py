@@ -63,7 +63,7 @@ class Worker:
         async with contextlib.AsyncExitStack() as stack:
             redis = shared_client(cfg.redis)
             stack.push_async_callback(redis.aclose)
-            await stack.enter_async_context(
+            services = await stack.enter_async_context(
                 open_services(cfg, redis, paid_observer=self.paid_observer)
             )
             handlers = load_handlers(self.queues_names())
@@ -73,6 +73,7 @@ class Worker:
                 redis=redis,
                 handlers=handlers,
                 stop_requested=self.stop_requested,
+                probes={"postgres": services.ping_database},
                 handle_signals=self.handle_signals,
                 observers=self.observers,
                 extensions=self.extensions,

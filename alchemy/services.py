@@ -28,7 +28,7 @@ from alchemy.queue.producer import Producer
 log = structlog.get_logger("alchemy.services")
 
 _current: ContextVar[Services] = ContextVar("alchemy_services")
-PING_TIMEOUT: Final = 3.0  # seconds PostgreSQL has to answer SELECT 1
+PING_TIMEOUT: Final = 3.0  # seconds for the database to answer a probe
 
 
 class Services:

@@ -58,7 +58,7 @@ def build_config_dict(
             "heartbeat_interval": 0.5,
             "heartbeat_ttl": 2.0,
             "recovery_interval": 0.5,
-            "reconcile_interval": 1.0,
+            "reconcile_interval": 7.0,  # > block_timeout + socket_timeout (config.py)
             **(worker or {}),
         },
         "log": {"format": "json", "level": "info"},

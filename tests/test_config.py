@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from alchemy.config import Secret, load_config, mask_url, parse_config
+from alchemy.config import Secret, load_config, mask_url, parse_config, url_secrets
 from alchemy.errors import ConfigError
 from tests.conftest import REPO
 
@@ -77,6 +77,21 @@ def q(**settings: Any) -> dict[str, Any]:
             "twice",
         ),
         (
+            {"worker": {"reconcile_interval": 6.0}},  # = block_timeout 1 + socket_timeout 5
+            "worker.reconcile_interval",
+            "run twice",
+        ),
+        (
+            {"redis": {"socket_timeout": 9.5}},  # 1 + 9.5 >= the default 10 s
+            "worker.reconcile_interval",
+            "redis.block_timeout + redis.socket_timeout",
+        ),
+        (
+            {"worker": {"recovery_interval": 9.0}},
+            "worker.recovery_interval",
+            "heartbeat_ttl",
+        ),
+        (
             q(backoff_initial=10.0, backoff_max=1.0),
             "queues.q.backoff_max",
             ">= backoff_initial",
@@ -123,6 +138,37 @@ def test_secrets_and_url_passwords_are_masked() -> None:
     assert mask_url("redis://:hunter2@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert mask_url("postgresql://bob:pw@db:5432/x") == "postgresql://bob:***@db:5432/x"
     assert mask_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "secrets"),
+    [
+        ("rediss://acl:pw%40x@r.example:6380/1", "rediss://acl:***@r.example:6380/1", ["pw@x"]),
+        ("redis://user-only@host:6379/0", "redis://user-only@host:6379/0", []),
+        ("redis://:pw@[::1]:6379", "redis://:***@[::1]:6379", ["pw"]),
+        ("unix:///run/r.sock?db=0&password=pw", "unix:///run/r.sock?db=0&password=***", ["pw"]),
+        ("unix://:pw@/run/r.sock?db=2", "unix://:***@/run/r.sock?db=2", ["pw"]),
+        ("postgresql://u@h/d?sslpassword=pw", "postgresql://u@h/d?sslpassword=***", ["pw"]),
+        ("https://user:pw@proxy.example/v1", "https://***@proxy.example/v1", ["user:pw", "pw"]),
+        ("https://tok@proxy.example", "https://***@proxy.example", ["tok"]),
+        (
+            "https://p.example/v1?x=1&api_key=k3y-v;token=t0k-v",
+            "https://p.example/v1?x=1&api_key=***;token=***",
+            ["k3y-v", "t0k-v"],
+        ),
+        ("https://p.example/#access_token=t0k", "https://p.example/#access_token=***", ["t0k"]),
+        # A password with an unescaped / or ?: the last @ ends the userinfo, never less.
+        ("redis://:pa/ss@host:6379/0", "redis://:***@host:6379/0", ["pa/ss"]),
+        ("redis://:pa?ss@host/0", "redis://:***@host/0", ["pa?ss"]),
+        ("https://p.example/v1?mail=a@b", "https://p.example/v1?mail=a@b", []),
+    ],
+)
+def test_mask_url_hides_every_secret_shape(url: str, shown: str, secrets: list[str]) -> None:
+    assert mask_url(url) == shown
+    found = url_secrets(url)
+    for secret in secrets:
+        assert secret in found
+        assert secret not in shown.replace("***", "")
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -1,86 +1,44 @@
 """The aiohttp application of a worker's HTTP listener: :func:`create_app` builds it from
-its dependencies; the routes are in :mod:`alchemy.http.handlers`.
+its dependencies (:class:`~alchemy.http.deps.Deps`); the routes are in
+:mod:`alchemy.http.handlers`.
 
-Every error is JSON (``{"error": "..."}``) with a fitting status; a bug answers 500 with
-``{"error": "internal error"}`` and is logged, never shown. Requests under ``/api/`` that
-change state need ``Authorization: Bearer <http.admin_token>`` (401 otherwise, compared in
-constant time); when the listener is not on a loopback address, reads under ``/api/`` need
-it too, since dead-letter entries carry job payloads.
+Every request passes, in order:
+
+1. :func:`errors_as_json`: every error is JSON (``{"error": "..."}``) with a fitting status;
+   a bug answers 500 with ``{"error": "internal error"}`` and is logged, never shown.
+2. :func:`host_guard`: the ``Host`` header must name this listener (loopback names, the
+   configured host, ``http.allowed_hosts``), on every route: 400 without one, 421 for another
+   (:mod:`alchemy.http.hosts`, against DNS rebinding).
+3. :func:`access_guard`: the route's :class:`~alchemy.http.deps.Access` decides whether
+   ``Authorization: Bearer <http.admin_token>`` is needed (401 otherwise, compared in
+   constant time; see :func:`needs_token`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Final
 
-import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
-from alchemy.config import Config, is_loopback_host
 from alchemy.errors import ConfigError
-from alchemy.http.overview import OverviewCache, OverviewUnavailable
-from alchemy.ops.metrics import Metrics
+from alchemy.http.deps import DEPS, Access, ApiError, Deps, error_response
+from alchemy.http.handlers import ROUTES
+from alchemy.http.hosts import MALFORMED, HostCheck, host_of
+from alchemy.http.overview import OverviewUnavailable
 
 log = structlog.get_logger("alchemy.http")
 
-SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 REDIS_SLOTS: Final = 8  # requests reading or writing Redis at once (the pool is shared)
-
-
-async def _always_ready() -> list[str]:
-    return []
-
-
-@dataclass(frozen=True, slots=True)
-class Deps:
-    """What the listener serves from. ``readiness`` returns the reasons it is not ready."""
-
-    config: Config
-    redis: Redis
-    identity: str
-    overview: OverviewCache
-    metrics: Metrics | None = None
-    readiness: Callable[[], Awaitable[list[str]]] = _always_ready
-    started_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def queue_names(self) -> frozenset[str]:
-        return frozenset(q.name for q in self.config.queues)
-
-    @property
-    def reads_need_token(self) -> bool:
-        return not is_loopback_host(self.config.http.host)
-
-
-DEPS: Final = web.AppKey("deps", Deps)
 REDIS_GATE: Final = web.AppKey("redis_gate", asyncio.Semaphore)
-
-
-def json_response(data: Any, *, status: int = 200, headers: Any = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error_response(status: int, message: str, *, headers: Any = None) -> web.Response:
-    return json_response({"error": message}, status=status, headers=headers)
-
-
-class ApiError(Exception):
-    """A request the API refuses: ``status`` and a message for the client."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+HOSTS: Final = web.AppKey("hosts", HostCheck)
+ACCESS: Final = web.AppKey("access", Mapping[Handler, Access])
+CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="alchemy"'}
 
 
 @web.middleware
@@ -126,34 +84,76 @@ def check_token(request: web.Request) -> None:
 
 
 @web.middleware
-async def admin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/api/"):
-        deps = request.app[DEPS]
-        if request.method not in SAFE_METHODS or deps.reads_need_token:
-            try:
-                check_token(request)
-            except ApiError as exc:
-                return error_response(
-                    exc.status, exc.message, headers={"WWW-Authenticate": 'Bearer realm="alchemy"'}
-                )
-        async with request.app[REDIS_GATE]:
-            return await handler(request)
+async def host_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    hosts = request.app[HOSTS]
+    given = request.headers.getall("Host", [])
+    host = host_of(given[0]) if len(given) == 1 else None
+    if host is None:
+        hosts.note_refused(MALFORMED, path=request.path, peer=request.remote)
+        return error_response(400, "a request needs one Host header naming a host")
+    if not hosts.answers(host):
+        hosts.note_refused(host, path=request.path, peer=request.remote)
+        return error_response(421, f"this listener does not answer for the host {host!r}")
     return await handler(request)
+
+
+def needs_token(access: Access, *, token_set: bool, loopback_only: bool) -> bool:
+    """Whether a request for a route of ``access`` must carry the admin token. (A new
+    :class:`Access` fails the type check here until its rule is written.)"""
+    match access:
+        case Access.OPEN:
+            return False
+        case Access.COUNTS:
+            return not loopback_only
+        case Access.JOB_DATA:
+            # Payloads: the token whenever there is one, even on loopback. Without one only
+            # a loopback listener serves them; the config refuses any other host without a
+            # token, and this keeps the rule here too, whatever built the config.
+            return token_set or not loopback_only
+        case Access.CHANGE:
+            return True
+
+
+@web.middleware
+async def access_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    match = request.match_info
+    if match.http_exception is not None:  # no route (404, 405): nothing to guard
+        return await handler(request)
+    access = request.app[ACCESS].get(match.handler, Access.CHANGE)  # unknown: strictest
+    deps = request.app[DEPS]
+    token_set = bool(deps.config.http.admin_token)
+    if needs_token(access, token_set=token_set, loopback_only=deps.loopback_only):
+        try:
+            check_token(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.message, headers=CHALLENGE)
+    if access is Access.OPEN:
+        return await handler(request)
+    async with request.app[REDIS_GATE]:
+        return await handler(request)
 
 
 def create_app(deps: Deps) -> web.Application:
     """The listener's application. Refuses a non-loopback host without an admin token."""
     http = deps.config.http
-    if deps.reads_need_token and not http.admin_token:
+    if not deps.loopback_only and not http.admin_token:
         raise ConfigError(
             "http.admin_token",
             f"must be set (env ALCHEMY_ADMIN_TOKEN) because http.host = {http.host!r} "
             "is not a loopback address",
         )
-    from alchemy.http.handlers import ROUTES
-
-    app = web.Application(middlewares=[errors_as_json, admin_guard], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[errors_as_json, host_guard, access_guard], client_max_size=64 * 1024
+    )
     app[DEPS] = deps
+    app[HOSTS] = HostCheck(http)
     app[REDIS_GATE] = asyncio.Semaphore(REDIS_SLOTS)
-    app.add_routes(ROUTES)
+    access: dict[Handler, Access] = {}
+    for route in ROUTES:
+        if route.method == "GET":
+            app.router.add_get(route.path, route.handler)  # and HEAD
+        else:
+            app.router.add_route(route.method, route.path, route.handler)
+        access[route.handler] = route.access
+    app[ACCESS] = access
     return app

@@ -1,4 +1,5 @@
-"""The routes of the HTTP listener: health, readiness, metrics and the admin API."""
+"""The routes of the HTTP listener: health, readiness, metrics and the admin API, each with
+the :class:`~alchemy.http.deps.Access` it needs (enforced by :mod:`alchemy.http.app`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Final
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from alchemy.http.app import DEPS, ApiError, Deps, json_response
+from alchemy.http.deps import DEPS, Access, ApiError, Deps, Routes, json_response
 from alchemy.http.overview import OverviewUnavailable
 from alchemy.http.types import (
     ConsumerInfo,
@@ -26,13 +27,11 @@ from alchemy.http.types import (
     ThroughputWindow,
     UnknownJob,
 )
-from alchemy.ops import events
-from alchemy.ops.records import read_record
+from alchemy.queue import admin as queue_admin
 from alchemy.queue.admin import QueueAdmin, QueueStatus
 from alchemy.queue.job import MAX_ID_LENGTH
-from alchemy.queue.keys import QueueKeys
 
-ROUTES: Final = web.RouteTableDef()
+ROUTES: Final = Routes()
 DEFAULT_PAGE: Final = 50
 MAX_PAGE: Final = 500
 
@@ -53,7 +52,7 @@ def _queue(request: web.Request) -> str:
 
 
 # -- health, readiness, metrics -------------------------------------------------------------
-@ROUTES.get("/healthz")
+@ROUTES.get("/healthz", Access.OPEN)
 async def healthz(request: web.Request) -> web.Response:
     """Answers while the event loop runs."""
     deps = _deps(request)
@@ -66,7 +65,7 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-@ROUTES.get("/readyz")
+@ROUTES.get("/readyz", Access.OPEN)
 async def readyz(request: web.Request) -> web.Response:
     deps = _deps(request)
     reasons = await deps.readiness()
@@ -74,7 +73,7 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response(body, status=503 if reasons else 200)
 
 
-@ROUTES.get("/metrics")
+@ROUTES.get("/metrics", Access.OPEN)
 async def metrics(request: web.Request) -> web.Response:
     deps = _deps(request)
     if deps.metrics is None:
@@ -95,16 +94,16 @@ def _window(completed: int, failed: int, seconds: int) -> ThroughputWindow:
     }
 
 
-def _throughput(t: events.Throughput | None) -> Throughput | None:
+def _throughput(t: queue_admin.Throughput | None) -> Throughput | None:
     if t is None:
         return None
     return {
         "last_minute": _window(t.completed_1m, t.failed_1m, 60),
-        "last_5_minutes": _window(t.completed_5m, t.failed_5m, events.THROUGHPUT_WINDOW_S),
+        "last_5_minutes": _window(t.completed_5m, t.failed_5m, queue_admin.THROUGHPUT_WINDOW_S),
     }
 
 
-def _queue_info(status: QueueStatus, throughput: events.Throughput | None) -> QueueInfo:
+def _queue_info(status: QueueStatus, throughput: queue_admin.Throughput | None) -> QueueInfo:
     consumers: list[ConsumerInfo] = [
         {"identity": c.identity, "alive": c.alive, "processing": c.processing}
         for c in status.consumers
@@ -117,12 +116,13 @@ def _queue_info(status: QueueStatus, throughput: events.Throughput | None) -> Qu
         "dead": status.dead,
         "paused": status.paused,
         "paused_for_ms": status.paused_for_ms,
+        "held": status.held,
         "consumers": consumers,
         "throughput": _throughput(throughput),
     }
 
 
-@ROUTES.get("/api/queues")
+@ROUTES.get("/api/queues", Access.COUNTS)
 async def list_queues(request: web.Request) -> web.Response:
     overview = await _deps(request).overview.get()
     body: QueueList = {
@@ -134,7 +134,7 @@ async def list_queues(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-@ROUTES.get("/api/queues/{queue}")
+@ROUTES.get("/api/queues/{queue}", Access.COUNTS)
 async def show_queue(request: web.Request) -> web.Response:
     name = _queue(request)
     overview = await _deps(request).overview.get()
@@ -155,20 +155,18 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
-@ROUTES.get("/api/queues/{queue}/dead")
+@ROUTES.get("/api/queues/{queue}/dead", Access.JOB_DATA)
 async def list_dead(request: web.Request) -> web.Response:
     queue = _queue(request)
     offset = _int_param(request, "offset", 0, 0, 10**9)
     limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    deps = _deps(request)
-    entries = await _admin(deps).dead_list(queue, offset=offset, limit=limit)
-    total = await deps.redis.llen(QueueKeys(deps.config.redis.prefix, queue).dead)
+    page = await _admin(_deps(request)).dead_page(queue, offset=offset, limit=limit)
     body: DeadPage = {
         "queue": queue,
-        "total": int(total),
+        "total": page.total,
         "offset": offset,
         "limit": limit,
-        "entries": [dict(entry.fields) for entry in entries],
+        "entries": [dict(entry.fields) for entry in page.entries],
     }
     return json_response(body)
 
@@ -193,7 +191,7 @@ async def _which(request: web.Request) -> str | None:
     return job_id
 
 
-@ROUTES.post("/api/queues/{queue}/dead/retry")
+@ROUTES.post("/api/queues/{queue}/dead/retry", Access.CHANGE)
 async def retry_dead(request: web.Request) -> web.Response:
     queue = _queue(request)
     job_id = await _which(request)
@@ -208,7 +206,7 @@ async def retry_dead(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-@ROUTES.post("/api/queues/{queue}/dead/purge")
+@ROUTES.post("/api/queues/{queue}/dead/purge", Access.CHANGE)
 async def purge_dead(request: web.Request) -> web.Response:
     queue = _queue(request)
     job_id = await _which(request)
@@ -220,7 +218,7 @@ async def purge_dead(request: web.Request) -> web.Response:
 
 
 # -- pause and resume -----------------------------------------------------------------------
-@ROUTES.post("/api/queues/{queue}/pause")
+@ROUTES.post("/api/queues/{queue}/pause", Access.CHANGE)
 async def pause(request: web.Request) -> web.Response:
     queue = _queue(request)
     await _admin(_deps(request)).pause(queue)
@@ -228,7 +226,7 @@ async def pause(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-@ROUTES.post("/api/queues/{queue}/resume")
+@ROUTES.post("/api/queues/{queue}/resume", Access.CHANGE)
 async def resume(request: web.Request) -> web.Response:
     queue = _queue(request)
     await _admin(_deps(request)).resume(queue)
@@ -237,7 +235,7 @@ async def resume(request: web.Request) -> web.Response:
 
 
 # -- jobs -----------------------------------------------------------------------------------
-@ROUTES.get("/api/queues/{queue}/jobs/{job_id:.+}")
+@ROUTES.get("/api/queues/{queue}/jobs/{job_id:.+}", Access.JOB_DATA)
 async def show_job(request: web.Request) -> web.Response:
     queue = _queue(request)
     job_id = request.match_info["job_id"]
@@ -247,7 +245,7 @@ async def show_job(request: web.Request) -> web.Response:
     records = deps.config.records
     if not records.enabled:
         raise ApiError(404, "job records are off in this process ([records] enabled = false)")
-    record = await read_record(deps.redis, deps.config.redis.prefix, queue, job_id)
+    record = await _admin(deps).record(queue, job_id)
     if record is None:
         unknown: UnknownJob = {
             "error": "no record of this job: waiting for its first attempt, expired, or never"

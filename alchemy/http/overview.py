@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from alchemy.ops.events import Throughput, read_throughput
-from alchemy.queue.admin import QueueAdmin, QueueStatus
+from alchemy.queue.admin import QueueAdmin, QueueStatus, Throughput
 
 
 class OverviewUnavailable(Exception):
@@ -73,11 +72,7 @@ class OverviewCache:
         self.reads += 1
         try:
             statuses = {q: await self.admin.status(q) for q in self.queues}
-            throughput = (
-                await read_throughput(self.redis, self.prefix, self.queues)
-                if self.with_throughput
-                else {}
-            )
+            throughput = await self.admin.throughput(self.queues) if self.with_throughput else {}
             self._value, self._error = Overview(statuses, throughput), None
         except Exception as exc:
             self._error = f"{type(exc).__name__}: {exc}"

@@ -15,12 +15,14 @@ from aiohttp import web
 
 from alchemy.config import Config
 from alchemy.errors import AlchemyError
-from alchemy.http.app import Deps, create_app
+from alchemy.http.app import create_app
+from alchemy.http.deps import Deps
 from alchemy.http.overview import OverviewCache
 from alchemy.logs import redact
 from alchemy.ops.metrics import Metrics, QueueCollector
 from alchemy.queue.admin import QueueStatus
 from alchemy.services import Services, current_services
+from alchemy.worker.health import process_health
 from alchemy.worker.supervisor import Running
 
 log = structlog.get_logger("alchemy.http")
@@ -121,6 +123,8 @@ class HttpServer:
             return ["consumers: not started"]
         if self._stopping or running.stop_requested.is_set():
             reasons.append("stopping: the worker is shutting down")
+        # Steps failing right now, dependencies down (their queues held), tasks that ended.
+        reasons.extend(process_health.describe())
         try:
             async with asyncio.timeout(CHECK_TIMEOUT):
                 await running.redis.ping()

@@ -49,6 +49,7 @@ class QueueInfo(TypedDict):
     dead: int
     paused: bool
     paused_for_ms: int  # -1: paused until resumed
+    held: dict[str, Any] | None  # a dependency is down: dependency, reason, since_ms, by, left_ms
     consumers: list[ConsumerInfo]
     throughput: Throughput | None  # None when no process writes events
 

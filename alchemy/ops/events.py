@@ -4,8 +4,9 @@
 retrying, paused, dead, recovered) to ``PREFIX:{QUEUE}:events``, capped with
 ``XADD MAXLEN ~``, so a program in any language can follow its jobs with ``XREAD``
 (docs/protocol.md, "The events stream"). It also counts completed and failed attempts per
-second for the admin API's recent throughput. Both are written by one Lua call per queue
-per batch (see :mod:`alchemy.ops.batching`).
+second for the admin API's recent throughput (read by
+:meth:`alchemy.queue.admin.QueueAdmin.throughput`). Both are written by one Lua call per
+queue per batch (see :mod:`alchemy.ops.batching`).
 
 :class:`EventHooks` calls Python code on ``completed`` and ``failed`` transitions in the
 worker process. :data:`hooks` is the instance ``python -m alchemy run`` wires in, so a
@@ -19,7 +20,6 @@ import inspect
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -28,13 +28,12 @@ from redis.asyncio import Redis
 
 from alchemy.ops.batching import QueueBatchWriter
 from alchemy.queue import scripts
-from alchemy.queue.keys import QueueKeys
+from alchemy.queue.admin import THROUGHPUT_WINDOW_S
 from alchemy.worker.observer import JobEvent, Transition
 from alchemy.worker.supervisor import Running
 
 log = structlog.get_logger("alchemy.events")
 
-THROUGHPUT_WINDOW_S: Final = 300  # seconds of per-second counts kept for the admin API
 FAILED: Final = frozenset({Transition.RETRYING, Transition.DEAD})
 
 
@@ -202,40 +201,3 @@ def _name(callback: Callback) -> str:
 
 hooks: Final = EventHooks()
 """The process-wide hooks that ``python -m alchemy run`` wires in."""
-
-
-@dataclass(frozen=True, slots=True)
-class Throughput:
-    """Completed and failed attempts of a queue over the last minute and five minutes, in
-    every process that writes events (whole seconds before now, Redis clock)."""
-
-    completed_1m: int = 0
-    failed_1m: int = 0
-    completed_5m: int = 0
-    failed_5m: int = 0
-
-
-async def read_throughput(
-    redis: Redis, prefix: str, queues: Sequence[str]
-) -> dict[str, Throughput]:
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.time()
-        for queue in queues:
-            pipe.hgetall(QueueKeys(prefix, queue).throughput)
-        (now, _), *hashes = await pipe.execute()
-    result = {}
-    for queue, counts in zip(queues, hashes, strict=True):
-        sums = [0, 0, 0, 0]
-        for field, value in counts.items():
-            second, _, kind = field.partition(b":")
-            try:
-                age = int(now) - int(second)
-            except ValueError:
-                continue
-            if 0 < age <= THROUGHPUT_WINDOW_S:
-                failed = kind == b"f"
-                sums[2 + failed] += int(value)
-                if age <= 60:
-                    sums[failed] += int(value)
-        result[queue] = Throughput(*sums)
-    return result

@@ -194,13 +194,14 @@ class Metrics:
         r.register(self.jobs)
         self.held_back = Counter(
             "alchemy_queue_held_back",
-            "Claims refused: no rate-limit token (throttled) or the queue paused",
+            "Claims refused: no rate-limit token (throttled), the queue paused, or held while"
+            " a dependency is down",
             ["queue", "why"],
             registry=r,
         )
         self.held_back_seconds = Counter(
             "alchemy_queue_held_back_seconds",
-            "Seconds consumers waited because of the rate limit or a pause",
+            "Seconds consumers waited because of the rate limit, a pause or a hold",
             ["queue", "why"],
             registry=r,
         )
@@ -286,7 +287,7 @@ class Metrics:
     def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
         self.held_back.labels(queue, why).inc()
         slept = PAUSED_SLEEP_MS if wait_ms < 0 else wait_ms
-        if why == "paused":
+        if why in ("paused", "held"):
             slept = min(slept, PAUSED_SLEEP_MS)
         self.held_back_seconds.labels(queue, why).inc(slept / 1000)
 

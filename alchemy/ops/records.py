@@ -11,49 +11,25 @@ stays at least until ``max_per_queue / 2`` newer ones were written or ``ttl / 2`
 writing one costs Redis one HSET and no index, so finished jobs are cheap to remember.
 
 A job has a record once a worker has started it (or dead-lettered it unread). Jobs still
-waiting for their first attempt have none: the lookup answers "unknown" for them, as it does
-for jobs whose record expired or was pushed out. Jobs without an id have none either.
+waiting for their first attempt have none: the lookup
+(:meth:`alchemy.queue.admin.QueueAdmin.record`) answers "unknown" for them, as it does for
+jobs whose record expired or was pushed out. Jobs without an id have none either.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Final, NotRequired, TypedDict, cast
+from typing import Any, Final
 
 import orjson
 from redis.asyncio import Redis
 
 from alchemy.ops.batching import QueueBatchWriter
 from alchemy.queue import scripts
+from alchemy.queue.admin import ErrorJson, JobRecord
 from alchemy.queue.job import ErrorInfo
-from alchemy.queue.keys import QueueKeys
 from alchemy.worker.observer import JobEvent, Transition
-
-
-class ErrorJson(TypedDict):
-    type: str
-    message: str
-
-
-class JobRecord(TypedDict):
-    """One record, as stored and as the admin API returns it."""
-
-    id: str
-    queue: str
-    state: str  # started | completed | retrying | paused | dead | recovered
-    attempt: int
-    worker: str
-    updated_ms: int
-    started_ms: int | None  # the start of the attempt this record is about
-    first_started_ms: int | None  # the start of the job's first attempt seen here
-    finished_ms: int | None
-    duration_ms: float | None
-    retry_at_ms: int | None  # retrying and paused: when it is due again
-    reason: str | None  # dead: the dead-letter reason
-    last_error: ErrorJson | None  # the latest error, kept through a later success
-    expires_in_s: NotRequired[int]  # added by the lookup
-
 
 FINISHED: Final = frozenset({Transition.COMPLETED, Transition.DEAD})
 
@@ -166,20 +142,3 @@ class JobRecords(QueueBatchWriter[_Noted]):
             keys = self.keys(queue)
             args = [self.ttl_ms, max(1, self.max_per_queue // 2), dumps(items)]
             await self._script(keys=[keys.records, keys.records_old], args=args)
-
-
-async def read_record(redis: Redis, prefix: str, queue: str, job_id: str) -> JobRecord | None:
-    """The record of ``job_id`` on ``queue``, or None (never started, expired, pushed out)."""
-    keys = QueueKeys(prefix, queue)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hget(keys.records, job_id)
-        pipe.pttl(keys.records)
-        pipe.hget(keys.records_old, job_id)
-        pipe.pttl(keys.records_old)
-        current, current_ttl, older, older_ttl = await pipe.execute()
-    raw, left_ms = (current, current_ttl) if current is not None else (older, older_ttl)
-    if raw is None:
-        return None
-    record = cast(JobRecord, orjson.loads(raw))
-    record["expires_in_s"] = max(0, int(left_ms)) // 1000
-    return record

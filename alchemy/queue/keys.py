@@ -19,6 +19,7 @@ KEY_TEMPLATES: Final = {
     "bucket": "{prefix}:{{{queue}}}:ratelimit",
     "paused_until": "{prefix}:{{{queue}}}:paused-until",
     "paused": "{prefix}:{{{queue}}}:paused",
+    "held": "{prefix}:{{{queue}}}:held",
     "consumers": "{prefix}:{{{queue}}}:consumers",
     "heartbeat": "{prefix}:{{{queue}}}:heartbeat:{identity}",
     # Written by alchemy.ops (observers of the engine), never read by the engine itself.
@@ -92,6 +93,11 @@ class QueueKeys:
     @property
     def paused(self) -> str:
         return self._key("paused")
+
+    @property
+    def held(self) -> str:
+        """JSON of the dependency holding the queue while it is down, with a TTL."""
+        return self._key("held")
 
     @property
     def consumers(self) -> str:

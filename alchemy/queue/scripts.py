@@ -15,11 +15,15 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 """
 
-# Token bucket refill; leaves `tokens` and saves nothing. Needs rate, cap, now.
+# Token bucket refill; leaves `tokens` and saves nothing. Needs rate, cap, now. The bucket
+# holds at most `cap` = 1 + rate_burst tokens and refills at `rate` tokens per ms, so any
+# window of one period holds at most limit + rate_burst starts, and starts of a backlog come
+# one refill interval apart.
 _REFILL: Final = """
 local state = redis.call('HMGET', bucket, 'tokens', 'ts')
 local tokens = tonumber(state[1]) or cap
 local ts = tonumber(state[2]) or now
+if tokens > cap then tokens = cap end
 if now > ts then
   tokens = math.min(cap, tokens + (now - ts) * rate)
   ts = now
@@ -30,13 +34,28 @@ local function save_bucket()
 end
 """
 
-# KEYS: wait, processing, delayed, bucket, paused_until, paused
+# The queue is held (paused, paused-until, held) or not; sets `stop` to a reply when it is.
+# Needs KEYS[paused_until_at], KEYS[paused_at], KEYS[held_at].
+_HOLDS: Final = """
+local function held_reply(paused_until, paused, held)
+  if redis.call('EXISTS', paused) == 1 then return {3, -1} end
+  local pause = redis.call('PTTL', paused_until)
+  if pause > 0 then return {3, pause} end
+  local hold = redis.call('GET', held)
+  if hold then return {4, redis.call('PTTL', held), hold} end
+  return nil
+end
+"""
+
+# KEYS: wait, processing, delayed, bucket, paused_until, paused, held
 # ARGV: max_jobs, rate (tokens per ms, 0 = unlimited), cap, bucket_ttl_ms, promote_batch
-# Returns {1, item...} claimed | {0, ms} nothing waiting: a token is reserved for the
-# blocking fetch, and the next retry is due in ms (-1: none) | {2, ms} throttled for ms |
-# {3, ms} paused for ms (-1: until resumed)
+# Returns {1, item...} claimed, one token each | {0, ms} nothing waiting (no token taken),
+# the next retry is due in ms (-1: none) | {2, ms} throttled: a token comes in ms |
+# {3, ms} paused for ms (-1: until resumed) | {4, ms, hold} held: a dependency is down
+# (hold = the held key's JSON; ms = its TTL)
 CLAIM: Final = (
     _NOW
+    + _HOLDS
     + """
 local wait, processing, delayed, bucket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rate, cap, bucket_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -45,10 +64,14 @@ for i = 1, #due do
   redis.call('ZREM', delayed, due[i])
   redis.call('LPUSH', wait, due[i])
 end
-if redis.call('EXISTS', KEYS[6]) == 1 then return {3, -1} end
-local pause = redis.call('PTTL', KEYS[5])
-if pause > 0 then return {3, pause} end
+local stop = held_reply(KEYS[5], KEYS[6], KEYS[7])
+if stop then return stop end
 local take = math.min(tonumber(ARGV[1]), redis.call('LLEN', wait))
+if take == 0 then
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  if first[2] then return {0, math.max(0, tonumber(first[2]) - now)} end
+  return {0, -1}
+end
 if rate > 0 then
 """
     + _REFILL
@@ -58,13 +81,8 @@ if rate > 0 then
     return {2, math.ceil((1 - tokens) / rate)}
   end
   take = math.min(take, math.floor(tokens))
-  tokens = tokens - math.max(take, 1)
+  tokens = tokens - take
   save_bucket()
-end
-if take == 0 then
-  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
-  if first[2] then return {0, math.max(0, tonumber(first[2]) - now)} end
-  return {0, -1}
 end
 local out = {1}
 for i = 1, take do
@@ -74,44 +92,41 @@ return out
 """
 )
 
-# KEYS: bucket   ARGV: rate, cap, bucket_ttl_ms
-# Gives back the token reserved for a blocking fetch that found nothing.
-REFUND: Final = (
-    _NOW
-    + """
-local bucket = KEYS[1]
-local rate, cap, bucket_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-"""
-    + _REFILL
-    + """
-tokens = math.min(cap, tokens + 1)
-save_bucket()
-return 1
-"""
-)
-
-# KEYS: processing, wait, paused_until, paused, bucket
+# KEYS: processing, wait, paused_until, paused, held, bucket
 # ARGV: item, rate, cap, bucket_ttl_ms
-# After a blocking fetch: if the queue was paused meanwhile, put the job back at the front
-# of the wait list and refund the token. Returns {1} go | {3, ms} paused.
+# After a blocking fetch took `item` (without a token): go on with a token, or put it back
+# at the front of the wait list. Returns {1} go | {5} the item is no longer in our
+# processing list (a re-send after a lost reply: it went back already) | {2, ms} throttled
+# | {3, ms} paused | {4, ms, hold} held.
 CONFIRM: Final = (
     _NOW
+    + _HOLDS
     + """
-local pause = redis.call('PTTL', KEYS[3])
-if redis.call('EXISTS', KEYS[4]) == 1 then pause = -1 elseif pause <= 0 then return {1} end
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return {5} end
+local function put_back()
+  redis.call('LREM', KEYS[1], 1, ARGV[1])
   redis.call('RPUSH', KEYS[2], ARGV[1])
 end
-local bucket = KEYS[5]
+local stop = held_reply(KEYS[3], KEYS[4], KEYS[5])
+if stop then
+  put_back()
+  return stop
+end
+local bucket = KEYS[6]
 local rate, cap, bucket_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 if rate > 0 then
 """
     + _REFILL
     + """
-  tokens = math.min(cap, tokens + 1)
+  if tokens < 1 then
+    save_bucket()
+    put_back()
+    return {2, math.ceil((1 - tokens) / rate)}
+  end
+  tokens = tokens - 1
   save_bucket()
 end
-return {3, pause}
+return {1}
 """
 )
 
@@ -171,6 +186,39 @@ REQUEUE_FRONT: Final = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 return 1
+"""
+
+# KEYS: processing, wait, held   ARGV: item, envelope, hold (JSON), hold_ttl_ms
+# A dependency the handler needs is down: the job goes back to the front of the wait list
+# as a new envelope (no attempt spent), and the queue holds until the dependency answers
+# (the process that saw it probes it, renewing the hold; the TTL frees the queue if that
+# process dies).
+HOLD: Final = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3], 'PX', tonumber(ARGV[4]))
+return 1
+"""
+
+# KEYS: held   ARGV: hold (JSON), hold_ttl_ms, dependency
+# Set or renew the hold of a queue for `dependency`, unless another dependency holds it.
+HOLD_RENEW: Final = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, hold = pcall(cjson.decode, current)
+  if ok and type(hold) == 'table' and hold['dependency'] ~= ARGV[3] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: held   ARGV: dependency   The dependency answers again: lift its hold.
+HOLD_RELEASE: Final = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+local ok, hold = pcall(cjson.decode, current)
+if ok and type(hold) == 'table' and hold['dependency'] ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
 """
 
 # KEYS: processing, wait   Every job left in a processing list back to the front of the

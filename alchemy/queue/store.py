@@ -22,37 +22,53 @@ class ClaimKind(Enum):
     EMPTY = 0
     THROTTLED = 2
     PAUSED = 3
+    HELD = 4
+    GONE = 5  # (confirm only) the item already went back: a re-sent step
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
     kind: ClaimKind
     items: Sequence[bytes] = ()
-    # THROTTLED / PAUSED: how long (-1: paused until resumed); EMPTY: when the next retry
-    # is due (-1: none)
+    # THROTTLED / PAUSED / HELD: how long (-1: paused until resumed); EMPTY: when the next
+    # retry is due (-1: none)
     wait_ms: int = 0
+    hold: bytes | None = None  # HELD: the held key's JSON (dependency, reason...)
+
+
+# The refill is this much slower than limit/period, so that starts recorded a few ms after
+# their claim (a clock read in another process) still fall inside the limit in every window.
+RATE_GUARD: Final = 0.005
 
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """A token bucket: ``limit`` starts per ``period`` seconds, at most ``burst`` at once."""
+    """At most ``limit`` starts in any window of ``period`` seconds, across every process,
+    plus ``burst`` more after a quiet spell: a token bucket holding 1 + ``burst`` tokens,
+    refilled at ``limit / period``. With a backlog, starts come one refill interval apart."""
 
     limit: int
     period: float
-    burst: int
+    burst: int = 0
 
     @property
     def per_ms(self) -> float:
-        return self.limit / (self.period * 1000.0) if self.limit else 0.0
+        if not self.limit:
+            return 0.0
+        return self.limit / (self.period * 1000.0) / (1.0 + RATE_GUARD)
+
+    @property
+    def capacity(self) -> int:
+        return 1 + self.burst
 
     @property
     def ttl_ms(self) -> int:
         if not self.limit:
             return 1000
-        return math.ceil(self.burst / self.per_ms) + 1000
+        return math.ceil(self.capacity / self.per_ms) + 1000
 
     def args(self) -> list[Any]:
-        return [repr(self.per_ms), self.burst, self.ttl_ms]
+        return [repr(self.per_ms), self.capacity, self.ttl_ms]
 
 
 UNLIMITED: Final = RateLimit(0, 1.0, 0)
@@ -74,8 +90,10 @@ class _Scripts:
 
     def __init__(self, redis: Redis) -> None:
         self.claim = redis.register_script(scripts.CLAIM)
-        self.refund = redis.register_script(scripts.REFUND)
         self.confirm = redis.register_script(scripts.CONFIRM)
+        self.hold = redis.register_script(scripts.HOLD)
+        self.hold_renew = redis.register_script(scripts.HOLD_RENEW)
+        self.hold_release = redis.register_script(scripts.HOLD_RELEASE)
         self.ack = redis.register_script(scripts.ACK)
         self.retry = redis.register_script(scripts.RETRY)
         self.defer_and_pause = redis.register_script(scripts.DEFER_AND_PAUSE)
@@ -113,34 +131,28 @@ class QueueStore:
         k = self.keys
         reply = await _run(
             self._s.claim,
-            [k.wait, self.processing, k.delayed, k.bucket, k.paused_until, k.paused],
+            [k.wait, self.processing, k.delayed, k.bucket, k.paused_until, k.paused, k.held],
             [max_jobs, *self.rate.args(), PROMOTE_BATCH],
         )
-        kind = ClaimKind(int(reply[0]))
-        if kind is ClaimKind.JOBS:
-            return Claim(kind, items=reply[1:])
-        return Claim(kind, wait_ms=int(reply[1]))
+        return _claim(reply)
 
     async def block_fetch(self, connection: Redis, block_seconds: float) -> bytes | None:
         """BRPOPLPUSH on a connection of its own, with a server-side timeout."""
         item = await connection.brpoplpush(self.keys.wait, self.processing, block_seconds)
         return cast(bytes | None, item)
 
-    async def refund(self) -> None:
-        if self.rate.limit:
-            await _run(self._s.refund, [self.keys.bucket], self.rate.args())
-
     async def confirm(self, item: bytes) -> Claim:
-        """After a blocking fetch: go on, or (paused meanwhile) the job went back."""
+        """After a blocking fetch: take a token and go on (JOBS), or the job went back to
+        the front of the wait list (THROTTLED, PAUSED, HELD, GONE)."""
         k = self.keys
         reply = await _run(
             self._s.confirm,
-            [self.processing, k.wait, k.paused_until, k.paused, k.bucket],
+            [self.processing, k.wait, k.paused_until, k.paused, k.held, k.bucket],
             [item, *self.rate.args()],
         )
         if int(reply[0]) == 1:
             return Claim(ClaimKind.JOBS, items=(item,))
-        return Claim(ClaimKind.PAUSED, wait_ms=int(reply[1]))
+        return _claim(reply)
 
     # -- finishing ------------------------------------------------------------------------
     async def ack(self, items: Sequence[bytes]) -> int:
@@ -162,6 +174,22 @@ class QueueStore:
 
     async def requeue(self, item: bytes) -> bool:
         return bool(await _run(self._s.requeue, [self.processing, self.keys.wait], [item]))
+
+    async def hold(self, item: bytes, envelope: bytes, hold: bytes, ttl: float) -> bool:
+        """Back to the front of the wait list as ``envelope`` and hold the queue (``hold``:
+        the held key's JSON) for ``ttl`` seconds unless renewed."""
+        keys = [self.processing, self.keys.wait, self.keys.held]
+        ms = max(1, round(ttl * 1000))
+        return bool(await _run(self._s.hold, keys, [item, envelope, hold, ms]))
+
+    async def renew_hold(self, dependency: str, hold: bytes, ttl: float) -> bool:
+        """Set or lengthen the queue's hold for ``dependency`` (not one of another's)."""
+        ms = max(1, round(ttl * 1000))
+        return bool(await _run(self._s.hold_renew, [self.keys.held], [hold, ms, dependency]))
+
+    async def release_hold(self, dependency: str) -> bool:
+        """Lift the queue's hold if ``dependency`` is what holds it."""
+        return bool(await _run(self._s.hold_release, [self.keys.held], [dependency]))
 
     async def requeue_front(self, item: bytes, envelope: bytes) -> bool:
         """Back to the front of the wait list as ``envelope`` (no attempt spent)."""
@@ -222,6 +250,16 @@ class QueueStore:
     async def retry_dead(self, entry: bytes, raw_job: bytes) -> bool:
         keys = [self.keys.dead, self.keys.wait]
         return bool(await _run(self._s.retry_dead, keys, [entry, raw_job]))
+
+
+def _claim(reply: Sequence[Any]) -> Claim:
+    kind = ClaimKind(int(reply[0]))
+    if kind is ClaimKind.JOBS:
+        return Claim(kind, items=reply[1:])
+    if kind is ClaimKind.GONE:
+        return Claim(kind)
+    hold = _bytes(reply[2]) if kind is ClaimKind.HELD else None
+    return Claim(kind, wait_ms=int(reply[1]), hold=hold)
 
 
 def _bytes(value: bytes | str) -> bytes:

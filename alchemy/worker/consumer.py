@@ -36,6 +36,7 @@ from alchemy.queue.job import (
 from alchemy.queue.store import QueueStore
 from alchemy.worker.acks import AckBatcher
 from alchemy.worker.connections import Backoff, Episode, until_done
+from alchemy.worker.dependencies import DependencyMonitor
 from alchemy.worker.fetcher import Fetcher
 from alchemy.worker.handlers import HandlerModule, Unavailable
 from alchemy.worker.observer import JobEvent, Observers, Transition
@@ -59,11 +60,6 @@ class Outcome:
     reason: DeadReason | str | None = None
 
 
-# What a failure step needs to hear about a dependency going down (the process's
-# dependency monitor); ``None``: nobody listens.
-DependencyDown = Callable[[str, str, str], None]  # (dependency, queue, reason)
-
-
 class QueueConsumer:
     def __init__(
         self,
@@ -76,7 +72,7 @@ class QueueConsumer:
         reconcile_interval: float,
         incarnation: str = "",
         observers: Observers | None = None,
-        dependency_down: DependencyDown | None = None,
+        dependencies: DependencyMonitor | None = None,
     ) -> None:
         self.config = config
         self.observers = observers or Observers()
@@ -84,7 +80,7 @@ class QueueConsumer:
         self.handler = handler
         self.reconcile_interval = reconcile_interval
         self.incarnation = incarnation
-        self.dependency_down = dependency_down
+        self.dependencies = dependencies
         self.owned = Owned()
         self.acks = AckBatcher(store, self.owned.release)
         self.fetcher = Fetcher(
@@ -267,10 +263,15 @@ class QueueConsumer:
         if action is Action.PAUSE:
             step = partial(self.store.defer_and_pause, item, envelope, delay)
         elif action is Action.HOLD:
-            assert decision.dependency is not None
-            if self.dependency_down is not None:
-                self.dependency_down(decision.dependency, self.name, error.message)
-            step = partial(self.store.requeue_front, item, envelope)
+            dependency = decision.dependency
+            assert dependency is not None
+            if self.dependencies is None:  # nobody probes: a plain return to the front
+                step = partial(self.store.requeue_front, item, envelope)
+            else:
+                hold = self.dependencies.hold_value(dependency, error.message)
+                ttl = self.dependencies.hold_ttl
+                step = partial(self.store.hold, item, envelope, hold, ttl)
+                self.dependencies.down(dependency, self.name, error.message)
         else:  # RETRY and DEFER: back after the delay
             step = partial(self.store.retry, item, envelope, delay)
         await until_done(step, what=action.value, queue=self.name)

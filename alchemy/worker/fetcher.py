@@ -100,12 +100,11 @@ class Fetcher:
             self.observers.on_held_back(self.name, "throttled", claim.wait_ms)
             spread = random.random() * THROTTLE_SPREAD_S
             await sleep_unless(self.stopping, claim.wait_ms / 1000 + spread)
-        elif claim.kind is ClaimKind.PAUSED:
-            self.observers.on_held_back(self.name, "paused", claim.wait_ms)
-            wait_s = (
-                PAUSED_LOOK_S if claim.wait_ms < 0 else min(claim.wait_ms / 1000, PAUSED_LOOK_S)
-            )
-            await sleep_unless(self.stopping, wait_s)
+        elif claim.kind in (ClaimKind.PAUSED, ClaimKind.HELD):
+            why = "paused" if claim.kind is ClaimKind.PAUSED else "held"
+            self.observers.on_held_back(self.name, why, claim.wait_ms)
+            wait_s = claim.wait_ms / 1000 if claim.wait_ms >= 0 else PAUSED_LOOK_S
+            await sleep_unless(self.stopping, min(wait_s, PAUSED_LOOK_S))
 
     async def _block_fetch(self, next_due_ms: int) -> Claim:
         # Wake up in time to promote the next due retry (the claim step promotes them).
@@ -114,16 +113,16 @@ class Fetcher:
             block = min(block, max(0.01, next_due_ms / 1000))
         item = await self.store.block_fetch(self.blocking, block)
         if item is None:
-            await self.store.refund()
             return Claim(ClaimKind.EMPTY)
+        # Taken without a token: the confirm step takes one, or puts the job back at the
+        # front of the queue (throttled, paused or held meanwhile).
         self.owned.take(item)
         try:
             if self.stopping.is_set():
                 await until_done(partial(self.store.requeue, item), what="requeue", queue=self.name)
-                await self.store.refund()
                 return Claim(ClaimKind.EMPTY)
-            return await until_done(
-                lambda: self.store.confirm(item), what="confirm", queue=self.name
-            )
+            confirm = partial(self.store.confirm, item)
+            claim = await until_done(confirm, what="confirm", queue=self.name)
+            return Claim(ClaimKind.EMPTY) if claim.kind is ClaimKind.GONE else claim
         finally:
             self.owned.release((item,))

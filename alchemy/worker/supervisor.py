@@ -24,6 +24,7 @@ from alchemy.queue.identity import IdentityClaims
 from alchemy.queue.store import QueueStore, RateLimit
 from alchemy.worker.connections import blocking_client, until_done
 from alchemy.worker.consumer import QueueConsumer
+from alchemy.worker.dependencies import DependencyMonitor, Probe
 from alchemy.worker.handlers import HandlerModule, Unavailable
 from alchemy.worker.health import process_health
 from alchemy.worker.membership import Membership
@@ -32,6 +33,7 @@ from alchemy.worker.observer import JobObserver, Observers
 log = structlog.get_logger("alchemy.supervisor")
 
 DRAIN_REDIS_GRACE = 10.0  # seconds past the shutdown grace to finish the Redis steps
+CANCEL_AGAIN_S = 0.5  # a task still running this long after its cancellation is cancelled again
 
 
 def select_queues(config: Config, names: Sequence[str] | None) -> list[QueueConfig]:
@@ -45,7 +47,7 @@ def select_queues(config: Config, names: Sequence[str] | None) -> list[QueueConf
 
 
 def rate_of(queue: QueueConfig) -> RateLimit:
-    return RateLimit(queue.rate_limit, queue.rate_period, queue.burst)
+    return RateLimit(queue.rate_limit, queue.rate_period, queue.rate_burst)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,16 @@ class Extension(Protocol):
     async def close(self) -> None: ...
 
 
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them to end, cancelling again any that swallowed the
+    cancellation (a library that catches CancelledError mid-call and goes on)."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN_S)
+
+
 class Supervisor:
     def __init__(
         self,
@@ -84,6 +96,7 @@ class Supervisor:
         redis: Redis,
         handlers: Mapping[str, HandlerModule | Unavailable],
         stop_requested: asyncio.Event,
+        probes: Mapping[str, Probe] | None = None,
         handle_signals: bool = True,
         observers: Sequence[JobObserver] = (),
         extensions: Sequence[Extension] = (),
@@ -93,6 +106,8 @@ class Supervisor:
         self.config = config
         self.redis = redis
         self.handlers = handlers
+        self.probes = probes or {}
+        self.dependencies: DependencyMonitor | None = None
         self.handle_signals = handle_signals
         self.queues = list(queues)
         self.stop_requested = stop_requested
@@ -121,23 +136,38 @@ class Supervisor:
         identity = cfg.worker.identity
         redis = self.redis
         async with contextlib.AsyncExitStack() as stack:
-            consumers: list[QueueConsumer] = []
-            membership = Membership(
-                [],
-                cfg.worker,
-                self.observers,
-                claims=IdentityClaims(redis, prefix=cfg.redis.prefix),
-                handlers=self.handlers,
-                on_identity_lost=lambda: self.request_stop("identity lost"),
-            )
-            for queue in self.queues:
-                store = QueueStore(
+            stores = [
+                QueueStore(
                     redis,
                     prefix=cfg.redis.prefix,
                     queue=queue.name,
                     identity=identity,
                     rate=rate_of(queue),
                 )
+                for queue in self.queues
+            ]
+            membership = Membership(
+                stores,
+                cfg.worker,
+                self.observers,
+                claims=IdentityClaims(redis, prefix=cfg.redis.prefix),
+                handlers=self.handlers,
+                on_identity_lost=lambda: self.request_stop("identity lost"),
+            )
+            dependencies = DependencyMonitor(
+                identity=identity,
+                stores=stores,
+                requires={
+                    name: handler.requires
+                    for name, handler in self.handlers.items()
+                    if isinstance(handler, HandlerModule)
+                },
+                probes=self.probes,
+            )
+            self.dependencies = dependencies
+            stack.push_async_callback(dependencies.close)
+            consumers: list[QueueConsumer] = []
+            for queue, store in zip(self.queues, stores, strict=True):
                 blocking = blocking_client(cfg.redis)
                 stack.push_async_callback(blocking.aclose)
                 handler = self.handlers[queue.name]
@@ -153,9 +183,9 @@ class Supervisor:
                         reconcile_interval=cfg.worker.reconcile_interval,
                         incarnation=membership.incarnation,
                         observers=self.observers,
+                        dependencies=dependencies,
                     )
                 )
-            membership.stores = [c.store for c in consumers]
             if self.handle_signals:
                 stack.enter_context(self._signal_handlers())
             if not await self._unless_stopped(self._join(membership)):
@@ -235,9 +265,7 @@ class Supervisor:
                     # Only now stop the heartbeats: leaving earlier would let a sweep take
                     # jobs still finishing; beating after leaving would re-register us.
                     self._tasks_ending = True
-                    for task in background:
-                        task.cancel()
-                    await asyncio.gather(*background, return_exceptions=True)
+                    await cancel_and_wait(background)
                     for consumer in consumers:
                         await until_done(consumer.store.deregister, what="deregister")
                     await until_done(membership.release_identity, what="release_identity")
@@ -251,9 +279,7 @@ class Supervisor:
             return 0
         finally:
             self._tasks_ending = True
-            for task in [*fetchers, *background]:
-                task.cancel()
-            await asyncio.gather(*fetchers, *background, return_exceptions=True)
+            await cancel_and_wait([*fetchers, *background])
 
     def _watched(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A background task that must run until the stop: if it ends before (a bug; Redis

@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 
 from alchemy.config import Config, parse_config
 from alchemy.errors import ConfigError
-from alchemy.http.app import Deps, create_app
+from alchemy.http.app import create_app
+from alchemy.http.deps import Deps
 from alchemy.http.overview import OverviewCache
 from alchemy.ops.metrics import Metrics
 from alchemy.ops.records import JobRecords
@@ -92,7 +93,7 @@ async def test_dead_list_pages_and_checks_its_parameters(
     client = await client_for()
     for n in range(5):
         await add_dead(redis, prefix, f"j{n}", n)
-    page = await (await client.get("/api/queues/q/dead?offset=1&limit=2")).json()
+    page = await (await client.get("/api/queues/q/dead?offset=1&limit=2", headers=AUTH)).json()
     assert (page["total"], page["offset"], page["limit"]) == (5, 1, 2)
     assert [e["id"] for e in page["entries"]] == ["j3", "j2"]  # newest first
     entry = page["entries"][0]
@@ -100,7 +101,7 @@ async def test_dead_list_pages_and_checks_its_parameters(
     assert entry["error"] == {"type": "ValueError", "message": "told to fail"}
     assert json.loads(entry["job"]) == {"id": "j3", "n": 3}
     for query in ("limit=0", "limit=501", "offset=-1", "limit=ten"):
-        response = await client.get(f"/api/queues/q/dead?{query}")
+        response = await client.get(f"/api/queues/q/dead?{query}", headers=AUTH)
         assert response.status == 400, query
         assert "error" in await response.json()
 
@@ -187,7 +188,7 @@ async def test_job_lookup(client_for: Any, redis: Redis, prefix: str) -> None:
     records.on_job(JobEvent("q", Transition.STARTED, "a/b", 1, "w"))
     records.on_job(JobEvent("q", Transition.COMPLETED, "a/b", 1, "w", duration_s=0.5))
     await records.flush()
-    response = await client.get("/api/queues/q/jobs/a/b")
+    response = await client.get("/api/queues/q/jobs/a/b", headers=AUTH)
     assert response.status == 200
     record = await response.json()
     assert (record["id"], record["state"], record["attempt"], record["worker"]) == (
@@ -197,12 +198,12 @@ async def test_job_lookup(client_for: Any, redis: Redis, prefix: str) -> None:
         "w",
     )
     assert record["duration_ms"] == 500.0
-    response = await client.get("/api/queues/q/jobs/unknown")
+    response = await client.get("/api/queues/q/jobs/unknown", headers=AUTH)
     assert response.status == 404
     assert (await response.json())["state"] == "unknown"
-    assert (await client.get("/api/queues/other/jobs/a/b")).status == 404
-    assert (await client.get("/api/queues/q/jobs/" + "x" * 300)).status == 400
-    off = await client_for(_records_off(prefix))
+    assert (await client.get("/api/queues/other/jobs/a/b", headers=AUTH)).status == 404
+    assert (await client.get("/api/queues/q/jobs/" + "x" * 300, headers=AUTH)).status == 400
+    off = await client_for(_records_off(prefix))  # no token: loopback serves it without
     response = await off.get("/api/queues/q/jobs/a/b")
     assert response.status == 404
     assert "records are off" in (await response.json())["error"]

@@ -20,6 +20,7 @@ def test_every_default_is_written_in_config_toml() -> None:
             assert f"{name} = " in text, f"{section}.{name} is not documented in config.toml"
     shipped = load_config(REPO / "config.toml", {})
     assert (shipped.http.host, shipped.http.port) == ("127.0.0.1", 0)
+    assert shipped.http.allowed_hosts == defaults.http.allowed_hosts == ()
     assert (shipped.events.max_length, shipped.records.max_per_queue) == (10_000, 10_000)
 
 
@@ -48,11 +49,24 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("records", "max_per_queue", 0),
         ("records", "ttl", 0.0),
         ("http", "check_database", "yes"),
+        ("http", "allowed_hosts", "proxy.example"),
+        ("http", "allowed_hosts", ["proxy.example:8080"]),
+        ("http", "allowed_hosts", ["*.example.com"]),
+        ("http", "allowed_hosts", ["https://proxy.example"]),
+        ("http", "allowed_hosts", ["cafe:8080"]),
+        ("http", "allowed_hosts", ["[::1"]),
+        ("http", "allowed_hosts", ["[10.0.0.1]"]),
     ],
 )
 def test_bad_values_name_their_key(section: str, key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=rf"^{section}\.{key}: "):
         parse_config({section: {key: value}, "queues": {"q": {"handler": "m:f"}}})
+
+
+def test_allowed_hosts_take_names_and_addresses() -> None:
+    names = ["alchemy.internal", "WEB-1", "10.0.0.5", "fd00::1", "[fd00::2]"]
+    config = parse_config({"http": {"allowed_hosts": names}, "queues": {"q": {"handler": "m:f"}}})
+    assert config.http.allowed_hosts == tuple(names)
 
 
 def test_loopback_hosts() -> None:

@@ -60,10 +60,11 @@ async def test_a_running_worker_answers_health_metrics_and_the_admin_api(
     await redis.lpush(keys.wait, json.dumps({"id": "bad", "fail_until_attempt": -1}))
     _, server = start(run_worker, config)
     base = await listening(server)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
     async with aiohttp.ClientSession() as http:
 
-        async def get(path: str) -> tuple[int, Any]:
-            async with http.get(base + path) as response:
+        async def get(path: str, **kwargs: Any) -> tuple[int, Any]:
+            async with http.get(base + path, **kwargs) as response:
                 if response.content_type == "application/json":
                     return response.status, await response.json()
                 return response.status, await response.text()
@@ -91,17 +92,21 @@ async def test_a_running_worker_answers_health_metrics_and_the_admin_api(
         assert sample(text, "alchemy_redis_up") == 1
         assert sample(text, "process_resident_memory_bytes") is not None
 
-        status, job = await get("/api/queues/q/jobs/ok-3")
+        status, job = await get("/api/queues/q/jobs/ok-3", headers=headers)
         assert status == 200
         assert (job["state"], job["attempt"]) == ("completed", 1)
-        status, dead = await get("/api/queues/q/dead")
+        status, dead = await get("/api/queues/q/dead", headers=headers)
         assert status == 200
         assert [e["id"] for e in dead["entries"]] == ["bad"]
+        # Job data needs the token even on loopback; a rebinding page gets nothing at all.
+        assert (await get("/api/queues/q/dead"))[0] == 401
+        rebound = {"Host": f"attacker.example:{server.port}", **headers}
+        for path in ("/healthz", "/metrics", "/api/queues", "/api/queues/q/dead"):
+            assert (await get(path, headers=rebound))[0] == 421, path
 
         async with http.post(base + "/api/queues/q/pause") as response:
             assert response.status == 401
             assert "error" in await response.json()
-        headers = {"Authorization": f"Bearer {TOKEN}"}
         async with http.post(base + "/api/queues/q/pause", headers=headers) as response:
             assert (response.status, await response.json()) == (200, {"queue": "q", "paused": True})
         assert await redis.exists(keys.paused)

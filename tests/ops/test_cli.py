@@ -231,6 +231,88 @@ async def test_check_config_masks_secrets(cli: Cli, config_path: Path) -> None:
     assert "No module named" in config["queues"]["broken"]["handler_error"]
 
 
+# One config per URL shape: (environment, settings for the file, secrets, lines shown).
+URL_SHAPES: dict[str, tuple[dict[str, str], dict[str, Any], list[str], list[str]]] = {
+    "redis acl and postgres password": (
+        {
+            "REDIS_URL": "rediss://acl-user:rediss-pw-41c2@redis.example:6380/0",
+            "DATABASE_URL": "postgresql://bob:pg-pw%40-9d1e@db.example:5432/app",
+        },
+        {},
+        ["rediss-pw-41c2", "pg-pw%40-9d1e", "pg-pw@-9d1e"],
+        [
+            "redis.url = rediss://acl-user:***@redis.example:6380/0",
+            "database.url = postgresql://bob:***@db.example:5432/app",
+        ],
+    ),
+    "unix socket and query passwords": (
+        {
+            "REDIS_URL": "unix:///run/redis.sock?db=0&password=unix-pw-77ab",
+            "DATABASE_URL": "postgresql://bob@db.example/app?sslpassword=ssl-pw-5e6f",
+        },
+        {},
+        ["unix-pw-77ab", "ssl-pw-5e6f"],
+        [
+            "redis.url = unix:///run/redis.sock?db=0&password=***",
+            "database.url = postgresql://bob@db.example/app?sslpassword=***",
+        ],
+    ),
+    "userinfo and keys in base URLs": (
+        {},
+        {
+            "providers": {
+                "anthropic_base_url": "https://proxy-user:proxy-pw-3a9b@proxy.example/a?key=q-k-8c",
+                "openai_base_url": "https://bare-token-60d4@proxy.example/v1",
+            }
+        },
+        ["proxy-user", "proxy-pw-3a9b", "q-k-8c", "bare-token-60d4"],
+        [
+            "providers.anthropic_base_url = https://***@proxy.example/a?key=***",
+            "providers.openai_base_url = https://***@proxy.example/v1",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", URL_SHAPES)
+async def test_check_config_masks_every_url_secret(
+    cli: Cli, tmp_path: Path, prefix: str, shape: str
+) -> None:
+    env, settings, secrets, lines = URL_SHAPES[shape]
+    path = tmp_path / "shape.toml"
+    path.write_text(to_toml(build_config_dict(prefix, QUEUES, **settings)))
+    text = await cli("--config", str(path), "check-config", env=env)
+    as_json = await cli("--config", str(path), "check-config", "--json", env=env)
+    for result in (text, as_json):
+        assert result.status == 1, result  # the broken queue's handler, as above
+        for secret in secrets:
+            assert secret not in result.out + result.err, (secret, result)
+    for line in lines:
+        assert line in text.out.splitlines(), (line, text.out)
+    shown = as_json.json()["config"]
+    for line in lines:
+        key, _, value = line.partition(" = ")
+        section, name = key.split(".")
+        assert shown[section][name] == value
+
+
+async def test_a_bad_url_setting_does_not_print_its_secret(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    bad = "https://u:spaced-pw-1f2e@proxy.example/v1 trailing"
+    path.write_text(f'[providers]\nopenai_base_url = "{bad}"\n')
+    result = await cli("--config", str(path), "check-config")
+    assert result.failed_with(78, "providers.openai_base_url")
+    assert "spaced-pw-1f2e" not in result.err
+
+
+async def test_redis_unreachable_over_a_socket_masks_its_password(cli: Cli, tmp_path: Path) -> None:
+    socket_path = tmp_path / "no-redis.sock"
+    env = {"REDIS_URL": f"unix://{socket_path}?db=0&password=sock-pw-2b7c"}
+    result = await cli("status", env=env)
+    assert result.failed_with(69, f"redis unreachable at unix://{socket_path}?db=0&password=***")
+    assert "sock-pw-2b7c" not in result.err
+
+
 # --- status with live processes -------------------------------------------------------
 
 

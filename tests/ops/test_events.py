@@ -9,7 +9,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from alchemy.ops.events import EventHooks, EventStream, read_throughput
+from alchemy.ops.events import EventHooks, EventStream
+from alchemy.queue.admin import QueueAdmin
 from alchemy.queue.job import ErrorInfo
 from alchemy.queue.keys import QueueKeys
 from alchemy.worker.observer import JobEvent, Transition
@@ -121,9 +122,10 @@ async def test_throughput_counts_completed_and_failed_per_second(redis: Redis, p
         return int((await redis.time())[0]) > now
 
     await wait_for(next_second, within=3, interval=0.05)
-    t = (await read_throughput(redis, prefix, ["q"]))["q"]
+    admin = QueueAdmin(redis, prefix=prefix)
+    t = (await admin.throughput(["q"]))["q"]
     assert (t.completed_1m, t.failed_1m, t.completed_5m, t.failed_5m) == (30, 5, 30, 5)
-    assert (await read_throughput(redis, prefix, ["other"]))["other"].completed_5m == 0
+    assert (await admin.throughput(["other"]))["other"].completed_5m == 0
 
 
 async def test_writes_are_batched_and_bounded(redis: Redis, prefix: str) -> None:

@@ -8,13 +8,19 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from alchemy.ops.records import JobRecords, read_record
+from alchemy.ops.records import JobRecords
+from alchemy.queue.admin import JobRecord, QueueAdmin
 from alchemy.queue.job import ErrorInfo
 from alchemy.queue.keys import QueueKeys
 from alchemy.worker.observer import JobEvent, Transition
 from tests.conftest import plant_dying_job, queue_table, wait_for
 
 TTL = 3600.0
+
+
+async def read_record(redis: Redis, prefix: str, queue: str, job_id: str) -> JobRecord | None:
+    """The lookup the CLI and the admin API use."""
+    return await QueueAdmin(redis, prefix=prefix).record(queue, job_id)
 
 
 async def test_records_follow_a_job_through_retries_and_death(

@@ -39,24 +39,59 @@ async def test_claim_spends_tokens_and_reports_the_wait(redis: Redis, prefix: st
     s = store(redis, prefix, RateLimit(limit=5, period=1.0, burst=3))
     await fill(redis, s, 10)
     first = await s.claim(10)
-    assert len(first.items) == 3  # the burst
+    assert len(first.items) == 4  # one token, plus the burst of 3
     second = await s.claim(10)
     assert second.kind is ClaimKind.THROTTLED
-    assert 0 < second.wait_ms <= 200  # one token per 200 ms
-    assert await redis.llen(s.processing) == 3
+    assert 0 < second.wait_ms <= 202  # one token per 200 ms (and the guard)
+    assert await redis.llen(s.processing) == 4
 
 
-async def test_empty_claim_reserves_a_token_and_refund_returns_it(
-    redis: Redis, prefix: str
-) -> None:
-    s = store(redis, prefix, RateLimit(limit=1, period=3600.0, burst=1))
+async def test_without_a_burst_the_bucket_holds_one_token(redis: Redis, prefix: str) -> None:
+    s = store(redis, prefix, RateLimit(limit=20, period=5.0))
+    await fill(redis, s, 10)
+    assert len((await s.claim(10)).items) == 1
+    assert (await s.claim(10)).kind is ClaimKind.THROTTLED
+
+
+async def test_empty_claim_takes_no_token_and_confirm_takes_one(redis: Redis, prefix: str) -> None:
+    s = store(redis, prefix, RateLimit(limit=1, period=3600.0))
     empty = await s.claim(5)
     assert empty.kind is ClaimKind.EMPTY
     assert empty.wait_ms == -1  # no retry due
-    await redis.lpush(s.keys.wait, b'{"id":"x"}')
-    assert (await s.claim(1)).kind is ClaimKind.THROTTLED  # the reserved token is out
-    await s.refund()
-    assert (await s.claim(1)).items == [b'{"id":"x"}']
+    # Two jobs taken by blocking fetches: the first gets the one token, the second goes back
+    # to the front of the wait list.
+    first, second = b'{"id":"x"}', b'{"id":"y"}'
+    await redis.lpush(s.processing, first, second)
+    assert (await s.confirm(first)).kind is ClaimKind.JOBS
+    throttled = await s.confirm(second)
+    assert throttled.kind is ClaimKind.THROTTLED
+    assert throttled.wait_ms > 3_000_000
+    assert await redis.lrange(s.processing, 0, -1) == [first]
+    assert await redis.lindex(s.keys.wait, -1) == second
+    # Re-sent after a lost reply: the item is already back, nothing happens twice.
+    assert (await s.confirm(second)).kind is ClaimKind.GONE
+    assert await redis.llen(s.keys.wait) == 1
+
+
+async def test_a_hold_stops_claims_until_it_is_lifted(redis: Redis, prefix: str) -> None:
+    s = store(redis, prefix)
+    items = await fill(redis, s, 3)
+    [item] = (await s.claim(1)).items
+    envelope = encode_envelope(item, Meta(id="j0", deferrals=1))
+    hold = b'{"dependency":"postgres","reason":"refused"}'
+    assert await s.hold(item, envelope, hold, ttl=5.0)
+    assert not await s.hold(item, envelope, hold, ttl=5.0)  # re-sent: nothing twice
+    assert await redis.lindex(s.keys.wait, -1) == envelope  # at the front
+    held = await s.claim(5)
+    assert held.kind is ClaimKind.HELD
+    assert held.hold == hold
+    assert 4000 < held.wait_ms <= 5000
+    # A job taken by a blocking fetch during the hold goes back to the front.
+    assert await redis.rpoplpush(s.keys.wait, s.processing) == envelope
+    assert (await s.confirm(envelope)).kind is ClaimKind.HELD
+    assert await redis.lindex(s.keys.wait, -1) == envelope
+    await redis.delete(s.keys.held)
+    assert list((await s.claim(5)).items) == [envelope, items[1], items[2]]
 
 
 async def test_due_retries_are_promoted_by_claim(redis: Redis, prefix: str) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from alchemy.config import Config
+from alchemy.config import Config, parse_config
 from alchemy.queue.keys import QueueKeys
-from tests.conftest import queue_table, wait_for
+from tests.conftest import build_config_dict, queue_table, wait_for
 
 
 async def push(redis: Redis, prefix: str, queue: str, raw: bytes | str) -> bytes:
@@ -206,7 +206,14 @@ async def test_bad_input_is_dead_lettered_raw_and_the_consumer_goes_on(
 async def test_job_from_a_lost_fetch_reply_is_returned_by_reconcile(
     redis: Redis, prefix: str, make_config: Any, run_worker: Any
 ) -> None:
-    config = make_config(queue_table("q"), worker={"reconcile_interval": 0.5})
+    # reconcile_interval must exceed block_timeout + socket_timeout (a reply on its way).
+    raw_config = build_config_dict(
+        prefix,
+        queue_table("q"),
+        {"reconcile_interval": 0.7},
+        redis={"block_timeout": 0.1, "socket_timeout": 0.5},
+    )
+    config = parse_config(raw_config)
     supervisor = run_worker(config)
     keys = QueueKeys(prefix, "q")
     await wait_for(lambda: redis.zscore(keys.consumers, config.worker.identity))

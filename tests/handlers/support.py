@@ -12,6 +12,30 @@ from redis.asyncio import Redis
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import wait_for
 
+HANDLERS = {
+    "content-generation": "alchemy.handlers.content:handle",
+    "research": "alchemy.handlers.research:handle",
+    "media-generation": "alchemy.handlers.media:handle",
+}
+
+
+def queue_tables(**overrides: Any) -> dict[str, Any]:
+    """Every queue with its real handler, quick retries, one job at a time per process."""
+    return {
+        name: {
+            "handler": handler,
+            "concurrency": 1,
+            "max_attempts": 3,
+            "backoff_initial": 0.05,
+            "backoff_max": 0.2,
+            "backoff_jitter": 0.0,
+            "timeout": 20.0,
+            **overrides,
+        }
+        for name, handler in HANDLERS.items()
+    }
+
+
 CONTENT_REPLY = {
     "title": "Heat pumps keep working at -20 °C",
     "body": (

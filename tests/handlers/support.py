@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -11,6 +12,8 @@ from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import wait_for
+from tests.fakes.ai_server import FakeAI
+from tests.fakes.fixtures import provider_settings
 
 HANDLERS = {
     "content-generation": "alchemy.handlers.content:handle",
@@ -133,6 +136,29 @@ async def wait_status(
 
     row: asyncpg.Record = await wait_for(done, within=within, interval=0.05)
     return row
+
+
+async def drained(redis: Redis, prefix: str, *queues: str) -> bool:
+    """Nothing waiting, delayed or being processed in ``queues`` (default: all three)."""
+    for queue in queues or tuple(HANDLERS):
+        keys = QueueKeys(prefix, queue)
+        if await redis.llen(keys.wait) or await redis.zcard(keys.delayed):
+            return False
+        async for key in redis.scan_iter(match=keys.processing("*")):
+            if await redis.llen(key):
+                return False
+    return True
+
+
+def worker_sections(
+    fake: FakeAI, database_url: str, media: Path, **providers: Any
+) -> dict[str, Any]:
+    """The config sections of a worker process running the real handlers on the fake."""
+    return {
+        "database": {"url": database_url, "pool_size": 4},
+        "providers": provider_settings(fake, **providers),
+        "media": {"directory": str(media), "allowed_hosts": [fake.origin]},
+    }
 
 
 async def dead_entries(redis: Redis, prefix: str, queue: str) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from tests.fakes.ai_server import FakeAI, Reply
 from tests.handlers.support import (
     CONTENT_REPLY,
     create_content_request,
+    drained,
     push,
     wait_dead,
     wait_status,
@@ -26,18 +27,6 @@ from tests.handlers.support import (
 
 Q = "content-generation"
 MEDIA = "media-generation"
-
-
-async def drained(redis: Redis, prefix: str, *queues: str) -> bool:
-    """Nothing waiting, delayed or being processed in ``queues``."""
-    for queue in queues:
-        keys = QueueKeys(prefix, queue)
-        if await redis.llen(keys.wait) or await redis.zcard(keys.delayed):
-            return False
-        async for key in redis.scan_iter(match=keys.processing("*")):
-            if await redis.llen(key):
-                return False
-    return True
 
 
 async def test_each_call_is_in_the_ledger_with_its_usage_cost_and_request_id(

@@ -20,24 +20,14 @@ from redis.asyncio import Redis
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import WorkerProcess, wait_for, wait_started
 from tests.fakes.ai_server import FakeAI
-from tests.fakes.fixtures import provider_settings
 from tests.handlers.support import (
     create_brand,
     create_idea,
     create_request,
+    drained,
     queue_tables,
+    worker_sections,
 )
-
-QUEUES = ("content-generation", "research", "media-generation")
-
-
-def sections(fake_ai: FakeAI, database_url: str, media: Path, **providers: Any) -> dict[str, Any]:
-    """The config sections of a worker process running the real handlers on the fake."""
-    return {
-        "database": {"url": database_url, "pool_size": 4},
-        "providers": provider_settings(fake_ai, **providers),
-        "media": {"directory": str(media), "allowed_hosts": [fake_ai.origin]},
-    }
 
 
 async def push_three(redis: Redis, prefix: str, db: asyncpg.Pool) -> dict[str, str]:
@@ -90,17 +80,6 @@ async def saved_once(db: asyncpg.Pool) -> None:
     assert await db.fetchval("SELECT count(*) FROM media") == 1
 
 
-async def drained(redis: Redis, prefix: str) -> bool:
-    for queue in QUEUES:
-        keys = QueueKeys(prefix, queue)
-        if await redis.llen(keys.wait) or await redis.zcard(keys.delayed):
-            return False
-        async for key in redis.scan_iter(match=keys.processing("*")):
-            if await redis.llen(key):
-                return False
-    return True
-
-
 async def freeze_with_calls_out(
     spawn_worker: Any, fake_ai: FakeAI, redis: Redis, prefix: str, db: asyncpg.Pool, **kw: Any
 ) -> tuple[WorkerProcess, dict[str, str]]:
@@ -125,7 +104,7 @@ async def test_a_frozen_owner_keeps_its_work_and_the_recovering_process_pays_not
     tmp_path: Path,
 ) -> None:
     fake_ai.delay = 3.0
-    kw = sections(fake_ai, database_url, tmp_path / "media", timeout=20.0, work_lease=12.0)
+    kw = worker_sections(fake_ai, database_url, tmp_path / "media", timeout=20.0, work_lease=12.0)
     owner, jobs = await freeze_with_calls_out(spawn_worker, fake_ai, redis, prefix, db, **kw)
     try:
         other = spawn_worker(queue_tables(timeout=60.0), {"name": "wb"}, **kw)
@@ -170,7 +149,7 @@ async def test_a_lease_that_expires_while_its_owner_is_frozen_is_taken_over_once
     tmp_path: Path,
 ) -> None:
     fake_ai.delay = 4.0
-    kw = sections(fake_ai, database_url, tmp_path / "media", timeout=20.0, work_lease=1.0)
+    kw = worker_sections(fake_ai, database_url, tmp_path / "media", timeout=20.0, work_lease=1.0)
     owner, jobs = await freeze_with_calls_out(spawn_worker, fake_ai, redis, prefix, db, **kw)
     try:
         other = spawn_worker(queue_tables(timeout=60.0), {"name": "wb"}, **kw)
@@ -211,7 +190,7 @@ async def test_one_job_pushed_twice_at_once_to_two_processes_pays_once(
     tmp_path: Path,
 ) -> None:
     fake_ai.delay = 1.0
-    kw = sections(fake_ai, database_url, tmp_path / "media", timeout=2.0, work_lease=6.0)
+    kw = worker_sections(fake_ai, database_url, tmp_path / "media", timeout=2.0, work_lease=6.0)
     workers = [spawn_worker(queue_tables(), {"name": f"w{n}"}, **kw) for n in range(2)]
     for worker in workers:
         await wait_started(worker)

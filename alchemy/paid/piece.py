@@ -46,7 +46,7 @@ from alchemy.providers.base import (
     Usage,
     raise_failure,
 )
-from alchemy.providers.errors import call_outcome
+from alchemy.providers.errors import answered_with_an_error, call_outcome
 from alchemy.providers.prices import shipped_prices
 from alchemy.queue.identity import IdentityClaims
 from alchemy.queue.job import Job
@@ -392,7 +392,12 @@ class Piece:
             raise
         except Exception as exc:
             outcome = call_outcome(exc) if isinstance(exc, JobError) else "error"
-            await self._record_failure(start, CallEnd(outcome, error=str(exc)))
+            # An error answer is not billed; a call that timed out or lost its connection
+            # may have been: its cost is unknown (NULL), never counted as nothing.
+            cost = self.work.prices.cost(start.model, 0, 0, 0)
+            unbilled = answered_with_an_error(exc) and cost is not None
+            end = CallEnd(outcome, cost_usd=cost if unbilled else None, error=str(exc))
+            await self._record_failure(start, end)
             raise
         await self._record_reply(start, await end_of(result))
         return result

@@ -98,6 +98,12 @@ def call_outcome(exc: BaseException) -> str:
     return "error"
 
 
+def answered_with_an_error(exc: BaseException) -> bool:
+    """The API answered the call with an error status (not billed), as opposed to a call
+    that timed out or lost its connection (it may have been processed, and billed)."""
+    return isinstance(exc.__cause__, anthropic.APIStatusError | openai.APIStatusError)
+
+
 def _map(provider: str, exc: Exception) -> JobError:
     if isinstance(exc, anthropic.APIStatusError | openai.APIStatusError):
         return _map_status(provider, exc)

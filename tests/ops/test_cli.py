@@ -110,6 +110,7 @@ HELP_PATHS = [
     ["resume"],
     ["check-config"],
     ["migrate"],
+    ["spend"],
 ]
 
 

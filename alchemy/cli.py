@@ -28,7 +28,7 @@ from alchemy.config import (
 )
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
 from alchemy.logs import configure_logging, redact, register_secrets
-from alchemy.ops.systemd import SystemdNotifier
+from alchemy.ops.systemd import SystemdNotifier, check_watchdog
 from alchemy.queue.admin import QueueAdmin
 from alchemy.queue.producer import Producer
 from alchemy.worker.connections import shared_client
@@ -251,6 +251,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     extensions.extend(ops.extensions)
     # ---------------------------------------------------------------------------------------
     # sd_notify (a no-op outside systemd); last, so READY=1 follows the others' start.
+    check_watchdog(os.environ, os.getpid(), config.worker)
     extensions.append(SystemdNotifier.from_environ(os.environ))
     from alchemy.process import Worker
 

@@ -29,7 +29,7 @@ from alchemy.config import (
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
 from alchemy.logs import configure_logging, redact, register_secrets
 from alchemy.ops.systemd import SystemdNotifier, check_watchdog
-from alchemy.queue.admin import QueueAdmin
+from alchemy.queue.admin import TRUNCATED_NOTE, QueueAdmin
 from alchemy.queue.producer import Producer
 from alchemy.worker.connections import shared_client
 from alchemy.worker.handlers import Unavailable, load_handler
@@ -347,23 +347,44 @@ def _dead(config: Config, args: argparse.Namespace) -> int:
                 print(f"no dead jobs in {args.queue}{where}")
             return 0
         if args.dead_command == "retry":
-            count = await (
-                admin.dead_retry_all(args.queue)
-                if args.all
-                else admin.dead_retry(args.queue, args.id)
-            )
-            verb = "retried"
-        else:
-            count = await admin.dead_purge(args.queue, None if args.all else args.id)
-            verb = "purged"
-        data = {"queue": args.queue, "id": args.id, verb: count}
-        _report(args, f"{verb} {count} job(s) from {args.queue}", data)
+            return await _dead_retry(admin, args)
+        count = await admin.dead_purge(args.queue, None if args.all else args.id)
+        data = {"queue": args.queue, "id": args.id, "purged": count}
+        _report(args, f"purged {count} job(s) from {args.queue}", data)
         if count or args.all:
             return 0
         print(f"alchemy: no dead job with id {args.id!r} in {args.queue}", file=sys.stderr)
         return 1
 
     return _with_redis(config, action)
+
+
+async def _dead_retry(admin: QueueAdmin, args: argparse.Namespace) -> int:
+    queue = args.queue
+    if args.all:
+        result = await admin.dead_retry_all(queue)
+    else:
+        result = await admin.dead_retry(queue, args.id)
+    text = f"retried {result.retried} job(s) from {queue}"
+    if result.truncated:
+        text += f"; skipped {result.truncated} truncated too_large entr"
+        text += "y" if result.truncated == 1 else "ies"
+    data = {
+        "queue": queue,
+        "id": args.id,
+        "retried": result.retried,
+        "skipped_truncated": result.truncated,
+    }
+    _report(args, text, data)
+    if result.truncated and not args.json:
+        print(f"  ({TRUNCATED_NOTE})")
+    if result.retried or args.all:
+        return 0
+    if result.truncated:
+        print(f"alchemy: dead job {args.id!r} in {queue}: {TRUNCATED_NOTE}", file=sys.stderr)
+    else:
+        print(f"alchemy: no dead job with id {args.id!r} in {queue}", file=sys.stderr)
+    return 1
 
 
 def _report(args: argparse.Namespace, text: str, data: Mapping[str, Any]) -> None:
@@ -373,8 +394,18 @@ def _report(args: argparse.Namespace, text: str, data: Mapping[str, Any]) -> Non
 
 def _print_dead(fields: Mapping[str, Any]) -> None:
     error = fields.get("error") or {}
-    job = fields.get("job", "<base64 in job_b64>")
-    shown = job if len(job) <= 200 else job[:200] + "…"
+    if not isinstance(error, Mapping):
+        error = {"message": error}
+    job = fields.get("job")
+    if isinstance(job, str):
+        shown = job if len(job) <= 200 else job[:200] + "…"
+    elif isinstance(fields.get("job_b64"), str):
+        shown = "<not UTF-8: base64 in job_b64 (--json)>"
+    else:
+        shown = "<none>"
+    if fields.get("truncated") is True:
+        size, digest = fields.get("job_bytes"), fields.get("job_sha256")
+        shown += f"  [truncated: the first 64 KiB of {size} bytes, sha256 {digest}]"
     print(
         f"{fields.get('id')}  reason={fields.get('reason')}  attempts={fields.get('attempts')}"
         f"  {error.get('type')}: {error.get('message')}\n    job: {shown}"

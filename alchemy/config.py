@@ -278,6 +278,7 @@ class QueueConfig:
     backoff_jitter: float = _spec(0.5, min=0.0, max=1.0)
     timeout: float = _spec(300.0, min=0.001, max=86_400.0)
     max_payload_bytes: int = _spec(1_048_576, min=64, max=512 * 1_048_576)
+    max_dead: int = _spec(100_000, min=1, max=100_000_000)
     max_deferrals: int = _spec(50, min=1, max=1_000_000)
     max_deferred: float = _spec(3600.0, min=1.0, max=30 * 86_400.0)
 

@@ -28,7 +28,7 @@ from alchemy.http.types import (
     UnknownJob,
 )
 from alchemy.queue import admin as queue_admin
-from alchemy.queue.admin import QueueAdmin, QueueStatus
+from alchemy.queue.admin import TRUNCATED_NOTE, QueueAdmin, QueueStatus
 from alchemy.queue.job import MAX_ID_LENGTH
 
 ROUTES: Final = Routes()
@@ -197,12 +197,18 @@ async def retry_dead(request: web.Request) -> web.Response:
     job_id = await _which(request)
     admin = _admin(_deps(request))
     if job_id is None:
-        count = await admin.dead_retry_all(queue)
+        result = await admin.dead_retry_all(queue)
     else:
-        count = await admin.dead_retry(queue, job_id)
-        if not count:
+        result = await admin.dead_retry(queue, job_id)
+        if not result.retried and result.truncated:
+            raise ApiError(409, f"dead job {job_id!r} in {queue}: {TRUNCATED_NOTE}")
+        if not result.retried:
             raise ApiError(404, f"no dead job with id {job_id!r} in {queue}")
-    body: RetryResult = {"queue": queue, "retried": count}
+    body: RetryResult = {
+        "queue": queue,
+        "retried": result.retried,
+        "skipped_truncated": result.truncated,
+    }
     return json_response(body)
 
 

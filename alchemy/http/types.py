@@ -72,6 +72,9 @@ class DeadEntryJson(TypedDict, total=False):
     dead_at_ms: int
     job: str
     job_b64: str
+    truncated: bool  # too_large: job/job_b64 hold the first 65,536 bytes only
+    job_bytes: int  # ... of a job this long
+    job_sha256: str  # ... whose sha256 this is (hex)
 
 
 class DeadPage(TypedDict):
@@ -91,6 +94,7 @@ class UnknownJob(TypedDict):
 class RetryResult(TypedDict):
     queue: str
     retried: int
+    skipped_truncated: int  # too_large entries, which keep only the job's head
 
 
 class PurgeResult(TypedDict):

@@ -8,8 +8,9 @@ Redis calls a second however busy the worker is: no job waits for these writes, 
 a round trip of its own, and Redis does the per-call work (script set-up, trimming) once
 per batch. What is written is visible to readers about ``linger`` after it happened.
 
-While Redis is away the buffer keeps up to ``max_pending`` items (the oldest are dropped
-beyond that, and counted); the writes resume when it answers.
+While Redis is away or refuses (any error) the buffer keeps up to ``max_pending`` items (the
+oldest are dropped beyond that, and counted); the same batch is sent again after a capped
+backoff, and the writes resume when Redis takes it. A failure is logged once per episode.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import structlog
 from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
-from alchemy.worker.connections import Backoff, is_transient
+from alchemy.worker.connections import Backoff, Episode
 from alchemy.worker.supervisor import Running
 
 T = TypeVar("T")
@@ -94,6 +95,7 @@ class BatchWriter(Generic[T]):
 
     async def _drain(self) -> None:
         backoff = Backoff()
+        episode = Episode(f"write:{self.name}")
         pending = self._pending
         try:
             while pending:
@@ -109,23 +111,17 @@ class BatchWriter(Generic[T]):
                     batch = [pending.popleft() for _ in range(self.max_batch)]
                 try:
                     await self.write(redis, batch)
-                    self.batches += 1
-                    backoff.reset()
                 except Exception as exc:
-                    if not is_transient(exc):
-                        self._count_drop(len(batch))
-                        log.error("ops_write_failed", writer=self.name, error=repr(exc))
-                        continue
+                    # Whatever Redis said (away, MISCONF, NOPERM...), the batch is kept and
+                    # sent again after a capped backoff; only max_pending bounds the wait.
                     self._requeue(batch)
                     delay = backoff.next_delay()
-                    if backoff.failures == 1:
-                        log.warning(
-                            "ops_write_retrying",
-                            writer=self.name,
-                            error=f"{type(exc).__name__}: {exc}",
-                            pending=len(self._pending),
-                        )
+                    episode.failed(exc, step="write", writer=self.name, pending=len(pending))
                     await asyncio.sleep(delay)
+                    continue
+                self.batches += 1
+                backoff.reset()
+                episode.succeeded()
         finally:
             self._task = None
 

@@ -338,11 +338,17 @@ class QueueCollector(Collector):
         consumers = GaugeMetricFamily(
             "alchemy_queue_consumers", "Live processes serving the queue", labels=["queue"]
         )
+        trimmed = CounterMetricFamily(
+            "alchemy_dead_trimmed",
+            "Dead-letter entries dropped, the oldest, to keep the list at max_dead (Redis)",
+            labels=["queue"],
+        )
         for queue, s in (statuses or {}).items():
             for state in ("wait", "processing", "delayed", "dead"):
                 depth.add_metric([queue, state], getattr(s, state))
             paused.add_metric([queue], 1.0 if s.paused else 0.0)
             consumers.add_metric([queue], sum(c.alive for c in s.consumers))
+            trimmed.add_metric([queue], s.dead_trimmed)
         running = GaugeMetricFamily(
             "alchemy_jobs_in_flight", "Attempts running in this process", labels=["queue"]
         )
@@ -350,4 +356,4 @@ class QueueCollector(Collector):
             running.add_metric([queue], count)
         up = GaugeMetricFamily("alchemy_redis_up", "1 if the last read of queue depths worked")
         up.add_metric([], 0.0 if statuses is None else 1.0)
-        yield from (depth, paused, consumers, running, up)
+        yield from (depth, paused, consumers, trimmed, running, up)

@@ -3,24 +3,39 @@ reads of what :mod:`alchemy.ops` writes next to a queue (recent throughput, job 
 
 Every read of the protocol's keys by the command line and the HTTP listener is here, so
 nothing outside :mod:`alchemy.queue` builds a key to read it.
+
+Retrying and purging walk a dead-letter list of any length in bounded steps: each step is
+one read-only script that looks at a few thousand entries inside Redis and returns only
+those wanted (:data:`~alchemy.queue.scripts.DEAD_SCAN`), then one script that moves or
+removes those. No step decodes more than ``ALL_STEP_BYTES`` of entries in this process, and
+the event loop runs between steps.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NotRequired, TypedDict, cast
 
 import orjson
 from redis.asyncio import Redis
 
-from alchemy.queue.job import DeadEntry, decode_dead_entry
+from alchemy.queue.job import DEAD_JOB_HEAD, DeadEntry, dead_entry_id_needles, decode_dead_entry
 from alchemy.queue.keys import QueueKeys
-from alchemy.queue.store import QueueStore
+from alchemy.queue.store import DeadScan, QueueStore
 
-RETRY_BATCH: Final = 500
 THROUGHPUT_WINDOW_S: Final = 300  # seconds of per-second counts kept in PREFIX:{QUEUE}:throughput
+# One step of a search by id: entries looked at (in Redis), and bytes of them at most.
+ID_STEP_ENTRIES: Final = 2000
+ID_STEP_BYTES: Final = 4 * 1024 * 1024
+# One step of "every entry": entries (returned and decoded here), and bytes at most.
+ALL_STEP_ENTRIES: Final = 200
+ALL_STEP_BYTES: Final = 1024 * 1024
+TRUNCATED_NOTE: Final = (
+    f"a too_large entry keeps only the first {DEAD_JOB_HEAD} bytes of its job, so it cannot be"
+    " retried: push the whole job again from its producer"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +59,7 @@ class QueueStatus:
     consumers: list[ConsumerStatus] = field(default_factory=list)
     # While a dependency is down: {"dependency", "reason", "since_ms", "by", "left_ms"}
     held: dict[str, Any] | None = None
+    dead_trimmed: int = 0  # dead-letter entries dropped, the oldest, to keep the list at its cap
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +68,7 @@ class QueueStatus:
             "processing": self.processing,
             "delayed": self.delayed,
             "dead": self.dead,
+            "dead_trimmed": self.dead_trimmed,
             "paused": self.paused,
             "paused_for_ms": self.paused_for_ms,
             "held": self.held,
@@ -112,6 +129,23 @@ class JobRecord(TypedDict):
     expires_in_s: NotRequired[int]  # added by the lookup
 
 
+@dataclass(frozen=True, slots=True)
+class DeadRetry:
+    """What a retry of dead entries did."""
+
+    retried: int = 0  # entries whose job went back to the wait list
+    truncated: int = 0  # entries left alone: too_large ones keep only the job's head
+
+
+def _sendable(job_id: str) -> bool:
+    """An id Redis can be sent (UTF-8); no entry has any other."""
+    try:
+        job_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class QueueAdmin:
     def __init__(self, redis: Redis, *, prefix: str = "alchemy") -> None:
         self.redis = redis
@@ -134,8 +168,20 @@ class QueueAdmin:
             pipe.time()
             pipe.get(k.held)
             pipe.pttl(k.held)
+            pipe.get(k.dead_trimmed)
             replies = await pipe.execute()
-        wait, delayed, dead, held, pause_ms, members, (seconds, micros), hold, hold_ms = replies
+        (
+            wait,
+            delayed,
+            dead,
+            held,
+            pause_ms,
+            members,
+            (seconds, micros),
+            hold,
+            hold_ms,
+            trimmed,
+        ) = replies
         now_ms = seconds * 1000 + micros / 1000
         identities = [raw.decode() for raw, _ in members]
         ages = [round(max(0.0, now_ms - score) / 1000, 3) for _, score in members]
@@ -166,6 +212,7 @@ class QueueAdmin:
             paused_for_ms=-1 if held else max(0, int(pause_ms)),
             consumers=consumers,
             held=_hold(hold, int(hold_ms)),
+            dead_trimmed=int(trimmed or 0),
         )
 
     async def dead_list(self, queue: str, *, offset: int = 0, limit: int = 50) -> list[DeadEntry]:
@@ -188,48 +235,86 @@ class QueueAdmin:
             raw, total = await pipe.execute()
         return DeadListPage([decode_dead_entry(entry) for entry in raw], int(total))
 
-    async def dead_retry(self, queue: str, job_id: str) -> int:
-        """Put every dead entry with this job id back on the wait list. Returns how many."""
-        return await self._retry_where(queue, lambda entry: entry.id == job_id)
+    async def dead_retry(self, queue: str, job_id: str) -> DeadRetry:
+        """Put every dead entry with this job id back on the wait list, oldest first."""
+        if not _sendable(job_id):
+            return DeadRetry()
+        return await self._retry(queue, job_id)
 
-    async def dead_retry_all(self, queue: str) -> int:
-        return await self._retry_where(queue, lambda entry: True)
+    async def dead_retry_all(self, queue: str) -> DeadRetry:
+        """Every dead entry back on the wait list, oldest first, but truncated ones."""
+        return await self._retry(queue, None)
 
-    async def _retry_where(self, queue: str, wanted: Any) -> int:
+    async def _retry(self, queue: str, job_id: str | None) -> DeadRetry:
         store = self._store(queue)
-        dead_key = QueueKeys(self.prefix, queue).dead
-        retried = 0
-        end = -1
-        while True:
-            # Oldest first, from the tail; each entry moves in one atomic step.
-            chunk = cast(list[bytes], await self.redis.lrange(dead_key, end - RETRY_BATCH + 1, end))
-            if not chunk:
-                return retried
-            skipped = 0
-            for raw in reversed(chunk):
+        retried = truncated = 0
+
+        async def move(scan: DeadScan) -> int:
+            nonlocal retried, truncated
+            moves = []
+            for position, raw in scan.found:
                 entry = decode_dead_entry(raw)
-                if wanted(entry) and await store.retry_dead(raw, entry.raw_job):
-                    retried += 1
+                if entry.truncated:
+                    truncated += 1
                 else:
-                    skipped += 1
-            if len(chunk) < RETRY_BATCH:
-                return retried
-            end -= skipped
+                    moves.append((scan.end_of(position), raw, entry.raw_job))
+            retried += await store.retry_dead(moves)
+            return len(moves)
+
+        await self._walk(store, job_id, move)
+        return DeadRetry(retried=retried, truncated=truncated)
 
     async def dead_purge(self, queue: str, job_id: str | None = None) -> int:
         """Delete dead entries: those of one job id, or all of them."""
-        dead_key = QueueKeys(self.prefix, queue).dead
+        store = self._store(queue)
         if job_id is None:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.llen(dead_key)
-                pipe.delete(dead_key)
+                pipe.llen(store.keys.dead)
+                pipe.unlink(store.keys.dead)  # freed by Redis in the background
                 count, _ = await pipe.execute()
             return int(count)
+        if not _sendable(job_id):
+            return 0
         removed = 0
-        for entry in await self.dead_list(queue, offset=0, limit=1_000_000):
-            if entry.id == job_id:
-                removed += int(await self.redis.lrem(dead_key, 1, entry.raw_entry))  # type: ignore[arg-type]
+
+        async def purge(scan: DeadScan) -> int:
+            nonlocal removed
+            removals = [(scan.end_of(position), raw) for position, raw in scan.found]
+            removed += await store.purge_dead(removals)
+            return len(removals)
+
+        await self._walk(store, job_id, purge)
         return removed
+
+    @staticmethod
+    async def _walk(
+        store: QueueStore, job_id: str | None, act: Callable[[DeadScan], Awaitable[int]]
+    ) -> None:
+        """Step through the entries ``store``'s dead-letter list holds now, oldest first,
+        handing each step's entries (those of ``job_id``, or all) to ``act``, which says how
+        many of them it took off the list. Entries pushed meanwhile are left for the next
+        walk: a retried job that fails again at once is not chased round and round."""
+        if job_id is None:
+            step, most, needles = ALL_STEP_ENTRIES, ALL_STEP_BYTES, []
+        else:
+            step, most, needles = ID_STEP_ENTRIES, ID_STEP_BYTES, dead_entry_id_needles(job_id)
+        position = trimmed = 0
+        end: int | None = None  # the position of the first entry pushed after the walk began
+        while True:
+            scan = await store.scan_dead(
+                position,
+                trimmed,
+                max_entries=step if end is None else min(step, end - position),
+                max_bytes=most,
+                job_id=job_id or "",
+                needles=needles,
+            )
+            # Trims moved every position down, as did the entries ``act`` takes off.
+            end = scan.length if end is None else end - (scan.trimmed - trimmed)
+            taken = await act(scan) if scan.found else 0
+            position, trimmed, end = scan.position - taken, scan.trimmed, end - taken
+            if scan.done or position >= end:
+                return
 
     async def pause(self, queue: str) -> None:
         await self.redis.set(QueueKeys(self.prefix, queue).paused, "1")

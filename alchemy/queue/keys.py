@@ -16,6 +16,7 @@ KEY_TEMPLATES: Final = {
     "processing": "{prefix}:{{{queue}}}:processing:{identity}",
     "delayed": "{prefix}:{{{queue}}}:delayed",
     "dead": "{prefix}:{{{queue}}}:dead",
+    "dead_trimmed": "{prefix}:{{{queue}}}:dead-trimmed",
     "bucket": "{prefix}:{{{queue}}}:ratelimit",
     "paused_until": "{prefix}:{{{queue}}}:paused-until",
     "paused": "{prefix}:{{{queue}}}:paused",
@@ -81,6 +82,11 @@ class QueueKeys:
     @property
     def dead(self) -> str:
         return self._key("dead")
+
+    @property
+    def dead_trimmed(self) -> str:
+        """Counter of dead-letter entries dropped (the oldest) to keep the list at its cap."""
+        return self._key("dead_trimmed")
 
     @property
     def bucket(self) -> str:

@@ -18,7 +18,8 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 # Token bucket refill; leaves `tokens` and saves nothing. Needs rate, cap, now. The bucket
 # holds at most `cap` = 1 + rate_burst tokens and refills at `rate` tokens per ms, so any
 # window of one period holds at most limit + rate_burst starts, and starts of a backlog come
-# one refill interval apart.
+# one refill interval apart. It may owe one token (down to -1): a job claimed with the next
+# token to arrive starts when it arrives.
 _REFILL: Final = """
 local state = redis.call('HMGET', bucket, 'tokens', 'ts')
 local tokens = tonumber(state[1]) or cap
@@ -49,8 +50,10 @@ end
 
 # KEYS: wait, processing, delayed, bucket, paused_until, paused, held
 # ARGV: max_jobs, rate (tokens per ms, 0 = unlimited), cap, bucket_ttl_ms, promote_batch
-# Returns {1, item...} claimed, one token each | {0, ms} nothing waiting (no token taken),
-# the next retry is due in ms (-1: none) | {2, ms} throttled: a token comes in ms |
+# Returns {1, item...} claimed, one token each | {6, ms, item} claimed with the next token,
+# which comes in ms: start it then | {0, ms} nothing waiting (no token taken), the next
+# retry is due in ms (-1: none) | {2, ms} throttled: the next token is spoken for, look
+# again in ms (when it arrives, to take the one after) |
 # {3, ms} paused for ms (-1: until resumed) | {4, ms, hold} held: a dependency is down
 # (hold = the held key's JSON; ms = its TTL)
 CLAIM: Final = (
@@ -76,9 +79,17 @@ if rate > 0 then
 """
     + _REFILL
     + """
-  if tokens < 1 then
+  if tokens < 0 then
     save_bucket()
-    return {2, math.ceil((1 - tokens) / rate)}
+    return {2, math.ceil(-tokens / rate)}
+  end
+  if tokens < 1 then
+    -- The next token is less than one interval away: take it now and start the job when
+    -- it arrives, so starts keep their pace however late a claim comes.
+    local wait_ms = math.ceil((1 - tokens) / rate)
+    tokens = tokens - 1
+    save_bucket()
+    return {6, wait_ms, redis.call('LMOVE', wait, processing, 'RIGHT', 'LEFT')}
   end
   take = math.min(take, math.floor(tokens))
   tokens = tokens - take
@@ -95,9 +106,9 @@ return out
 # KEYS: processing, wait, paused_until, paused, held, bucket
 # ARGV: item, rate, cap, bucket_ttl_ms
 # After a blocking fetch took `item` (without a token): go on with a token, or put it back
-# at the front of the wait list. Returns {1} go | {5} the item is no longer in our
-# processing list (a re-send after a lost reply: it went back already) | {2, ms} throttled
-# | {3, ms} paused | {4, ms, hold} held.
+# at the front of the wait list. Returns {1} go | {6, ms} go in ms (the next token) | {5}
+# the item is no longer in our processing list (a re-send after a lost reply: it went back
+# already) | {2, ms} throttled | {3, ms} paused | {4, ms, hold} held.
 CONFIRM: Final = (
     _NOW
     + _HOLDS
@@ -118,13 +129,14 @@ if rate > 0 then
 """
     + _REFILL
     + """
-  if tokens < 1 then
+  if tokens < 0 then
     save_bucket()
     put_back()
-    return {2, math.ceil((1 - tokens) / rate)}
+    return {2, math.ceil(-tokens / rate)}
   end
   tokens = tokens - 1
   save_bucket()
+  if tokens < 0 then return {6, math.ceil(-tokens / rate)} end
 end
 return {1}
 """
@@ -165,12 +177,30 @@ return 1
 """
 )
 
-# KEYS: processing, dead   ARGV: item, entry
-DEAD_LETTER: Final = """
+# Keeps a dead-letter list at its cap after a push: drops the oldest entries, at most
+# DEAD_TRIM_MAX a step (a cap lowered by far is reached over several dead letters, never in
+# one long step), and counts them. Needs dead, trimmed (keys) and max_dead.
+DEAD_TRIM_MAX: Final = 10_000
+_TRIM_DEAD: Final = f"""
+local over = math.min(redis.call('LLEN', dead) - max_dead, {DEAD_TRIM_MAX})
+if over > 0 then
+  redis.call('LTRIM', dead, 0, -over - 1)
+  redis.call('INCRBY', trimmed, over)
+end
+"""
+
+# KEYS: processing, dead, dead_trimmed   ARGV: item, entry, max_dead
+DEAD_LETTER: Final = (
+    """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
+local dead, trimmed, max_dead = KEYS[2], KEYS[3], tonumber(ARGV[3])
+"""
+    + _TRIM_DEAD
+    + """
 return 1
 """
+)
 
 # KEYS: processing, wait   ARGV: item
 # Back to the front of the wait list, unchanged: no attempt spent, no recovery counted.
@@ -232,9 +262,9 @@ return moved
 """
 
 # KEYS: processing (of the dead process), wait, dead, heartbeat (of the dead process),
-#       consumers
+#       consumers, dead_trimmed
 # ARGV: identity, max_recoveries, queue, require_dead ("1": do nothing while the heartbeat
-#       lives)
+#       lives), max_dead
 # Returns {-1} when the process is alive after all, else {1, then per job: id ('' when
 # unknown), attempt, recoveries, 'r' (back on wait) or 'p' (dead-lettered as poison), the
 # producer's job for 'p' ('' for 'r')}.
@@ -284,6 +314,10 @@ end
 if ARGV[4] == '1' then
   redis.call('ZREM', KEYS[5], ARGV[1])
 end
+local dead, trimmed, max_dead = KEYS[3], KEYS[6], tonumber(ARGV[5])
+"""
+    + _TRIM_DEAD
+    + """
 return reply
 """
 )
@@ -351,12 +385,80 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS: dead, wait   ARGV: entry, job
-# One dead-letter entry back to the wait list as the producer wrote it (attempts reset).
+# KEYS: dead, dead_trimmed
+# ARGV: position (entries already passed, counted from the oldest end), trimmed (the
+#       dead_trimmed count when position was taken), max_entries, max_bytes, job_id ('':
+#       every entry), needle... (substrings one of which an entry with that id contains)
+# Read-only: looks at up to max_entries entries (fewer once max_bytes of them were read)
+# from position towards the newest, oldest first. Entries trimmed since position was taken
+# moved every position down by as many, which it makes good first. Returns {the next
+# position, the trimmed count now, the list's length, then for each entry found: its
+# position, the entry}. A candidate (one that holds a needle) is decoded to be sure of its id.
+DEAD_SCAN: Final = """
+local dead = KEYS[1]
+local trimmed = tonumber(redis.call('GET', KEYS[2]) or '0')
+local position = math.max(0, tonumber(ARGV[1]) - (trimmed - tonumber(ARGV[2])))
+local max_bytes, id = tonumber(ARGV[4]), ARGV[5]
+local length = redis.call('LLEN', dead)
+local stop = math.min(length, position + tonumber(ARGV[3]))
+local reply = {0, trimmed, length}
+local function wanted(entry)
+  if id == '' then return true end
+  for i = 6, #ARGV do
+    if string.find(entry, ARGV[i], 1, true) then
+      local ok, fields = pcall(cjson.decode, entry)
+      return ok and type(fields) == 'table' and fields['id'] == id
+    end
+  end
+  return false
+end
+-- Read in batches of about 256 KiB, so that large entries never pile up in memory.
+local read, batch = 0, 16
+while position < stop and read < max_bytes do
+  local last = math.min(stop, position + batch) - 1
+  local entries = redis.call('LRANGE', dead, -last - 1, -position - 1)
+  local got = 0
+  for k = #entries, 1, -1 do
+    local entry = entries[k]
+    if wanted(entry) then
+      reply[#reply + 1] = position
+      reply[#reply + 1] = entry
+    end
+    position = position + 1
+    got = got + #entry
+    if read + got >= max_bytes then break end
+  end
+  read = read + got
+  batch = math.max(1, math.min(1000, math.floor(batch * 262144 / math.max(got, 1))))
+end
+reply[1] = position
+return reply
+"""
+
+# KEYS: dead, wait   ARGV: end, entry, job, [end, entry, job...]
+# Dead-letter entries back to the wait list as the producer wrote them (attempts reset),
+# in this order: each entry is removed (LREM, exactly that entry, looked for from the end
+# it is nearer to: -1 the oldest, 1 the newest) and, if it was still there, its job pushed.
+# Returns how many moved.
 RETRY_DEAD: Final = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('LPUSH', KEYS[2], ARGV[2])
-return 1
+local moved = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('LREM', KEYS[1], tonumber(ARGV[i]), ARGV[i + 1]) == 1 then
+    redis.call('LPUSH', KEYS[2], ARGV[i + 2])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+# KEYS: dead   ARGV: end, entry, [end, entry...]   (end: as in RETRY_DEAD)
+# Returns how many entries were removed.
+PURGE_DEAD: Final = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  removed = removed + redis.call('LREM', KEYS[1], tonumber(ARGV[i]), ARGV[i + 1])
+end
+return removed
 """
 
 # -- for operators: the events stream and job records (alchemy.ops) ----------------------

@@ -15,6 +15,9 @@ from alchemy.queue import scripts
 from alchemy.queue.keys import QueueKeys
 
 PROMOTE_BATCH: Final = 100
+DEFAULT_MAX_DEAD: Final = 100_000  # [queues.NAME] max_dead
+OLDEST_END: Final = -1  # LREM from the oldest end of a dead-letter list
+NEWEST_END: Final = 1
 
 
 class ClaimKind(Enum):
@@ -24,6 +27,7 @@ class ClaimKind(Enum):
     PAUSED = 3
     HELD = 4
     GONE = 5  # (confirm only) the item already went back: a re-sent step
+    SCHEDULED = 6  # taken with the next token: start it in ``wait_ms``
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +35,7 @@ class Claim:
     kind: ClaimKind
     items: Sequence[bytes] = ()
     # THROTTLED / PAUSED / HELD: how long (-1: paused until resumed); EMPTY: when the next
-    # retry is due (-1: none)
+    # retry is due (-1: none); SCHEDULED: when to start the job
     wait_ms: int = 0
     hold: bytes | None = None  # HELD: the held key's JSON (dependency, reason...)
 
@@ -85,6 +89,24 @@ class RecoveredJob:
     raw_job: bytes = b""  # poisoned: the producer's job, as it went to the dead-letter list
 
 
+@dataclass(frozen=True, slots=True)
+class DeadScan:
+    """One bounded step through a dead-letter list, oldest first (scripts.DEAD_SCAN)."""
+
+    position: int  # where the next step starts: entries passed, from the oldest end
+    trimmed: int  # the list's trimmed count when ``position`` was taken
+    length: int  # the list's length then
+    found: Sequence[tuple[int, bytes]]  # (position, entry) of the entries wanted
+
+    @property
+    def done(self) -> bool:
+        return self.position >= self.length
+
+    def end_of(self, position: int) -> int:
+        """The end of the list an entry at ``position`` is nearer to (for LREM)."""
+        return OLDEST_END if position < self.length / 2 else NEWEST_END
+
+
 class _Scripts:
     """The Lua steps, registered once per Redis client."""
 
@@ -104,7 +126,9 @@ class _Scripts:
         self.recover = redis.register_script(scripts.RECOVER)
         self.heartbeat = redis.register_script(scripts.HEARTBEAT)
         self.deregister = redis.register_script(scripts.DEREGISTER)
+        self.dead_scan = redis.register_script(scripts.DEAD_SCAN)
         self.retry_dead = redis.register_script(scripts.RETRY_DEAD)
+        self.purge_dead = redis.register_script(scripts.PURGE_DEAD)
 
 
 async def _run(script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
@@ -115,13 +139,21 @@ class QueueStore:
     """The Redis side of one queue as seen by one process (``identity``)."""
 
     def __init__(
-        self, redis: Redis, *, prefix: str, queue: str, identity: str, rate: RateLimit = UNLIMITED
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        queue: str,
+        identity: str,
+        rate: RateLimit = UNLIMITED,
+        max_dead: int = DEFAULT_MAX_DEAD,
     ) -> None:
         self.redis = redis
         self.keys = QueueKeys(prefix, queue)
         self.queue = queue
         self.identity = identity
         self.rate = rate
+        self.max_dead = max_dead  # entries a dead-letter step keeps (the oldest go)
         self.processing = self.keys.processing(identity)
         self._s = _Scripts(redis)
 
@@ -150,8 +182,11 @@ class QueueStore:
             [self.processing, k.wait, k.paused_until, k.paused, k.held, k.bucket],
             [item, *self.rate.args()],
         )
-        if int(reply[0]) == 1:
+        kind = int(reply[0])
+        if kind == ClaimKind.JOBS.value:
             return Claim(ClaimKind.JOBS, items=(item,))
+        if kind == ClaimKind.SCHEDULED.value:
+            return Claim(ClaimKind.SCHEDULED, items=(item,), wait_ms=int(reply[1]))
         return _claim(reply)
 
     # -- finishing ------------------------------------------------------------------------
@@ -169,8 +204,8 @@ class QueueStore:
         return bool(await _run(self._s.defer_and_pause, keys, [item, envelope, ms]))
 
     async def dead_letter(self, item: bytes, entry: bytes) -> bool:
-        keys = [self.processing, self.keys.dead]
-        return bool(await _run(self._s.dead_letter, keys, [item, entry]))
+        keys = [self.processing, self.keys.dead, self.keys.dead_trimmed]
+        return bool(await _run(self._s.dead_letter, keys, [item, entry, self.max_dead]))
 
     async def requeue(self, item: bytes) -> bool:
         return bool(await _run(self._s.requeue, [self.processing, self.keys.wait], [item]))
@@ -225,8 +260,15 @@ class QueueStore:
         k = self.keys
         reply = await _run(
             self._s.recover,
-            [k.processing(identity), k.wait, k.dead, k.heartbeat(identity), k.consumers],
-            [identity, max_recoveries, self.queue, "1" if require_dead else "0"],
+            [
+                k.processing(identity),
+                k.wait,
+                k.dead,
+                k.heartbeat(identity),
+                k.consumers,
+                k.dead_trimmed,
+            ],
+            [identity, max_recoveries, self.queue, "1" if require_dead else "0", self.max_dead],
         )
         if int(reply[0]) == -1:
             return None
@@ -247,9 +289,38 @@ class QueueStore:
         return bool(await _run(self._s.deregister, keys, [self.identity]))
 
     # -- dead letters ---------------------------------------------------------------------
-    async def retry_dead(self, entry: bytes, raw_job: bytes) -> bool:
-        keys = [self.keys.dead, self.keys.wait]
-        return bool(await _run(self._s.retry_dead, keys, [entry, raw_job]))
+    async def scan_dead(
+        self,
+        position: int,
+        trimmed: int,
+        *,
+        max_entries: int,
+        max_bytes: int,
+        job_id: str = "",
+        needles: Sequence[bytes] = (),
+    ) -> DeadScan:
+        """Look at up to ``max_entries`` entries (or ``max_bytes`` of them) from
+        ``position``, oldest first; return those with ``job_id`` (every one for "")."""
+        keys = [self.keys.dead, self.keys.dead_trimmed]
+        args = [position, trimmed, max_entries, max_bytes, job_id, *needles]
+        reply = await _run(self._s.dead_scan, keys, args)
+        found = [(int(reply[n]), _bytes(reply[n + 1])) for n in range(3, len(reply), 2)]
+        return DeadScan(int(reply[0]), int(reply[1]), int(reply[2]), found)
+
+    async def retry_dead(self, moves: Sequence[tuple[int, bytes, bytes]]) -> int:
+        """(end, entry, job): each entry off the list, its job onto the wait list; returns
+        how many moved (an entry already gone moves nothing)."""
+        if not moves:
+            return 0
+        args = [part for move in moves for part in move]
+        return int(await _run(self._s.retry_dead, [self.keys.dead, self.keys.wait], args))
+
+    async def purge_dead(self, removals: Sequence[tuple[int, bytes]]) -> int:
+        """(end, entry): each entry off the list; returns how many were removed."""
+        if not removals:
+            return 0
+        args = [part for removal in removals for part in removal]
+        return int(await _run(self._s.purge_dead, [self.keys.dead], args))
 
 
 def _claim(reply: Sequence[Any]) -> Claim:
@@ -258,6 +329,8 @@ def _claim(reply: Sequence[Any]) -> Claim:
         return Claim(kind, items=reply[1:])
     if kind is ClaimKind.GONE:
         return Claim(kind)
+    if kind is ClaimKind.SCHEDULED:
+        return Claim(kind, items=reply[2:], wait_ms=int(reply[1]))
     hold = _bytes(reply[2]) if kind is ClaimKind.HELD else None
     return Claim(kind, wait_ms=int(reply[1]), hold=hold)
 

@@ -11,9 +11,10 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -46,6 +47,7 @@ from alchemy.worker.owned import Owned
 log = structlog.get_logger("alchemy.consumer")
 
 DEAD_HOOK_TIMEOUT = 10.0  # seconds a handler module's on_dead may take
+OFF_LOOP_BYTES = 1_048_576  # a too_large job longer than this is encoded in a thread
 
 
 def now_ms() -> int:
@@ -120,9 +122,12 @@ class QueueConsumer:
         self.fetcher.request_stop()
         self._slot_free.set()
 
-    def _start(self, item: bytes, picked_ms: float) -> None:
+    def _start(self, item: bytes, picked_ms: float, after_s: float = 0.0) -> None:
+        """Run the job of ``item`` (taken at ``picked_ms``), ``after_s`` seconds from now
+        (the rate limit's next token), in a task of its own."""
         self.owned.take(item)
-        task = asyncio.create_task(self._run_job(item, picked_ms))
+        run = self._run_job(item, picked_ms)
+        task = asyncio.create_task(_after(after_s, run) if after_s > 0 else run)
         self._running[task] = item
         task.add_done_callback(self._on_done)
 
@@ -140,17 +145,19 @@ class QueueConsumer:
 
     # -- running one job ------------------------------------------------------------------
     async def _run_job(self, item: bytes, picked_ms: float) -> None:
-        decoded = decode_item(item, queue=self.name, max_bytes=self.config.max_payload_bytes)
-        if isinstance(decoded, BadJob):
-            error = ErrorInfo("BadJob", decoded.message)
-            await self._dead_letter(item, decoded.raw_job, decoded.reason, error, decoded.meta)
+        try:
+            ready = self._prepare(item, picked_ms)
+        except Exception as exc:
+            # Whatever fails before the handler is called ends the item here: left in the
+            # processing list, the reconcile loop would return it to fail again, forever.
+            why = f"could not be read: {type(exc).__name__}: {exc}"[:2000]
+            ready = BadJob(item, DeadReason.INVALID_JSON, why)
+        if isinstance(ready, BadJob):
+            error = ErrorInfo("BadJob", ready.message)
+            await self._dead_letter(item, ready.raw_job, ready.reason, error, ready.meta)
             return
-        runner = Runner(self.store.identity, self.incarnation, next(self._runs))
-        job = replace(decoded.job, runner=runner)
-        decoded = replace(decoded, job=job)
-        pickup_s = None
-        if job.enqueued_at is not None and job.attempt == 1 and job.recoveries == 0:
-            pickup_s = (picked_ms - job.enqueued_at) / 1000
+        decoded, pickup_s = ready
+        job = decoded.job
         self.observers.on_job(
             JobEvent(
                 self.name,
@@ -185,6 +192,18 @@ class QueueConsumer:
                 recoveries=job.recoveries,
             )
         )
+
+    def _prepare(self, item: bytes, picked_ms: float) -> tuple[Decoded, float | None] | BadJob:
+        """The job of ``item`` with its runner, and its pickup time (first attempts)."""
+        decoded = decode_item(item, queue=self.name, max_bytes=self.config.max_payload_bytes)
+        if isinstance(decoded, BadJob):
+            return decoded
+        runner = Runner(self.store.identity, self.incarnation, next(self._runs))
+        job = replace(decoded.job, runner=runner)
+        pickup_s = None
+        if job.enqueued_at is not None and job.attempt == 1 and job.recoveries == 0:
+            pickup_s = (picked_ms - job.enqueued_at) / 1000
+        return replace(decoded, job=job), pickup_s
 
     async def _call_handler(self, item: bytes, decoded: Decoded, picked_ms: float) -> Outcome:
         meta = decoded.meta
@@ -309,7 +328,8 @@ class QueueConsumer:
     ) -> Outcome:
         """Dead-letter ``item``. ``announce``: also report the transition and log it here
         (for items that never reached :meth:`_run_job`'s own report)."""
-        entry = encode_dead_entry(
+        encode = partial(
+            encode_dead_entry,
             queue=self.name,
             raw_job=raw_job,
             reason=reason,
@@ -317,6 +337,9 @@ class QueueConsumer:
             meta=meta,
             dead_at_ms=now_ms(),
         )
+        # A too_large job is hashed whole (~2 ms a megabyte): not on the event loop.
+        big = reason is DeadReason.TOO_LARGE and len(raw_job) > OFF_LOOP_BYTES
+        entry = await asyncio.to_thread(encode) if big else encode()
         await until_done(
             lambda: self.store.dead_letter(item, entry), what="dead_letter", queue=self.name
         )
@@ -408,6 +431,16 @@ class QueueConsumer:
             await asyncio.gather(*pending, return_exceptions=True)
         await self.acks.flush()
         return await until_done(self.store.requeue_all, what="requeue_all", queue=self.name)
+
+
+async def _after(seconds: float, run: Coroutine[Any, Any, None]) -> None:
+    """``run`` after ``seconds`` (its pickup time includes the wait)."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        run.close()
+        raise
+    await run
 
 
 def _first_attempt(meta: Meta, picked_ms: float) -> Meta:

@@ -25,7 +25,7 @@ from alchemy.worker.observer import Observers
 from alchemy.worker.owned import Owned
 
 PAUSED_LOOK_S = 1.0  # a paused or held queue is looked at again after at most this
-THROTTLE_SPREAD_S = 0.005  # random extra sleep, so throttled processes do not all wake at once
+THROTTLE_SPREAD_S = 0.002  # random extra sleep, so throttled processes do not all wake at once
 
 
 async def sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
@@ -48,7 +48,7 @@ class Fetcher:
         owned: Owned,
         free_slots: Callable[[], int],
         wait_for_slot: Callable[[], Awaitable[None]],
-        start: Callable[[bytes, float], None],
+        start: Callable[[bytes, float, float], None],
         observers: Observers,
     ) -> None:
         self.config = config
@@ -95,7 +95,11 @@ class Fetcher:
         if claim.kind is ClaimKind.JOBS:
             picked = time.time() * 1000
             for item in claim.items:
-                self.start(item, picked)
+                self.start(item, picked, 0.0)
+        elif claim.kind is ClaimKind.SCHEDULED:
+            # Taken with the next rate-limit token: the job starts when the token arrives.
+            [item] = claim.items
+            self.start(item, time.time() * 1000, claim.wait_ms / 1000)
         elif claim.kind is ClaimKind.THROTTLED:
             self.observers.on_held_back(self.name, "throttled", claim.wait_ms)
             spread = random.random() * THROTTLE_SPREAD_S

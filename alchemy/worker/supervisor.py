@@ -143,6 +143,7 @@ class Supervisor:
                     queue=queue.name,
                     identity=identity,
                     rate=rate_of(queue),
+                    max_dead=queue.max_dead,
                 )
                 for queue in self.queues
             ]

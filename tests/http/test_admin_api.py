@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -106,6 +108,39 @@ async def test_dead_list_pages_and_checks_its_parameters(
         assert "error" in await response.json()
 
 
+async def test_dead_entries_not_utf8_or_truncated(
+    client_for: Any, redis: Redis, prefix: str
+) -> None:
+    client = await client_for()
+    keys = QueueKeys(prefix, "q")
+    # A poison entry as the recovery script writes it for a job that is not UTF-8.
+    poison = b'{"v":1,"queue":"q","id":"p1","reason":"poison","job":"{\\"b\\":\\"\xff\\"}"}'
+    big = b'{"id":"big","pad":"' + b"x" * 100_000 + b'"}'
+    truncated = encode_dead_entry(
+        queue="q",
+        raw_job=big,
+        reason=DeadReason.TOO_LARGE,
+        error=ErrorInfo("BadJob", "too big"),
+        meta=Meta(id="big"),
+        dead_at_ms=1,
+    )
+    await redis.lpush(keys.dead, poison, truncated)
+    response = await client.get("/api/queues/q/dead", headers=AUTH)
+    assert response.status == 200
+    first, second = (await response.json())["entries"]
+    assert (first["id"], first["truncated"], first["job_bytes"]) == ("big", True, len(big))
+    assert first["job_sha256"] == hashlib.sha256(big).hexdigest()
+    assert second["job_b64"] == base64.b64encode(b'{"b":"\xff"}').decode()
+    url = "/api/queues/q/dead/retry"
+    response = await client.post(url, json={"id": "big"}, headers=AUTH)
+    assert response.status == 409
+    assert "keeps only the first 65536 bytes" in (await response.json())["error"]
+    response = await client.post(url, json={"all": True}, headers=AUTH)
+    body = await response.json()
+    assert body == {"queue": "q", "retried": 1, "skipped_truncated": 1}
+    assert await redis.lrange(keys.wait, 0, -1) == [b'{"b":"\xff"}']
+
+
 async def test_changes_need_the_token(client_for: Any, redis: Redis, prefix: str) -> None:
     client = await client_for()
     paths = ["pause", "resume", "dead/retry", "dead/purge"]
@@ -149,7 +184,8 @@ async def test_retry_and_purge_dead_jobs(client_for: Any, redis: Redis, prefix: 
         await add_dead(redis, prefix, job_id)
     url = "/api/queues/q/dead"
     response = await client.post(f"{url}/retry", json={"id": "b"}, headers=AUTH)
-    assert (response.status, await response.json()) == (200, {"queue": "q", "retried": 1})
+    body = await response.json()
+    assert (response.status, body) == (200, {"queue": "q", "retried": 1, "skipped_truncated": 0})
     assert json.loads(await redis.lindex(keys.wait, 0)) == {"id": "b", "n": 0}
     response = await client.post(f"{url}/retry", json={"id": "b"}, headers=AUTH)
     assert response.status == 404

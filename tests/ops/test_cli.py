@@ -8,6 +8,7 @@ no traceback; ``--json`` prints what a script needs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -188,7 +189,12 @@ async def test_dead_list_retry_purge_as_json(cli: Cli, redis: Redis, prefix: str
     assert [json.loads(line)["id"] for line in paged.out.splitlines()] == ["d-2"]
 
     retried = await cli("dead", "retry", "research", "--id", "d-2", "--json")
-    assert retried.json() == {"queue": "research", "id": "d-2", "retried": 1}
+    assert retried.json() == {
+        "queue": "research",
+        "id": "d-2",
+        "retried": 1,
+        "skipped_truncated": 0,
+    }
     assert await redis.llen(keys.wait) == 1
     purged = await cli("dead", "purge", "research", "--id", "d-1", "--json")
     assert purged.json() == {"queue": "research", "id": "d-1", "purged": 1}
@@ -198,9 +204,53 @@ async def test_dead_list_retry_purge_as_json(cli: Cli, redis: Redis, prefix: str
     assert (await cli("dead", "list", "research")).out == "no dead jobs in research\n"
 
     missing = await cli("dead", "retry", "research", "--id", "d-9", "--json")
-    assert missing.json() == {"queue": "research", "id": "d-9", "retried": 0}
+    assert missing.json() == {
+        "queue": "research",
+        "id": "d-9",
+        "retried": 0,
+        "skipped_truncated": 0,
+    }
     assert missing.failed_with(1, "no dead job with id 'd-9' in research")
     assert (await cli("dead", "purge", "research", "--id", "d-9")).failed_with(1, "'d-9'")
+
+
+# A poison entry as the recovery script writes it for a job that is not UTF-8.
+RAW_POISON_ENTRY = (
+    b'{"v":1,"queue":"research","id":"p-1","reason":"poison","error":{"type":"ProcessDied",'
+    b'"message":"died"},"attempts":1,"recoveries":3,"dead_at_ms":1,"job":"{\\"b\\":\\"\xff\\"}"}'
+)
+
+
+async def test_dead_entries_not_utf8_or_truncated(cli: Cli, redis: Redis, prefix: str) -> None:
+    keys = QueueKeys(prefix, "research")
+    big = b'{"id":"big","pad":"' + b"x" * 100_000 + b'"}'
+    truncated = encode_dead_entry(
+        queue="research",
+        raw_job=big,
+        reason=DeadReason.TOO_LARGE,
+        error=ErrorInfo("BadJob", f"{len(big)} bytes > limit 1048576"),
+        meta=Meta(id="big"),
+        dead_at_ms=1,
+    )
+    await redis.lpush(keys.dead, RAW_POISON_ENTRY, truncated)
+
+    listed = await cli("dead", "list", "research", "--json")
+    assert listed.status == 0, listed
+    first, second = (json.loads(line) for line in listed.out.splitlines())
+    assert (first["truncated"], first["job_bytes"], len(first["job"])) == (True, len(big), 65_536)
+    assert second["job_b64"] == base64.b64encode(b'{"b":"\xff"}').decode()
+    assert "job" not in second
+    text = (await cli("dead", "list", "research")).out
+    assert f"[truncated: the first 64 KiB of {len(big)} bytes, sha256 " in text
+    assert "<not UTF-8: base64 in job_b64 (--json)>" in text
+
+    refused = await cli("dead", "retry", "research", "--id", "big")
+    assert refused.failed_with(1, "dead job 'big' in research: a too_large entry keeps only")
+    assert "skipped 1 truncated too_large entry" in refused.out
+    every = await cli("dead", "retry", "research", "--all", "--json")
+    assert every.json() == {"queue": "research", "id": None, "retried": 1, "skipped_truncated": 1}
+    assert await redis.lrange(keys.wait, 0, -1) == [b'{"b":"\xff"}']
+    assert await redis.lrange(keys.dead, 0, -1) == [truncated]
 
 
 async def test_check_config_masks_secrets(cli: Cli, config_path: Path) -> None:

@@ -106,6 +106,7 @@ def test_queue_gauges_come_from_the_last_read() -> None:
         paused=True,
         paused_for_ms=-1,
         consumers=[ConsumerStatus("w", True, 2, None), ConsumerStatus("x", False, 0, None)],
+        dead_trimmed=3,
     )
     statuses: dict[str, QueueStatus] | None = None
     m.watch_queues(QueueCollector(lambda: statuses, lambda: {"q": 2}))
@@ -117,6 +118,7 @@ def test_queue_gauges_come_from_the_last_read() -> None:
         assert value(m, "alchemy_queue_jobs", queue="q", state=state) == count
     assert value(m, "alchemy_queue_paused", queue="q") == 1
     assert value(m, "alchemy_queue_consumers", queue="q") == 1
+    assert value(m, "alchemy_dead_trimmed_total", queue="q") == 3
     assert value(m, "alchemy_jobs_in_flight", queue="q") == 2
     assert value(m, "alchemy_redis_up") == 1
     text = m.render().decode()

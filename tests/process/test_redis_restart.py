@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import socket
-import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,78 +22,19 @@ from redis.asyncio import Redis
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.producer import Producer
 from tests.conftest import WorkerProcess, queue_table, read_records, wait_for, wait_started
+from tests.fakes.redis_server import PrivateRedis
 
 QUEUE = "outage"
 HOST = socket.gethostname()
-REDIS_SERVER = "/usr/bin/redis-server"
 JOBS = 200
 DOWN_FOR = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class PrivateRedis:
-    """A persistent redis-server of our own, started and stopped by pid."""
-
-    def __init__(self, directory: Path, port: int) -> None:
-        self.directory = directory
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None
-        self.starts += 1
-        log = (self.directory / f"redis-{self.starts}.log").open("wb")
-        with log:
-            self.proc = subprocess.Popen(
-                [
-                    REDIS_SERVER,
-                    "--port", str(self.port),
-                    "--bind", "127.0.0.1",
-                    "--dir", str(self.directory),
-                    "--appendonly", "yes",
-                    "--appendfsync", "always",
-                    "--save", "",
-                    "--daemonize", "no",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def stop(self) -> int:
-        """SIGTERM (Redis fsyncs the AOF and exits), then wait for it."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-    async def wait_ready(self, client: Redis) -> None:
-        async def ready() -> bool:
-            assert self.proc is not None
-            assert self.proc.poll() is None, "redis-server died"
-            with contextlib.suppress(Exception):
-                return bool(await client.ping())
-            return False
-
-        await wait_for(ready, within=10, interval=0.05)
 
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     directory = tmp_path / "redis-data"
     directory.mkdir()
-    server = PrivateRedis(directory, free_port())
+    server = PrivateRedis(directory)
     server.start()
     try:
         yield server

@@ -6,7 +6,7 @@ import json
 
 from redis.asyncio import Redis
 
-from alchemy.queue.admin import QueueAdmin
+from alchemy.queue.admin import DeadRetry, QueueAdmin
 from alchemy.queue.job import DeadReason, ErrorInfo, Meta, encode_dead_entry, encode_envelope
 from alchemy.queue.store import ClaimKind, QueueStore, RateLimit, RecoveredJob
 
@@ -35,21 +35,28 @@ async def test_claim_takes_oldest_first_and_moves_to_processing(redis: Redis, pr
     assert await redis.lrange(s.keys.wait, 0, -1) == list(reversed(items[3:]))
 
 
-async def test_claim_spends_tokens_and_reports_the_wait(redis: Redis, prefix: str) -> None:
+async def test_claim_spends_tokens_and_schedules_the_next(redis: Redis, prefix: str) -> None:
     s = store(redis, prefix, RateLimit(limit=5, period=1.0, burst=3))
-    await fill(redis, s, 10)
+    items = await fill(redis, s, 10)
     first = await s.claim(10)
     assert len(first.items) == 4  # one token, plus the burst of 3
+    # The bucket is empty: the next job is taken with the next token, due in 201 ms.
     second = await s.claim(10)
-    assert second.kind is ClaimKind.THROTTLED
-    assert 0 < second.wait_ms <= 202  # one token per 200 ms (and the guard)
-    assert await redis.llen(s.processing) == 4
+    assert second.kind is ClaimKind.SCHEDULED
+    assert list(second.items) == [items[4]]
+    assert 190 <= second.wait_ms <= 202  # one token per 200 ms (and the guard)
+    # That token is spoken for: look again when it arrives, to take the one after.
+    third = await s.claim(10)
+    assert third.kind is ClaimKind.THROTTLED
+    assert 190 <= third.wait_ms <= 202
+    assert await redis.llen(s.processing) == 5
 
 
 async def test_without_a_burst_the_bucket_holds_one_token(redis: Redis, prefix: str) -> None:
     s = store(redis, prefix, RateLimit(limit=20, period=5.0))
     await fill(redis, s, 10)
     assert len((await s.claim(10)).items) == 1
+    assert (await s.claim(10)).kind is ClaimKind.SCHEDULED
     assert (await s.claim(10)).kind is ClaimKind.THROTTLED
 
 
@@ -58,18 +65,21 @@ async def test_empty_claim_takes_no_token_and_confirm_takes_one(redis: Redis, pr
     empty = await s.claim(5)
     assert empty.kind is ClaimKind.EMPTY
     assert empty.wait_ms == -1  # no retry due
-    # Two jobs taken by blocking fetches: the first gets the one token, the second goes back
-    # to the front of the wait list.
-    first, second = b'{"id":"x"}', b'{"id":"y"}'
-    await redis.lpush(s.processing, first, second)
+    # Three jobs taken by blocking fetches: the first gets the one token, the second the
+    # next one (an hour away), the third goes back to the front of the wait list.
+    first, second, third = b'{"id":"x"}', b'{"id":"y"}', b'{"id":"z"}'
+    await redis.lpush(s.processing, first, second, third)
     assert (await s.confirm(first)).kind is ClaimKind.JOBS
-    throttled = await s.confirm(second)
+    scheduled = await s.confirm(second)
+    assert scheduled.kind is ClaimKind.SCHEDULED
+    assert scheduled.wait_ms > 3_500_000
+    throttled = await s.confirm(third)
     assert throttled.kind is ClaimKind.THROTTLED
-    assert throttled.wait_ms > 3_000_000
-    assert await redis.lrange(s.processing, 0, -1) == [first]
-    assert await redis.lindex(s.keys.wait, -1) == second
+    assert throttled.wait_ms > 3_500_000
+    assert sorted(await redis.lrange(s.processing, 0, -1)) == sorted([first, second])
+    assert await redis.lindex(s.keys.wait, -1) == third
     # Re-sent after a lost reply: the item is already back, nothing happens twice.
-    assert (await s.confirm(second)).kind is ClaimKind.GONE
+    assert (await s.confirm(third)).kind is ClaimKind.GONE
     assert await redis.llen(s.keys.wait) == 1
 
 
@@ -231,10 +241,10 @@ async def test_dead_letter_retry_and_purge(redis: Redis, prefix: str) -> None:
         await s.dead_letter(raw, entry)
     listed = await admin.dead_list("q", offset=0, limit=2)
     assert [e.id for e in listed] == ["j2", "j1"]  # newest first, paged
-    assert await admin.dead_retry("q", "j1") == 1
+    assert await admin.dead_retry("q", "j1") == DeadRetry(retried=1)
     assert await redis.lrange(s.keys.wait, 0, -1) == [raws[1]]  # as the producer wrote it
-    assert await admin.dead_retry("q", "nope") == 0
-    assert await admin.dead_retry_all("q") == 2
+    assert await admin.dead_retry("q", "nope") == DeadRetry()
+    assert await admin.dead_retry_all("q") == DeadRetry(retried=2)
     assert await redis.llen(s.keys.dead) == 0
     assert await redis.llen(s.keys.wait) == 3
     claim = await s.claim(3)

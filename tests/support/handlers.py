@@ -142,3 +142,12 @@ async def raises_cancelled(job: Job) -> None:
         inner = asyncio.ensure_future(asyncio.sleep(10))
         inner.cancel()
         await inner
+
+
+async def end_task(job: Job) -> None:
+    """A test hook: cancel this process's background task named ``data["task"]`` (e.g.
+    ``reconcile:q``), as if it had ended by a bug; then finish like ``scripted``."""
+    for task in asyncio.all_tasks():
+        if task.get_name() == job.data["task"]:
+            task.cancel()
+    await scripted(job)

@@ -81,9 +81,10 @@ async def test_observer_sees_each_transition(
 async def test_observer_hears_about_throttling(
     redis: Redis, prefix: str, make_config: Any, run_worker: Any
 ) -> None:
-    config = make_config(queue_table("q", rate_limit=1, rate_period=60.0))
+    config = make_config(queue_table("q", rate_limit=1, rate_period=60.0, concurrency=2))
     keys = QueueKeys(prefix, "q")
-    for n in range(2):
+    # One starts, one is scheduled for the next token (a minute away), the third is held back.
+    for n in range(3):
         await redis.lpush(keys.wait, json.dumps({"id": f"t{n}"}))
     recorder = Recorder()
     run_worker(config, observers=[recorder])

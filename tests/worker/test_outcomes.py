@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
 import time
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from alchemy.config import Config, parse_config
 from alchemy.queue.keys import QueueKeys
+from alchemy.worker import consumer as consumer_module
 from tests.conftest import build_config_dict, queue_table, wait_for
 
 
@@ -250,3 +253,53 @@ async def test_handler_raising_cancelled_error_itself_is_a_failed_attempt(
     keys = QueueKeys(prefix, "q")
     await wait_for(lambda: _llen_is(redis, keys.processing(config.worker.identity), 0))
     assert await redis.llen(keys.dead) == 0
+
+
+async def test_anything_raised_before_the_handler_dead_letters_the_item_once(
+    redis: Redis,
+    prefix: str,
+    make_config: Any,
+    run_worker: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Left in the processing list, such an item would come back through reconcile forever.
+    real = consumer_module.decode_item
+    calls: list[bytes] = []
+
+    def flaky(item: bytes, **kwargs: Any) -> Any:
+        calls.append(item)
+        if b"explode" in item:
+            raise RuntimeError("nobody foresaw this")
+        return real(item, **kwargs)
+
+    monkeypatch.setattr(consumer_module, "decode_item", flaky)
+    # reconcile_interval must exceed block_timeout + socket_timeout (a reply on its way).
+    raw_config = build_config_dict(
+        prefix,
+        queue_table("q"),
+        {"reconcile_interval": 0.7},
+        redis={"block_timeout": 0.1, "socket_timeout": 0.5},
+    )
+    config = parse_config(raw_config)
+    boom = await push(redis, prefix, "q", job(prefix, "explode"))
+    # A producer's enqueued_at of 400 digits is a JSON number, but no float: it used to
+    # raise while the pickup time was computed.
+    huge = await push(redis, prefix, "q", b'{"id":"huge","enqueued_at":' + b"9" * 400 + b"}")
+    await push(redis, prefix, "q", job(prefix, "after"))
+    run_worker(config)
+    keys = QueueKeys(prefix, "q")
+    await wait_for(lambda: redis.llen(f"{prefix}:rec:done"), within=5)
+    await wait_for(lambda: _llen_is(redis, keys.dead, 2), within=5)
+    await asyncio.sleep(1.6)  # two reconcile passes: nothing comes back
+    entries = {_raw_job(e): e for e in await dead_entries(redis, prefix, "q")}
+    assert set(entries) == {boom, huge}
+    assert entries[boom]["reason"] == "invalid_json"
+    assert entries[boom]["error"] == {
+        "type": "BadJob",
+        "message": "could not be read: RuntimeError: nobody foresaw this",
+    }
+    assert entries[huge]["reason"] == "invalid_field"
+    assert "enqueued_at" in entries[huge]["error"]["message"]
+    assert calls.count(boom) == 1
+    assert await redis.llen(keys.processing(config.worker.identity)) == 0
+    assert await redis.llen(keys.wait) == 0

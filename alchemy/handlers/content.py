@@ -53,14 +53,23 @@ REQUIRES: Final = ("postgres",)
 MEDIA_QUEUE: Final = "media-generation"
 FOLLOW_UP_SUFFIX: Final = ":media"
 
+# The row ($1) and, when it has one already, its content (or this job's, $2): the "already
+# saved?" check and the load in one statement.
 LOAD_ROW = """
 SELECT q.id, q.status, q.platform, q.provider, q.model, q.options, q.idea_id,
        b.id AS brand_id, b.name, b.voice, b.tone, b.audience, b.guidelines,
        b.banned_phrases, b.default_provider, b.default_model,
-       i.title, i.description, i.keywords, i.research
+       i.title, i.description, i.keywords, i.research,
+       c.id AS content_id, c.media_job_id, c.extras AS content_extras
 FROM content_queue q
 JOIN brands b ON b.id = q.brand_id
 LEFT JOIN ideas i ON i.id = q.idea_id
+LEFT JOIN LATERAL (
+    SELECT id, media_job_id, extras FROM contents
+    WHERE content_queue_id = q.id OR job_id = $2
+    ORDER BY (job_id = $2) DESC
+    LIMIT 1
+) c ON true
 WHERE q.id = $1
 """
 MARK_PROCESSING = """
@@ -93,9 +102,9 @@ UPDATE content_queue
 SET status = 'failed', error = $2, error_detail = $3, updated_at = now()
 WHERE job_id = $1 AND status = 'processing'
 """
-EXISTING = """
-SELECT id, media_job_id, extras FROM contents WHERE job_id = $1 OR content_queue_id = $2
-ORDER BY (job_id = $1) DESC LIMIT 1
+# This job's content, for a row that is gone (its content keeps job_id).
+SAVED_BY_JOB = """
+SELECT id AS content_id, media_job_id, extras AS content_extras FROM contents WHERE job_id = $1
 """
 
 
@@ -176,34 +185,37 @@ async def on_dead(job: Job, death: Death) -> None:
 async def generate_content(job: Job, services: Services) -> None:
     request = ContentJob.parse(job.data)
     async with services.paid.piece(job, f"content:{request.row_id}") as piece:
-        follow_up = await saved_follow_up(piece, job, request.row_id)
-        if follow_up is None:
-            follow_up = await write_and_save(piece, job, request, services)
-    if follow_up is not None:
-        await enqueue_follow_up(services, follow_up)
+        db = await piece.db()  # until the provider call: after it, the commit takes its own
+        row = await db.fetchrow(LOAD_ROW, request.row_id, job.id)
+        saved = row if row is not None else await db.fetchrow(SAVED_BY_JOB, job.id)
+        if saved is not None and saved["content_id"] is not None:
+            follow_up = await already_saved(db, request.row_id, saved)
+        elif row is None:
+            raise PermanentError(f"content_queue row {request.row_id} not found")
+        else:
+            follow_up = await write_and_save(piece, db, job, request, row, services)
+    await enqueue_follow_up(services, follow_up)
 
 
-async def saved_follow_up(piece: Piece, job: Job, row_id: uuid.UUID) -> FollowUp | None:
-    """None when the row has no content yet. When it has, the row is marked completed and
-    the follow-up the content recorded (if any) is returned, to be pushed (at most once)."""
-    existing = await piece.pool.fetchrow(EXISTING, job.id, row_id)
-    if existing is None:
-        return None
-    log.info("content_already_saved", content_id=str(existing["id"]))
-    await piece.pool.execute(MARK_COMPLETED, row_id)
-    if not existing["media_job_id"]:
-        return FollowUp(existing["id"], "", {})
-    media = (existing["extras"] or {}).get("media_request") or {"kind": "image"}
-    return FollowUp(existing["id"], existing["media_job_id"], media)
+async def already_saved(db: Any, row_id: uuid.UUID, saved: asyncpg.Record) -> FollowUp:
+    """The row has its content (a run before this one committed it): mark the row completed
+    and return the follow-up the content recorded, to be pushed (at most once)."""
+    log.info("content_already_saved", content_id=str(saved["content_id"]))
+    await db.execute(MARK_COMPLETED, row_id)
+    if not saved["media_job_id"]:
+        return FollowUp(saved["content_id"], "", {})
+    media = (saved["content_extras"] or {}).get("media_request") or {"kind": "image"}
+    return FollowUp(saved["content_id"], saved["media_job_id"], media)
 
 
 async def write_and_save(
-    piece: Piece, job: Job, request: ContentJob, services: Services
+    piece: Piece,
+    db: Any,
+    job: Job,
+    request: ContentJob,
+    row: asyncpg.Record,
+    services: Services,
 ) -> FollowUp:
-    pool = piece.pool
-    row = await pool.fetchrow(LOAD_ROW, request.row_id)
-    if row is None:
-        raise PermanentError(f"content_queue row {request.row_id} not found")
     if row["title"] is None:
         raise PermanentError(f"content_queue row {request.row_id}: its idea is missing")
     platform = platform_for(row["platform"])
@@ -211,13 +223,12 @@ async def write_and_save(
     media = request.media or media_request(options.get("media"), "content_queue options.media")
     media_job_id = follow_up_id(job.id) if media else None
     piece.brand_id = row["brand_id"]
-    await pool.execute(MARK_PROCESSING, request.row_id, job.id)
+    await db.execute(MARK_PROCESSING, request.row_id, job.id)
 
-    brand, idea = brand_of(row), idea_of(row)
-    result = await write(piece, services, request, row, brand, idea, platform, options)
-    written = Written(
-        platform, result, score(result.value, platform, idea, brand), media, media_job_id
-    )
+    brief = Brief(row, brand_of(row), idea_of(row), platform, options)
+    result = await write(piece, services, request, brief)
+    quality = score(result.value, platform, brief.idea, brief.brand)
+    written = Written(platform, result, quality, media, media_job_id)
     content_id = await save(piece, job, row, written)
     log.info("content_saved", content_id=str(content_id), quality=written.quality.score)
     return FollowUp(content_id, media_job_id or "", media or {})
@@ -234,16 +245,21 @@ async def enqueue_follow_up(services: Services, follow_up: FollowUp) -> None:
         log.info("media_job_enqueued", media_job_id=follow_up.job_id)
 
 
+@dataclass(frozen=True, slots=True)
+class Brief:
+    """What a draft is written from: the row, its brand and idea, platform and options."""
+
+    row: asyncpg.Record
+    brand: Brand
+    idea: Idea
+    platform: Platform
+    options: Mapping[str, Any]
+
+
 async def write(
-    piece: Piece,
-    services: Services,
-    request: ContentJob,
-    row: asyncpg.Record,
-    brand: Brand,
-    idea: Idea,
-    platform: Platform,
-    options: Mapping[str, Any],
+    piece: Piece, services: Services, request: ContentJob, brief: Brief
 ) -> Structured[Any]:
+    row, idea = brief.row, brief.idea
     choice = choose_text(
         [
             ("job", {"provider": request.provider, "model": request.model}),
@@ -252,7 +268,7 @@ async def write(
         ],
         services.config.providers,
     )
-    system, prompt = content_prompt(brand, idea, platform, options)
+    system, prompt = content_prompt(brief.brand, idea, brief.platform, brief.options)
     text_request = TextRequest(system, prompt, ContentDraft, choice.model, subject=idea.title)
     provider = piece.text(services.providers.text(choice.provider))
     return await generate_structured(provider, text_request)

@@ -138,15 +138,15 @@ async def on_dead(job: Job, death: Death) -> None:
 async def make_media(job: Job, services: Services) -> None:
     request = MediaJob.parse(job.data)
     async with services.paid.piece(job, f"media:{job.id}") as piece:
-        pool = piece.pool
-        status = await pool.fetchval("SELECT status FROM media WHERE job_id = $1", job.id)
+        db = await piece.db()  # until the provider call: after it, the commit takes its own
+        status = await db.fetchval("SELECT status FROM media WHERE job_id = $1", job.id)
         if status == "completed":
             log.info("media_already_saved")
             return
-        owner = await load_owner(pool, request)
+        owner = await load_owner(db, request)
         piece.brand_id = owner.brand_id
         directory = Path(services.config.media.directory)
-        media_id = await pool.fetchval(
+        media_id = await db.fetchval(
             UPSERT_PROCESSING,
             owner.content_id,
             owner.brand_id,
@@ -159,7 +159,7 @@ async def make_media(job: Job, services: Services) -> None:
             log.info("media_already_saved")
             return
         if request.source_media_id is not None:
-            result, stored = await downscaled(pool, request.source_media_id, directory, services)
+            result, stored = await downscaled(db, request.source_media_id, directory, services)
         else:
             image = image_request(request, owner, services)
             paid = await piece.image(services.providers.images(), image)
@@ -188,9 +188,9 @@ async def complete(piece: Piece, media_id: uuid.UUID, result: ImageResult, store
         )
 
 
-async def load_owner(pool: asyncpg.Pool, request: MediaJob) -> Owner:
+async def load_owner(db: asyncpg.Connection, request: MediaJob) -> Owner:
     if request.content_id is not None:
-        row = await pool.fetchrow(
+        row = await db.fetchrow(
             "SELECT brand_id, title, extras FROM contents WHERE id = $1", request.content_id
         )
         if row is None:
@@ -200,7 +200,7 @@ async def load_owner(pool: asyncpg.Pool, request: MediaJob) -> Owner:
         return Owner(request.content_id, row["brand_id"], str(prompt))
     assert request.brand_id is not None
     assert request.prompt is not None
-    if not await pool.fetchval("SELECT 1 FROM brands WHERE id = $1", request.brand_id):
+    if not await db.fetchval("SELECT 1 FROM brands WHERE id = $1", request.brand_id):
         raise PermanentError(f"brand {request.brand_id} not found")
     return Owner(None, request.brand_id, request.prompt)
 
@@ -235,9 +235,9 @@ def image_request(request: MediaJob, owner: Owner, services: Services) -> ImageR
 
 
 async def downscaled(
-    pool: asyncpg.Pool, source_id: uuid.UUID, directory: Path, services: Services
+    db: asyncpg.Connection, source_id: uuid.UUID, directory: Path, services: Services
 ) -> tuple[ImageResult, Stored]:
-    source = await pool.fetchrow(
+    source = await db.fetchrow(
         "SELECT storage_path, status, model FROM media WHERE id = $1", source_id
     )
     if source is None or source["status"] != "completed":

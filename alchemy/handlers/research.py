@@ -133,15 +133,15 @@ async def run_research(job: Job, services: Services) -> None:
     request = ResearchJob.parse(job.data)
     work_key = f"research:{request.idea_id}:{request.type}"
     async with services.paid.piece(job, work_key) as piece:
-        pool = piece.pool
-        if await pool.fetchval("SELECT 1 FROM research_runs WHERE job_id = $1", job.id):
+        db = await piece.db()  # until the provider call: after it, the commit takes its own
+        if await db.fetchval("SELECT 1 FROM research_runs WHERE job_id = $1", job.id):
             log.info("research_already_saved", idea_id=str(request.idea_id))
             return
-        row = await pool.fetchrow(LOAD_IDEA, request.idea_id)
+        row = await db.fetchrow(LOAD_IDEA, request.idea_id)
         if row is None:
             raise PermanentError(f"idea {request.idea_id} not found")
         piece.brand_id = row["brand_id"]
-        await pool.execute(MARK_RESEARCHING, request.idea_id, job.id)
+        await db.execute(MARK_RESEARCHING, request.idea_id, job.id)
         choice = choose_text(
             [
                 ("job", {"provider": request.provider, "model": request.model}),

@@ -208,8 +208,11 @@ class Leases:
     async def fence(self, conn: Any, lease: Lease) -> None:
         """In the result's transaction: release the lease if we still hold it (the row
         stays locked until the commit), else :class:`LeaseLostError`."""
-        if await conn.fetchval(RELEASE, lease.work_key, lease.owner.token) is not None:
-            return
+        if await conn.fetchval(RELEASE, lease.work_key, lease.owner.token) is None:
+            await self.lost(conn, lease)
+
+    async def lost(self, conn: Any, lease: Lease) -> None:
+        """The fence found another owner: log who, count it, raise :class:`LeaseLostError`."""
         holder = await conn.fetchrow(HOLDER, lease.work_key)
         log.warning(
             "lease_lost",

@@ -53,10 +53,6 @@ SET outcome = 'interrupted', finished_at = now(),
     error = 'its runner ended before the reply was recorded (the work was taken over)'
 WHERE work_key = $1 AND outcome = 'in_flight' AND owner_token <> $2
 """
-CONSUME: Final = """
-UPDATE provider_calls SET consumed_at = now(), consumed_by = $2
-WHERE work_key = $1 AND outcome = 'ok' AND consumed_at IS NULL
-"""
 SET_ASIDE: Final = """
 UPDATE provider_calls SET consumed_at = now(), consumed_by = $3
 WHERE work_key = $1 AND owner_token = $2 AND outcome = 'ok' AND consumed_at IS NULL
@@ -174,9 +170,6 @@ class Ledger:
         """Mark the rows other owners left ``in_flight`` on ``work_key`` interrupted."""
         status: str = await executor.execute(INTERRUPT, work_key, owner_token)
         return int(status.rsplit(" ", 1)[-1])
-
-    async def consume(self, executor: Any, work_key: str, job_id: str) -> None:
-        await executor.execute(CONSUME, work_key, job_id)
 
     async def set_aside(self, executor: Any, work_key: str, owner_token: str, why: str) -> None:
         """This owner's unused replies are never to be reused (its result was discarded, or

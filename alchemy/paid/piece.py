@@ -46,7 +46,6 @@ from alchemy.providers.base import (
     Usage,
     raise_failure,
 )
-from alchemy.providers.errors import answered_with_an_error, call_outcome
 from alchemy.providers.prices import shipped_prices
 from alchemy.queue.identity import IdentityClaims
 from alchemy.queue.job import Job
@@ -56,6 +55,21 @@ log = structlog.get_logger("alchemy.paid")
 R = TypeVar("R", TextResult, ImageResult)
 
 SETTLE_TIMEOUT: Final = 5.0  # seconds a bookkeeping step may take after a cancellation
+# The fence of a result's transaction, in one statement: release the lease if this owner
+# ($2) still holds it (the row stays locked until the commit), and then mark the piece's
+# stored replies used by this job ($3). Returns 1, or 0 when the lease was lost.
+FENCE_AND_CONSUME: Final = """
+WITH released AS (
+    UPDATE work_leases SET owner_token = NULL, released_at = now(), expires_at = now()
+    WHERE work_key = $1 AND owner_token = $2
+    RETURNING work_key
+), used AS (
+    UPDATE provider_calls SET consumed_at = now(), consumed_by = $3
+    WHERE work_key IN (SELECT work_key FROM released) AND outcome = 'ok'
+      AND consumed_at IS NULL
+)
+SELECT count(*) FROM released
+"""
 
 
 async def settle(step: Coroutine[Any, Any, object], what: str) -> None:
@@ -146,8 +160,13 @@ class PaidWork:
         commit released it."""
         pool = await self._db()
         owner = Owner.of(job)
-        lease = await self.leases.acquire(pool, work_key, owner)
-        piece = Piece(self, pool, job, lease)
+        conn = await pool.acquire()
+        try:
+            lease = await self.leases.acquire(conn, work_key, owner)
+        except BaseException:
+            await _release(pool, conn)
+            raise
+        piece = Piece(self, pool, conn, job, lease)
         try:
             if not lease.fresh:
                 await piece.recover()
@@ -161,7 +180,8 @@ class PaidWork:
             raise
         finally:
             if not piece.committed:
-                await settle(self.leases.release(pool, lease), "release_lease")
+                await settle(piece.release_lease(), "release_lease")
+            await piece.let_go()
             self.leases.forget(owner)
 
     def report(self, start: CallStart, end: CallEnd) -> None:
@@ -181,11 +201,15 @@ class PaidWork:
 
 
 class Piece:
-    """One run's hold on a piece of paid work (see the module docstring)."""
+    """One run's hold on a piece of paid work (see the module docstring).
 
-    def __init__(self, work: PaidWork, pool: Any, job: Job, lease: Lease) -> None:
+    The run's statements go through one pooled connection (:meth:`db`), given back to the
+    pool while a provider call is out (seconds, for a real one) and taken again after."""
+
+    def __init__(self, work: PaidWork, pool: Any, conn: Any, job: Job, lease: Lease) -> None:
         self.work = work
         self.pool = pool
+        self._conn = conn
         self.job = job
         self.lease = lease
         self.brand_id: uuid.UUID | None = None  # for spend by brand, once the handler knows it
@@ -195,36 +219,55 @@ class Piece:
     def key(self) -> str:
         return self.lease.work_key
 
+    async def db(self) -> Any:
+        """The run's connection (taken from the pool when it has none)."""
+        if self._conn is None:
+            self._conn = await self.pool.acquire()
+        return self._conn
+
+    async def let_go(self) -> None:
+        """Give the connection back to the pool (before a provider call, and at the end)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await _release(self.pool, conn)
+
+    async def release_lease(self) -> None:
+        await self.work.leases.release(self._conn or self.pool, self.lease)
+
     async def recover(self) -> None:
         """Before the first call on a piece that was leased before: write the replies kept
         in Redis while PostgreSQL was away, and mark the calls earlier owners left in
         flight as interrupted."""
+        db = await self.db()
         try:
             kept = await self.work.stash.take(self.key)
         except Exception as exc:  # Redis away: the ledger alone decides, as without a stash
             log.warning("paid_stash_unreadable", work_key=self.key, error=f"{type(exc).__name__}")
             kept = {}
         for start, end in kept.values():
-            await self.work.ledger.finish(self.pool, start, end)
+            await self.work.ledger.finish(db, start, end)
             log.info("paid_reply_recorded_late", work_key=self.key, call_id=str(start.id))
         if kept:
             with contextlib.suppress(Exception):
                 await self.work.stash.drop(self.key, kept)
-        interrupted = await self.work.ledger.interrupt(self.pool, self.key, self.lease.owner.token)
+        interrupted = await self.work.ledger.interrupt(db, self.key, self.lease.owner.token)
         if interrupted:
             log.warning("provider_calls_interrupted", work_key=self.key, calls=interrupted)
 
     async def set_aside(self, why: str) -> None:
-        await self.work.ledger.set_aside(self.pool, self.key, self.lease.owner.token, why)
+        owner = self.lease.owner.token
+        await self.work.ledger.set_aside(self._conn or self.pool, self.key, owner, why)
 
     @contextlib.asynccontextmanager
     async def commit(self) -> AsyncIterator[Any]:
         """A transaction that commits the result only while this run holds the lease
         (:class:`LeaseLostError` otherwise), uses up the piece's stored replies, and
         releases the lease with the commit."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self.work.leases.fence(conn, self.lease)
-            await self.work.ledger.consume(conn, self.key, self.job.id)
+        conn = await self.db()
+        async with conn.transaction():
+            owner = self.lease.owner.token
+            if not await conn.fetchval(FENCE_AND_CONSUME, self.key, owner, self.job.id):
+                await self.work.leases.lost(conn, self.lease)
             yield conn
         self.committed = True
 
@@ -238,7 +281,7 @@ class Piece:
         that cannot be used (a refusal, cut off) is recorded, then its failure raised."""
         fingerprint = text_fingerprint(provider.name, request)
         if not self.lease.fresh:
-            stored = await self.work.ledger.reply_for(self.pool, self.key, fingerprint)
+            stored = await self.work.ledger.reply_for(await self.db(), self.key, fingerprint)
             if stored is not None:
                 log.info("paid_reply_reused", work_key=self.key, call_id=str(stored.call_id))
                 reply = stored.reply
@@ -256,7 +299,7 @@ class Piece:
         async def send() -> TextResult:
             return await provider.send(replace(request, call_id=str(start.id)))
 
-        result = await self._paid(start, send, self._text_end)
+        result = await self._paid(start, send, self._text_end, local=provider.local)
         raise_failure(result)
         return result
 
@@ -300,7 +343,7 @@ class Piece:
         async def end_of(result: ImageResult) -> CallEnd:
             return await self._image_end(result, stored)
 
-        result = await self._paid(start, send, end_of)
+        result = await self._paid(start, send, end_of, local=provider.local)
         raise_failure(result)
         if not stored:  # the media store refused the bytes: recorded as an error
             raise RetryableError("media store: the image could not be written (logged)")
@@ -329,7 +372,7 @@ class Piece:
         return replace(end, reply=cast(dict[str, Any], storable(reply)))
 
     async def _stored_image(self, fingerprint: str, provider: str) -> PaidImage | None:
-        stored = await self.work.ledger.reply_for(self.pool, self.key, fingerprint)
+        stored = await self.work.ledger.reply_for(await self.db(), self.key, fingerprint)
         if stored is None:
             return None
         reply = stored.reply
@@ -340,9 +383,7 @@ class Piece:
             data = b""
         if hashlib.sha256(data).hexdigest() != reply["sha256"]:
             log.warning("paid_image_missing", work_key=self.key, path=reply["storage_path"])
-            await self.work.ledger.set_aside(
-                self.pool, self.key, self.lease.owner.token, "file_missing"
-            )
+            await self.set_aside("file_missing")
             return None
         log.info("paid_reply_reused", work_key=self.key, call_id=str(stored.call_id))
         result = ImageResult(
@@ -377,12 +418,16 @@ class Piece:
         start: CallStart,
         send: Callable[[], Awaitable[R]],
         end_of: Callable[[R], Awaitable[CallEnd]],
+        *,
+        local: bool,
     ) -> R:
         """Ledger row, request, reply recorded: in that order, so no paid call goes
         unrecorded (a kill between the first two leaves a row that is later marked
         interrupted, counted although the request may never have left)."""
         ledger = self.work.ledger
-        await ledger.begin(self.pool, start)
+        await ledger.begin(await self.db(), start)
+        if not local:
+            await self.let_go()  # not held for the seconds a provider works
         try:
             result = await send()
         except asyncio.CancelledError:
@@ -391,6 +436,9 @@ class Piece:
             self.work.report(start, end)
             raise
         except Exception as exc:
+            # Here only, so a process that never calls a provider never imports the SDKs.
+            from alchemy.providers.errors import answered_with_an_error, call_outcome
+
             outcome = call_outcome(exc) if isinstance(exc, JobError) else "error"
             # An error answer is not billed; a call that timed out or lost its connection
             # may have been: its cost is unknown (NULL), never counted as nothing.
@@ -407,7 +455,7 @@ class Piece:
         cannot hear of it now leaves the row in flight, marked interrupted later."""
         self.work.report(start, end)
         try:
-            await self.work.ledger.finish(self.pool, start, end)
+            await self.work.ledger.finish(await self.db(), start, end)
         except TRANSIENT_DB_ERRORS as exc:
             log.warning("provider_call_unrecorded", call_id=str(start.id), error=type(exc).__name__)
 
@@ -417,7 +465,7 @@ class Piece:
         back (:mod:`alchemy.paid.stash`)."""
         self.work.report(start, end)
         try:
-            await self.work.ledger.finish(self.pool, start, end)
+            await self.work.ledger.finish(await self.db(), start, end)
             return
         except TRANSIENT_DB_ERRORS as exc:
             problem = job_error_for(exc)
@@ -440,12 +488,21 @@ class PaidText:
         self.piece = piece
         self.provider = provider
         self.name = provider.name
+        self.local = provider.local
 
     async def send(self, request: TextRequest) -> TextResult:
         return await self.piece.call_text(self.provider, request)
 
     async def generate(self, request: TextRequest) -> TextResult:
         return await self.piece.call_text(self.provider, request)
+
+
+async def _release(pool: Any, conn: Any) -> None:
+    """Back to the pool; a connection the server dropped is closed by the pool itself."""
+    try:
+        await pool.release(conn)
+    except Exception as exc:
+        log.warning("paid_step_failed", step="release_connection", error=type(exc).__name__)
 
 
 def _failure_outcome(failure: JobError | None) -> str:

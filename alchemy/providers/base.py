@@ -71,6 +71,7 @@ class TextResult:
 
 class TextProvider(Protocol):
     name: str
+    local: bool  # answers in-process, without a network round trip (offline)
 
     async def send(self, request: TextRequest) -> TextResult:
         """One API call; a reply that cannot be used comes back with ``failure`` set."""
@@ -108,6 +109,7 @@ class ImageResult:
 
 class ImageProvider(Protocol):
     name: str
+    local: bool
 
     async def send(self, request: ImageRequest) -> ImageResult:
         """One API call; a reply without a usable image comes back with ``failure`` set."""

@@ -24,6 +24,7 @@ from alchemy.providers.structured import repair_prompt, strict_schema
 
 class ClaudeText:
     name = "anthropic"
+    local = False
 
     def __init__(
         self, client: anthropic.AsyncAnthropic, *, max_tokens: int, secrets: Sequence[str] = ()

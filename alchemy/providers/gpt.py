@@ -25,6 +25,7 @@ from alchemy.providers.structured import repair_prompt, strict_schema
 
 class GptText:
     name = "openai"
+    local = False
 
     def __init__(
         self, client: openai.AsyncOpenAI, *, max_tokens: int, secrets: Sequence[str] = ()

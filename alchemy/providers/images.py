@@ -62,6 +62,7 @@ def image_params(request: ImageRequest) -> dict[str, Any]:
 
 class OpenAIImages:
     name = "openai"
+    local = False
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ def _seed(*parts: str) -> int:
 
 class OfflineText:
     name = "offline"
+    local = True
 
     async def generate(self, request: TextRequest) -> TextResult:
         return await self.send(request)
@@ -92,6 +93,7 @@ class _Instance:
 
 class OfflineImages:
     name = "offline"
+    local = True
 
     async def generate(self, request: ImageRequest) -> ImageResult:
         return await self.send(request)

@@ -198,7 +198,12 @@ async def test_one_job_pushed_twice_at_once_to_two_processes_pays_once(
     idea_id = await create_idea(db, brand_id)
     row_id = await create_request(db, brand_id, idea_id)
     payload = json.dumps({"id": "dup-1", "content_queue_id": str(row_id)})
-    await redis.lpush(QueueKeys(prefix, "content-generation").wait, payload, payload)
+    wait = QueueKeys(prefix, "content-generation").wait
+    # The second copy arrives while the first one's call is out: the process running it
+    # takes one job at a time, so the other process runs the second copy meanwhile.
+    await redis.lpush(wait, payload)
+    await wait_for(lambda: fake_ai.calls, within=10)
+    await redis.lpush(wait, payload)
     await wait_for(lambda: drained(redis, prefix), within=30, interval=0.2)
     assert len(fake_ai.calls) == 1
     assert await db.fetchval("SELECT count(*) FROM contents") == 1

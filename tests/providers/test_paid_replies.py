@@ -5,6 +5,8 @@ PostgreSQL refuses."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -91,3 +93,14 @@ def test_nan_or_infinity_in_a_reply_is_not_valid_json() -> None:
             parse_output(Pitch, text)
     lone = parse_output(Pitch, '{"headline": "a\\ud800b", "score": 1, "tags": []}')
     assert lone.headline == "a\ufffdb"
+
+
+def test_a_worker_that_calls_no_provider_never_imports_the_sdks() -> None:
+    """The services (and their paid-work machinery) load no SDK: a worker of no-op or
+    engine-only queues stays small (bench: peak RSS)."""
+    code = (
+        "import sys, alchemy.services, alchemy.process, alchemy.handlers.content;"
+        " print(sorted(m for m in ('anthropic', 'openai') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -244,11 +244,15 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format)
     names = [n.strip() for n in args.queues.split(",") if n.strip()] if args.queues else None
     extensions: list[Extension] = []
-    # -- operations (issue 4): metrics, events stream, job records, hooks, HTTP listener ---
+    # -- operations: metrics, events stream, job records, hooks; the HTTP listener -------
     from alchemy.ops.wiring import operations
 
     ops = operations(config)
     extensions.extend(ops.extensions)
+    if config.http.port:
+        from alchemy.http.server import HttpServer  # aiohttp only where it serves
+
+        extensions.append(HttpServer(config, metrics=ops.metrics))
     # ---------------------------------------------------------------------------------------
     # sd_notify (a no-op outside systemd); last, so READY=1 follows the others' start.
     check_watchdog(os.environ, os.getpid(), config.worker)

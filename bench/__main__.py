@@ -8,7 +8,10 @@
 2. floor pickup (a control): the bare loop, idle, fed R jobs/s for S seconds;
 3. engine pickup: the worker, idle, fed R jobs/s for S seconds by alchemy's Producer;
    then its peak RSS;
-4. the handler line (bench/handler.py): content jobs/s through the real content handler
+4. the rate limit: three workers share a queue limited to 50 starts per 2 s, with a
+   backlog, for 12 s (bench/limiter.py): the worst window and the throughput, as % of the
+   limit.
+5. the handler line (bench/handler.py): content jobs/s through the real content handler
    with the offline provider and a PostgreSQL database of its own, ``--rounds`` drains of
    ``--handler-jobs`` jobs (``--handler-jobs 0`` leaves it out).
 
@@ -31,11 +34,14 @@ from redis.asyncio import Redis
 
 from bench.handler import HandlerResult, HandlerSettings, add_arguments, describe
 from bench.handler import measure_handler as measure_handler_line
+from bench.limiter import LimiterResult, measure_limiter
 from bench.measure import Drain, Results, Settings, run
 
 GOAL_RATIO = 1.0
 GOAL_P99_MS = 5.0
 GOAL_RSS_MB = 80.0
+GOAL_WINDOW_PCT = 100.0  # no window of one period holds more than the limit
+GOAL_THROUGHPUT_PCT = 95.0  # a backlog runs at the limit
 
 
 async def redis_version(url: str) -> str:
@@ -47,7 +53,7 @@ async def redis_version(url: str) -> str:
         await client.aclose()
 
 
-def report(s: Settings, r: Results, server: str) -> str:
+def report(s: Settings, r: Results, limiter: LimiterResult, server: str) -> str:
     def verdict(ok: bool) -> str:
         return "ok" if ok else "MISSED"
 
@@ -94,6 +100,18 @@ def report(s: Settings, r: Results, server: str) -> str:
             f"{r.rss_mb:.1f} MB",
             f"< {GOAL_RSS_MB:g} MB",
             verdict(r.rss_mb < GOAL_RSS_MB),
+        ),
+        (
+            f"limiter worst {limiter.period:g} s window",
+            f"{limiter.worst_window_pct:.0f}% of {limiter.limit}",
+            f"<= {GOAL_WINDOW_PCT:g}%",
+            verdict(limiter.worst_window_pct <= GOAL_WINDOW_PCT),
+        ),
+        (
+            f"limiter throughput, {limiter.processes} processes",
+            f"{limiter.throughput_pct:.1f}%",
+            f">= {GOAL_THROUGHPUT_PCT:g}%",
+            verdict(limiter.throughput_pct >= GOAL_THROUGHPUT_PCT),
         ),
     ]
     head = (
@@ -159,11 +177,12 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     server = asyncio.run(redis_version(settings.url))
     results = asyncio.run(run(settings))
+    limiter = asyncio.run(measure_limiter(settings.url))
     handler: HandlerResult | None = None
     if handler_settings.jobs:
         handler = asyncio.run(measure_handler_line(handler_settings))
-    print(report(settings, results, server))
-    summary: dict[str, Any] = results.to_json()
+    print(report(settings, results, limiter, server))
+    summary: dict[str, Any] = {**results.to_json(), **limiter.to_json()}
     if handler is not None:
         print(describe(handler))
         summary["handler_jobs_per_s"] = round(handler.jobs_per_s, 1)

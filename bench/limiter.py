@@ -20,7 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from redis.asyncio import Redis
 
@@ -123,7 +123,7 @@ async def measure_limiter(
             await redis.delete(keys.paused)
             await asyncio.sleep(seconds)
             await redis.set(keys.paused, 1)
-            entries = await redis.xrange(keys.events)
+            entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(keys.events))
     finally:
         for proc in procs:
             proc.terminate()

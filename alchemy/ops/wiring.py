@@ -1,6 +1,6 @@
 """What ``python -m alchemy run`` adds around the engine for operators: metrics, the events
-stream, job records, the in-process event hooks and the HTTP listener, each from its own
-section of the configuration."""
+stream, job records and the in-process event hooks, each from its own section of the
+configuration. (The HTTP listener, a face of the process, is added by the command line.)"""
 
 from __future__ import annotations
 
@@ -27,14 +27,12 @@ def operations(
     config: Config,
     *,
     event_hooks: EventHooks = hooks,
-    http_port: int | None = None,
     install_metrics: bool = True,
 ) -> Operations:
     """Build the observers and extensions for one worker process.
 
     The metrics are always collected, and with ``install_metrics`` also hear of the
-    services' provider calls and leases (``paid_observer``); the listener runs when
-    ``[http] port`` (or ``http_port``) is not 0."""
+    services' provider calls and leases (``paid_observer``)."""
     metrics = Metrics.for_process()
     ops = Operations(
         metrics,
@@ -55,9 +53,4 @@ def operations(
         )
         ops.observers.append(records)
         ops.extensions.append(records)
-    port = config.http.port if http_port is None else http_port
-    if config.http.port or http_port is not None:
-        from alchemy.http.server import HttpServer  # aiohttp only where it serves
-
-        ops.extensions.append(HttpServer(config, metrics=metrics, port=port))
     return ops

@@ -30,9 +30,10 @@ def config_with(prefix: str, queues: dict[str, Any], **sections: Any) -> Config:
 
 
 def start(run_worker: Any, config: Config) -> tuple[Any, HttpServer]:
-    ops = operations(config, event_hooks=EventHooks(), http_port=0, install_metrics=False)
-    server = next(e for e in ops.extensions if isinstance(e, HttpServer))
-    supervisor = run_worker(config, observers=ops.observers, extensions=ops.extensions)
+    ops = operations(config, event_hooks=EventHooks(), install_metrics=False)
+    server = HttpServer(config, metrics=ops.metrics, port=0)
+    extensions = [*ops.extensions, server]
+    supervisor = run_worker(config, observers=ops.observers, extensions=extensions)
     return supervisor, server
 
 
@@ -152,7 +153,9 @@ async def test_a_taken_port_stops_the_worker_with_one_line(
     try:
         config = config_with(prefix, queue_table("q"), http={"port": port})
         ops = operations(config, event_hooks=EventHooks(), install_metrics=False)
-        supervisor = run_worker(config, observers=ops.observers, extensions=ops.extensions)
+        server = HttpServer(config, metrics=ops.metrics)
+        extensions = [*ops.extensions, server]
+        supervisor = run_worker(config, observers=ops.observers, extensions=extensions)
         with pytest.raises(AlchemyError, match=f"cannot listen on 127.0.0.1:{port}"):
             await asyncio.wait_for(supervisor.task, 10)
     finally:

@@ -76,7 +76,11 @@ async def poll(http: aiohttp.ClientSession, ports: list[int], polls: Polls) -> N
                 ok_statuses = next((v for k, v in expected.items() if path.startswith(k)), {200})
                 t0 = time.monotonic()
                 try:
-                    async with http.get(f"http://127.0.0.1:{port}{path}") as response:
+                    # Job data (dead entries, a job) needs the token once one is set.
+                    headers = {"Authorization": f"Bearer {TOKEN}"}
+                    async with http.get(
+                        f"http://127.0.0.1:{port}{path}", headers=headers
+                    ) as response:
                         await response.read()
                         if response.status not in ok_statuses:
                             polls.errors.append(f"{port}{path}: {response.status}")

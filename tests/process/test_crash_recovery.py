@@ -230,3 +230,26 @@ async def assert_queue_drained_except_dead(redis: Redis, keys: QueueKeys, me: st
     await wait_for(lambda: is_empty(redis, keys.processing(me)), within=5)
     assert await redis.llen(keys.wait) == 0
     assert await redis.zcard(keys.delayed) == 0
+
+
+async def test_a_job_without_an_id_keeps_its_id_through_recovery_and_retry(
+    redis: Redis, prefix: str, spawn_worker: SpawnWorker
+) -> None:
+    """Pushed without an id, a job is named by its bytes: the id its handler sees is the
+    same after its process was killed (a recovery) and after a failed attempt (a retry)."""
+    record = f"{prefix}:rec"
+    keys = QueueKeys(prefix, QUEUE)
+    raw = json.dumps({"record": record, "crash_while_recoveries_below": 1, "fail_until_attempt": 2})
+    await redis.lpush(keys.wait, raw)
+    queues = queue_table(QUEUE, backoff_initial=0.1, backoff_jitter=0.0)
+    first = spawn_worker(queues, worker={"name": "idless"})
+    assert await wait_exited(first, within=20) == -signal.SIGKILL  # the handler killed it
+    second = spawn_worker(queues, worker={"name": "idless"})
+    await wait_started(second)
+    await wait_for(lambda: redis.llen(f"{record}:done"), within=15)
+    runs = await read_records(redis, record)
+    assert [(r["recoveries"], r["attempt"]) for r in runs] == [(0, 1), (1, 1), (1, 2)]
+    ids = {r["id"] for r in runs}
+    assert len(ids) == 1
+    [job_id] = ids
+    assert job_id.startswith("sha256-")

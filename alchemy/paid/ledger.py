@@ -25,9 +25,15 @@ INSERT INTO provider_calls (id, job_id, work_key, queue, brand_id, owner_token, 
                             model, fingerprint, outcome)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'in_flight')
 """
+FINISH: Final = """
+UPDATE provider_calls
+SET outcome = $2, request_id = $3, input_tokens = $4, output_tokens = $5, images = $6,
+    cost_usd = $7, reply = $8, error = $9, finished_at = now()
+WHERE id = $1
+"""
 # An upsert, so a reply kept in Redis while PostgreSQL was away can be written later even
 # if its in_flight row is missing.
-FINISH: Final = """
+FINISH_LATE: Final = """
 INSERT INTO provider_calls AS c (id, job_id, work_key, queue, brand_id, owner_token,
                                  provider, model, fingerprint, outcome, request_id,
                                  input_tokens, output_tokens, images, cost_usd, reply, error,
@@ -139,24 +145,32 @@ def _start_args(start: CallStart) -> tuple[Any, ...]:
     )
 
 
+def _end_args(end: CallEnd) -> tuple[Any, ...]:
+    """$2-$9 of FINISH, $10-$17 of FINISH_LATE."""
+    return (
+        end.outcome,
+        end.request_id,
+        end.input_tokens,
+        end.output_tokens,
+        end.images,
+        end.cost_usd,
+        end.reply,
+        (end.error or "")[:MAX_ERROR] or None,
+    )
+
+
 class Ledger:
     async def begin(self, executor: Any, start: CallStart) -> None:
         await executor.execute(BEGIN, *_start_args(start))
 
     async def finish(self, executor: Any, start: CallStart, end: CallEnd) -> None:
-        await executor.execute(
-            FINISH,
-            *_start_args(start),
-            end.outcome,
-            end.request_id,
-            end.input_tokens,
-            end.output_tokens,
-            end.images,
-            end.cost_usd,
-            end.reply,
-            (end.error or "")[:MAX_ERROR] or None,
-            end.finished_at,
-        )
+        """Record how the call ended (its row exists: :meth:`begin` wrote it)."""
+        await executor.execute(FINISH, start.id, *_end_args(end))
+
+    async def finish_late(self, executor: Any, start: CallStart, end: CallEnd) -> None:
+        """Write a call whole, row or not: one kept in Redis meanwhile (with its own time),
+        or the one row of a local provider's call (``finished_at`` None: now)."""
+        await executor.execute(FINISH_LATE, *_start_args(start), *_end_args(end), end.finished_at)
 
     async def reply_for(self, executor: Any, work_key: str, fingerprint: str) -> StoredReply | None:
         row = await executor.fetchrow(REPLY_FOR, work_key, fingerprint)

@@ -245,7 +245,7 @@ class Piece:
             log.warning("paid_stash_unreadable", work_key=self.key, error=f"{type(exc).__name__}")
             kept = {}
         for start, end in kept.values():
-            await self.work.ledger.finish(db, start, end)
+            await self.work.ledger.finish_late(db, start, end)
             log.info("paid_reply_recorded_late", work_key=self.key, call_id=str(start.id))
         if kept:
             with contextlib.suppress(Exception):
@@ -423,16 +423,20 @@ class Piece:
     ) -> R:
         """Ledger row, request, reply recorded: in that order, so no paid call goes
         unrecorded (a kill between the first two leaves a row that is later marked
-        interrupted, counted although the request may never have left)."""
+        interrupted, counted although the request may never have left). A ``local``
+        provider (offline: in-process, free, never cut off mid-request) gets its row once,
+        with its reply."""
         ledger = self.work.ledger
-        await ledger.begin(await self.db(), start)
-        if not local:
+        begun = not local
+        if begun:
+            await ledger.begin(await self.db(), start)
             await self.let_go()  # not held for the seconds a provider works
         try:
             result = await send()
         except asyncio.CancelledError:
             end = CallEnd("interrupted", error="cancelled while waiting for the reply")
-            await settle(ledger.finish(self.pool, start, end), "record_interrupted_call")
+            write = ledger.finish if begun else ledger.finish_late
+            await settle(write(self.pool, start, end), "record_interrupted_call")
             self.work.report(start, end)
             raise
         except Exception as exc:
@@ -445,27 +449,31 @@ class Piece:
             cost = self.work.prices.cost(start.model, 0, 0, 0)
             unbilled = answered_with_an_error(exc) and cost is not None
             end = CallEnd(outcome, cost_usd=cost if unbilled else None, error=str(exc))
-            await self._record_failure(start, end)
+            await self._record_failure(start, end, begun=begun)
             raise
-        await self._record_reply(start, await end_of(result))
+        await self._record_reply(start, await end_of(result), begun=begun)
         return result
 
-    async def _record_failure(self, start: CallStart, end: CallEnd) -> None:
+    async def _record_failure(self, start: CallStart, end: CallEnd, *, begun: bool) -> None:
         """A call that got no reply: what went wrong is the job's error; a ledger that
         cannot hear of it now leaves the row in flight, marked interrupted later."""
         self.work.report(start, end)
+        ledger = self.work.ledger
+        write = ledger.finish if begun else ledger.finish_late
         try:
-            await self.work.ledger.finish(await self.db(), start, end)
+            await write(await self.db(), start, end)
         except TRANSIENT_DB_ERRORS as exc:
             log.warning("provider_call_unrecorded", call_id=str(start.id), error=type(exc).__name__)
 
-    async def _record_reply(self, start: CallStart, end: CallEnd) -> None:
+    async def _record_reply(self, start: CallStart, end: CallEnd, *, begun: bool) -> None:
         """A paid reply goes to the ledger before anything else is done with it; with
         PostgreSQL away it is kept in Redis and the job is held until the database is
         back (:mod:`alchemy.paid.stash`)."""
         self.work.report(start, end)
+        ledger = self.work.ledger
+        write = ledger.finish if begun else ledger.finish_late
         try:
-            await self.work.ledger.finish(await self.db(), start, end)
+            await write(await self.db(), start, end)
             return
         except TRANSIENT_DB_ERRORS as exc:
             problem = job_error_for(exc)

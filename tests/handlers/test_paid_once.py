@@ -207,3 +207,26 @@ async def test_a_refusal_is_recorded_as_paid_and_not_paid_again(
     assert call["cost_usd"] > Decimal(0)
     assert "refused: Not this." in call["error"]
     assert fake_ai.count("messages") == 1
+
+
+async def test_an_offline_call_is_in_the_ledger_at_no_cost(
+    db: asyncpg.Pool,
+    redis: Redis,
+    prefix: str,
+    fake_ai: FakeAI,
+    make_app_config: Any,
+    run_worker: Any,
+) -> None:
+    """The offline provider answers in-process and is free: its call gets one ledger row,
+    written with its reply."""
+    row_id = await create_content_request(db)
+    offline = {"text_provider": "offline", "anthropic_api_key": "", "openai_api_key": ""}
+    run_worker(make_app_config(providers={**offline, "image_provider": "offline"}))
+    await push(redis, prefix, Q, "job-off", content_queue_id=str(row_id))
+    await wait_status(db, "content_queue", row_id, ("completed",))
+    [call] = await db.fetch("SELECT * FROM provider_calls")
+    assert (call["provider"], call["model"], call["outcome"]) == ("offline", "offline-1", "ok")
+    assert call["cost_usd"] == 0
+    assert call["consumed_by"] == "job-off"
+    assert call["reply"]["text"].startswith("{")
+    assert fake_ai.calls == []

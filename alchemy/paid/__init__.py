@@ -17,7 +17,8 @@ for, named by a *work key*: ``content:<content_queue id>``, ``research:<idea id>
   came after the paid call reuses the reply instead of paying again.
   :mod:`alchemy.paid.stash` keeps a paid reply in Redis when PostgreSQL is away.
 - :mod:`alchemy.paid.piece`: what a handler uses: ``async with work.piece(job, key) as
-  piece``, ``piece.text(provider)``, ``piece.image(...)``, ``async with piece.commit()``.
+  piece``, ``piece.text(provider)``, ``piece.image(...)``, ``async with piece.commit()``;
+  :mod:`alchemy.paid.calls`: one call of a piece (a stored reply, or a ledgered call).
 - :mod:`alchemy.paid.spend`: totals from the ledger, for ``alchemy spend``.
 
 Nothing here imports :mod:`alchemy.ops` or :mod:`alchemy.worker`: what operators watch is

@@ -6,9 +6,11 @@
     │   (its identity now runs as another incarnation: the
     │   process restarted; or it is a run of this very
     │   process that has ended)
-    └── held by another owner that may be alive               DeferredError for about the
-        (its identity's claim is absent, or still names its   lease's remaining time: no
-        incarnation: frozen, or Redis lost the key)           attempt spent, the queue goes on
+    └── held by another owner that may be alive               DeferredError for the lease's
+        (its identity's claim is absent, or still names its   remaining time, or a tenth of
+        incarnation: frozen, or Redis lost the key)           the lease (15-60 s) if less:
+                                                              no attempt spent, the queue
+                                                              goes on
 
 The commit of a result is fenced: in the result's transaction, one ``UPDATE`` releases the
 lease only when the same owner token still holds it (the row stays locked until the commit,
@@ -37,7 +39,10 @@ log = structlog.get_logger("alchemy.paid.leases")
 LEASE_MARGIN: Final = 30.0  # seconds on top of the worst-case call time
 SDK_BACKOFF_MAX: Final = 8.0  # the SDKs' longest wait between two of their own retries
 DEFER_MIN: Final = 1.0  # seconds: a held lease defers the job at least this long ...
-DEFER_MAX: Final = 60.0  # ... and looks again after at most this long
+# ... and at most a tenth of the lease (within these bounds), so a holder found dead later
+# (its identity restarts) is noticed soon, and a frozen one costs about ten deferrals.
+RECHECK_MIN: Final = 15.0
+RECHECK_MAX: Final = 60.0
 CLAIM_TRIES: Final = 5
 
 CLAIM: Final = """
@@ -130,6 +135,7 @@ class Leases:
     ) -> None:
         self.claims = claims
         self.seconds = seconds
+        self.recheck = min(RECHECK_MAX, max(RECHECK_MIN, seconds / 10))
         self.observer = observer
         self._active: set[str] = set()
 
@@ -179,7 +185,7 @@ class Leases:
 
     def _defer(self, work_key: str, owner: Owner, held: Any) -> DeferredError:
         left = float(held["left_s"])
-        delay = min(DEFER_MAX, max(DEFER_MIN, left))
+        delay = min(self.recheck, max(DEFER_MIN, left))
         log.info(
             "lease_held",
             work_key=work_key,

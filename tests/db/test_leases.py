@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from alchemy.errors import DeferredError
-from alchemy.paid.leases import DEFER_MAX, LeaseLostError, Leases, Owner
+from alchemy.paid.leases import RECHECK_MAX, RECHECK_MIN, LeaseLostError, Leases, Owner
 from alchemy.queue.identity import IdentityClaims
 from alchemy.queue.job import Job, Runner
 
@@ -54,12 +54,12 @@ async def lease_row(db: asyncpg.Pool) -> asyncpg.Record:
 async def test_a_live_sibling_run_defers_and_a_released_lease_is_claimed(
     db: asyncpg.Pool, claims: IdentityClaims
 ) -> None:
-    leases, heard = leases_for(claims)
+    leases, heard = leases_for(claims, seconds=12.0)
     first = await leases.acquire(db, KEY, owner("h:w1", "inc-1", 1))
     assert first.fresh
     with pytest.raises(DeferredError) as deferred:
         await leases.acquire(db, KEY, owner("h:w1", "inc-1", 2))
-    assert 25 < deferred.value.delay <= 30  # about the lease's remaining time
+    assert 10 < deferred.value.delay <= 12  # the lease's remaining time
     assert "job-1" in str(deferred.value)
     await leases.release(db, first)
     leases.forget(first.owner)
@@ -70,12 +70,17 @@ async def test_a_live_sibling_run_defers_and_a_released_lease_is_claimed(
     assert heard.events == ["content-generation:deferred"]
 
 
-async def test_the_defer_is_capped(db: asyncpg.Pool, claims: IdentityClaims) -> None:
-    leases, _ = leases_for(claims, seconds=3600)
+@pytest.mark.parametrize(
+    ("lease", "recheck"), [(3600.0, RECHECK_MAX), (270.0, 27.0), (70.0, RECHECK_MIN)]
+)
+async def test_the_holder_is_looked_at_again_within_a_tenth_of_the_lease(
+    db: asyncpg.Pool, claims: IdentityClaims, lease: float, recheck: float
+) -> None:
+    leases, _ = leases_for(claims, seconds=lease)
     await leases.acquire(db, KEY, owner("h:w1", "inc-1", 1))
     with pytest.raises(DeferredError) as deferred:
         await leases.acquire(db, KEY, owner("h:w1", "inc-1", 2))
-    assert deferred.value.delay == DEFER_MAX
+    assert deferred.value.delay == recheck
 
 
 async def test_a_run_of_this_process_that_ended_without_releasing_is_taken_over(

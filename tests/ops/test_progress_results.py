@@ -3,10 +3,7 @@ in ``alchemy job``; every run of a job in its record's attempts."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,8 @@ from alchemy.queue.admin import JobRecord, QueueAdmin
 from alchemy.queue.job import ErrorInfo
 from alchemy.queue.keys import QueueKeys
 from alchemy.worker.observer import JobEvent, Transition
-from tests.conftest import REDIS_URL, REPO, build_config_dict, to_toml, wait_for
+from tests.conftest import wait_for
+from tests.support.cli import alchemy_job
 
 HANDLER = "tests.support.handlers:reporting"
 
@@ -42,30 +40,6 @@ def start(run_worker: Any, make_config: Any, prefix: str, **settings: Any) -> An
     records = JobRecords(prefix, ttl=3600.0)
     run_worker(config, observers=[events, records], extensions=[events, records])
     return config
-
-
-async def alchemy_job(tmp_path: Path, prefix: str, *args: str) -> tuple[int, str]:
-    path = tmp_path / "cli.toml"
-    path.write_text(to_toml(build_config_dict(prefix, table())))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALCHEMY_")}
-    env["REDIS_URL"] = REDIS_URL
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "alchemy",
-        "--config",
-        str(path),
-        "job",
-        "q",
-        *args,
-        cwd=REPO,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode() + err.decode()
 
 
 async def test_steps_result_and_every_attempt_in_record_stream_and_cli(
@@ -111,7 +85,7 @@ async def test_steps_result_and_every_attempt_in_record_stream_and_cli(
     assert json.loads(done["result"]) == {"content_id": 7, "title": "<b>Heat pumps</b>"}
     assert "result" not in next(e for e in mine if e["event"] == "retrying")
 
-    status, text = await alchemy_job(tmp_path, prefix, "brief-7")
+    status, text = await alchemy_job(tmp_path, prefix, "q", "brief-7")
     assert status == 0, text
     lines = text.splitlines()
     assert "progress          0.9" in lines
@@ -122,7 +96,7 @@ async def test_steps_result_and_every_attempt_in_record_stream_and_cli(
     assert run_lines[0].split()[:2] == ["#1", "retrying"]
     assert run_lines[0].endswith("ValueError: told to fail on attempt 1")
     assert run_lines[1].split()[:2] == ["#2", "completed"]
-    status, text = await alchemy_job(tmp_path, prefix, "brief-7", "--json")
+    status, text = await alchemy_job(tmp_path, prefix, "q", "brief-7", "--json")
     assert json.loads(text)["result"] == {"content_id": 7, "title": "<b>Heat pumps</b>"}
 
 

@@ -19,8 +19,9 @@
                                    that needs the dependency holds in every process until
                                    a probe sees it answer again
 
-Retry-after and deferral are bounded per job (``max_deferrals``, ``max_deferred``): past
-them the job is dead-lettered as ``deferred_too_long``.
+Retry-after pauses and dependency holds are bounded per job (``max_deferrals``,
+``max_deferred``): past them the job is dead-lettered as ``deferred_too_long``. A deferral
+is bounded by whoever defers (a paid-work lease expires), so it is not counted.
 
 Any other exception raised by a handler (including a timeout) counts as a failed attempt
 and is retried with the queue's backoff until ``max_attempts``.

@@ -49,15 +49,17 @@ R = TypeVar("R", TextResult, ImageResult)
 SETTLE_TIMEOUT: Final = 5.0  # seconds a bookkeeping step may take after a cancellation
 
 
-async def settle(step: Coroutine[Any, Any, object], what: str) -> None:
+async def settle(step: Coroutine[Any, Any, object], what: str) -> bool:
     """Run a bookkeeping step to its end even if the job is cancelled meanwhile (it goes
     on in the background then, and the cancellation goes on too), bounded in time; log
-    instead of raising (the job's own outcome is what matters)."""
+    instead of raising (the job's own outcome is what matters). False when it failed."""
     try:
         async with asyncio.timeout(SETTLE_TIMEOUT):
             await asyncio.shield(step)
     except Exception as exc:
         log.warning("paid_step_failed", step=what, error=f"{type(exc).__name__}: {exc}")
+        return False
+    return True
 
 
 def text_fingerprint(provider: str, request: TextRequest) -> str:

@@ -5,7 +5,9 @@
     ├── held by another owner that is known dead              taken over at once
     │   (its identity now runs as another incarnation: the
     │   process restarted; or it is a run of this very
-    │   process that has ended)
+    │   process that has ended; or a run that said in Redis
+    │   it ended without giving the lease up: PostgreSQL
+    │   was away)
     └── held by another owner that may be alive               DeferredError for the lease's
         (its identity's claim is absent, or still names its   remaining time, or a tenth of
         incarnation: frozen, or Redis lost the key)           the lease (15-60 s) if less:
@@ -174,14 +176,21 @@ class Leases:
         if held["owner_incarnation"] == owner.incarnation:
             # A run of this very process: alive while it holds the lease here.
             return "" if held["owner_token"] in self._active else "ended_run"
+        identity = held["owner_identity"] or ""
         try:
-            holder = await self.claims.holder(held["owner_identity"] or "")
+            holder = await self.claims.holder(identity)
+            ended = await self.claims.run_ended(identity, held["owner_token"])
         except Exception as exc:  # Redis away: nothing known, so it may be alive
             log.warning("lease_holder_unknown", error=f"{type(exc).__name__}: {exc}")
             return ""
         if holder is not None and holder.incarnation != held["owner_incarnation"]:
             return "owner_restarted"
-        return ""
+        return "ended_run" if ended else ""
+
+    async def note_ended(self, owner: Owner) -> None:
+        """Say in Redis that ``owner``'s run has ended while it still holds its lease (it
+        could not give it up: PostgreSQL was away), for as long as the lease can last."""
+        await self.claims.mark_run_ended(owner.identity, owner.token, self.seconds)
 
     def _defer(self, work_key: str, owner: Owner, held: Any) -> DeferredError:
         left = float(held["left_s"])

@@ -113,8 +113,10 @@ class PaidWork:
             await settle(piece.set_aside(f"failed: {type(exc).__name__}"), "set_aside")
             raise
         finally:
-            if not piece.committed:
-                await settle(piece.release_lease(), "release_lease")
+            if not piece.committed and not await settle(piece.release_lease(), "release_lease"):
+                # PostgreSQL is away: say in Redis that this run has ended, so that the next
+                # run, in any process, takes the lease over at once instead of waiting.
+                await settle(self.leases.note_ended(owner), "note_ended")
             await piece.let_go()
             self.leases.forget(owner)
 

@@ -15,7 +15,7 @@ import orjson
 from redis.asyncio import Redis
 
 from alchemy.queue import scripts
-from alchemy.queue.keys import identity_claim_key
+from alchemy.queue.keys import ended_runs_key, identity_claim_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +95,15 @@ class IdentityClaims:
             pipe.pttl(self.key(identity))
             raw, ttl = await pipe.execute()
         return None if raw is None else Holder.parse(raw, int(ttl))
+
+    async def mark_run_ended(self, identity: str, token: str, ttl: float) -> None:
+        """One run of ``identity`` has ended (for whoever waits on what it held); the set
+        lives as long as the longest such hold can (``ttl`` seconds from the last mark)."""
+        key = ended_runs_key(self.prefix, identity)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(key, token)
+            pipe.pexpire(key, max(1, round(ttl * 1000)))
+            await pipe.execute()
+
+    async def run_ended(self, identity: str, token: str) -> bool:
+        return bool(await self.redis.sismember(ended_runs_key(self.prefix, identity), token))

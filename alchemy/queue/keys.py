@@ -39,6 +39,9 @@ IDENTITY_TEMPLATES: Final = {
     # JSON of the live process holding the identity (incarnation, host, pid...), with a
     # TTL renewed with its heartbeats.
     "claim": "{prefix}:identity:{{{identity}}}:claim",
+    # Runs of the identity's processes that ended while still holding a piece of paid
+    # work's lease (PostgreSQL was away): a set of run tokens, expiring with the leases.
+    "ended_runs": "{prefix}:identity:{{{identity}}}:ended-runs",
 }
 
 
@@ -53,6 +56,11 @@ WORK_TEMPLATES: Final = {
 def paid_replies_key(prefix: str, work_key: str) -> str:
     """Where paid replies wait for the ledger while PostgreSQL is away."""
     return WORK_TEMPLATES["replies"].format(prefix=prefix, work_key=work_key)
+
+
+def ended_runs_key(prefix: str, identity: str) -> str:
+    """The set of runs of ``identity`` that ended without giving their lease up."""
+    return IDENTITY_TEMPLATES["ended_runs"].format(prefix=prefix, identity=identity)
 
 
 def identity_claim_key(prefix: str, identity: str) -> str:

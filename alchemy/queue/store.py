@@ -40,9 +40,19 @@ class Claim:
     hold: bytes | None = None  # HELD: the held key's JSON (dependency, reason...)
 
 
-# The refill is this much slower than limit/period, so that starts recorded a few ms after
-# their claim (a clock read in another process) still fall inside the limit in every window.
-RATE_GUARD: Final = 0.005
+# The refill is slower than limit/period by GUARD_PER_WINDOW seconds per period (within
+# these bounds), so that starts recorded a little after their token (a timer that woke late
+# on a busy machine, a clock read in another process) still fall inside the limit in every
+# window: a window of one period holds at most limit + burst starts even when each start is
+# up to that late.
+GUARD_PER_WINDOW: Final = 0.1
+GUARD_MIN: Final = 0.005
+GUARD_MAX: Final = 0.04
+
+
+def rate_guard(period: float) -> float:
+    """The fraction by which the refill is slower than ``limit / period``."""
+    return min(GUARD_MAX, max(GUARD_MIN, GUARD_PER_WINDOW / period))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +69,7 @@ class RateLimit:
     def per_ms(self) -> float:
         if not self.limit:
             return 0.0
-        return self.limit / (self.period * 1000.0) / (1.0 + RATE_GUARD)
+        return self.limit / (self.period * 1000.0) / (1.0 + rate_guard(self.period))
 
     @property
     def capacity(self) -> int:

@@ -14,9 +14,10 @@ bookkeeping and the queue's settings, so the rule lives in one place and tests c
     anything else, attempts left               RETRY after the backoff (or the error's delay)
     anything else, last attempt                DEAD (max_attempts)
 
-HOLD, PAUSE and DEFER count a deferral; a job deferred more than ``max_deferrals`` times,
-or (PAUSE and DEFER) for more than ``max_deferred`` seconds in all, is DEAD
-(``deferred_too_long``) instead.
+HOLD and PAUSE count a deferral; a job deferred more than ``max_deferrals`` times, or
+(PAUSE) for more than ``max_deferred`` seconds in all, is DEAD (``deferred_too_long``)
+instead. DEFER is not counted: it is bounded by whoever raises it (a paid-work lease
+expires).
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ def decide(
     if isinstance(exc, RateLimitedError):
         return _deferral(Action.PAUSE, failed, max(MIN_RETRY_AFTER, exc.retry_after), queue)
     if isinstance(exc, DeferredError):
-        return _deferral(Action.DEFER, failed, max(0.0, exc.delay), queue)
+        # Bounded by whoever defers (a paid-work lease expires), so not counted: a job may
+        # wait as long as the work someone else holds can take.
+        return Decision(Action.DEFER, failed, error, delay=max(0.0, exc.delay))
     if isinstance(exc, PermanentError):
         return Decision(Action.DEAD, failed, error, reason=DeadReason.PERMANENT_ERROR)
     if meta.attempt >= queue.max_attempts:

@@ -57,7 +57,6 @@ def test_permanent_errors_die_at_once() -> None:
     [
         (RateLimitedError(30.0), Action.PAUSE, 30.0),
         (RateLimitedError(0.01), Action.PAUSE, MIN_RETRY_AFTER),  # raised to the floor
-        (DeferredError(12.0), Action.DEFER, 12.0),
         (DependencyUnavailableError("postgres"), Action.HOLD, 0.0),
     ],
 )
@@ -82,9 +81,19 @@ def test_too_many_deferrals_die_as_deferred_too_long() -> None:
     assert decision.error.message.endswith("last: X: boom")
 
 
+def test_a_deferral_is_not_counted() -> None:
+    # Bounded by whoever defers (a paid-work lease expires): a job may wait as long as the
+    # work someone else holds can take.
+    meta = Meta(id="j", attempt=2, deferrals=3, deferred_ms=99_000)
+    decision = decide(DeferredError(12.0), meta, ERROR, QUEUE)
+    assert (decision.action, decision.delay) == (Action.DEFER, 12.0)
+    assert (decision.meta.attempt, decision.meta.deferrals) == (2, 3)
+    assert decision.meta.deferred_ms == 99_000
+
+
 def test_too_long_in_all_dies_too_but_holds_count_no_time() -> None:
     meta = Meta(id="j", deferrals=1, deferred_ms=95_000)
-    long = decide(DeferredError(10.0), meta, ERROR, QUEUE)
+    long = decide(RateLimitedError(10.0), meta, ERROR, QUEUE)
     assert (long.action, long.reason) == (Action.DEAD, DeadReason.DEFERRED_TOO_LONG)
     held = decide(DependencyUnavailableError("postgres"), meta, ERROR, QUEUE)
     assert held.action is Action.HOLD  # an outage's length is not the job's fault

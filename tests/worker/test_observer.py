@@ -8,7 +8,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
-from alchemy.queue.store import RATE_GUARD
+from alchemy.queue.store import rate_guard
 from alchemy.worker.observer import JobEvent, Transition
 from tests.conftest import plant_dying_job, queue_table, wait_for
 
@@ -91,7 +91,7 @@ async def test_observer_hears_about_throttling(
     await wait_for(lambda: recorder.held_back)
     queue, why, wait_ms = recorder.held_back[0]
     assert (queue, why) == ("q", "throttled")
-    assert 0 < wait_ms <= 60_000 * (1 + RATE_GUARD) + 1  # one token a minute, and the guard
+    assert 0 < wait_ms <= 60_000 * (1 + rate_guard(60.0)) + 1  # a token a minute, and the guard
 
 
 def _completed(recorder: Recorder, job_id: str) -> bool:

@@ -26,7 +26,7 @@ help:
 	@echo "make lint     ruff check, ruff format --check, mypy"
 	@echo "make bench    same setup, then python -m bench (pass BENCH_ARGS=...)"
 	@echo "make services make sure Redis and Postgres answer at the configured URLs"
-	@echo "make tools    make sure systemd-analyze is there (installs Debian's systemd as root)"
+	@echo "make tools    make sure systemd-analyze, chromium and chromedriver are there (apt-get as root)"
 	@echo "make systemd-trial  boot systemd in a container (root) and run docs/operations.md's systemctl steps"
 	@echo "make venv     create .venv with Python 3.11 and install the package with [dev] extras"
 	@echo "make clean    remove .venv and tool caches (keeps .local/ and running services)"
@@ -64,21 +64,31 @@ run: venv services
 test: venv services tools
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
-# Programs the tests call besides Python: systemd-analyze (tests/ops verifies the unit files
-# in systemd/ with it), from Debian's systemd package, installed here when missing (as root
-# with apt-get; otherwise it says what to install). Installing it starts nothing.
+# Programs the tests call besides Python, from Debian's packages, installed here when missing
+# (as root with apt-get; otherwise it says what to install); installing them starts nothing:
+#   systemd-analyze (systemd)      tests/ops verifies the unit files in systemd/ with it
+#   chromium, chromedriver         tests/browser drive the dashboard in a headless Chromium
+#   (chromium, chromium-driver)    through selenium; no browser is ever downloaded
+TOOLS := systemd-analyze:systemd chromium:chromium chromedriver:chromium-driver
+
 tools:
-	@if ! command -v systemd-analyze >/dev/null 2>&1; then \
+	@missing=; \
+	for pair in $(TOOLS); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "apt-get install systemd (for systemd-analyze)"; \
+			echo "apt-get install$$missing"; \
 			apt-get update -qq && \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd \
-				>/dev/null || exit 1; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				$$missing >/dev/null || exit 1; \
 		fi; \
-		command -v systemd-analyze >/dev/null 2>&1 || { \
-			echo "make: systemd-analyze is missing: install Debian's systemd package" \
-				"(as root: apt-get install systemd)" >&2; \
-			exit 1; }; \
+		for pair in $(TOOLS); do \
+			command -v "$${pair%%:*}" >/dev/null 2>&1 || { \
+				echo "make: $${pair%%:*} is missing: install Debian's $${pair#*:} package" \
+					"(as root: apt-get install $${pair#*:})" >&2; \
+				exit 1; }; \
+		done; \
 	fi
 
 lint: venv

@@ -458,15 +458,68 @@ def _job(config: Config, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(record, indent=2, ensure_ascii=False))
             return 0
-        for key, value in record.items():
-            if key.endswith("_ms") and key != "duration_ms" and isinstance(value, int):
-                value = f"{value} ({_utc(value)})"
-            elif isinstance(value, dict):
-                value = f"{value.get('type')}: {value.get('message')}"
-            print(f"{key:<17} {'-' if value is None else value}")
+        _print_record(record)
         return 0
 
     return _with_redis(config, action)
+
+
+RECORD_ORDER: Final = (
+    "id",
+    "queue",
+    "state",
+    "attempt",
+    "worker",
+    "updated_ms",
+    "started_ms",
+    "first_started_ms",
+    "finished_ms",
+    "duration_ms",
+    "retry_at_ms",
+    "reason",
+    "last_error",
+    "progress",
+    "step",
+    "result",
+    "expires_in_s",
+)  # the lines of `alchemy job`, in this order (a merged record's JSON has its own)
+SKIPPED: Final = frozenset({"attempts", "attempts_dropped"})
+
+
+def _print_record(record: Mapping[str, Any]) -> None:
+    """A record as ``key value`` lines; its attempts one line each, oldest first."""
+    runs = record.get("attempts") or []
+    known = [key for key in RECORD_ORDER if key in record]
+    for key in known + sorted(set(record) - set(RECORD_ORDER) - SKIPPED):
+        value = record[key]
+        if key.endswith("_ms") and key != "duration_ms" and isinstance(value, int):
+            value = f"{value} ({_utc(value)})"
+        elif key == "last_error" and isinstance(value, dict):
+            value = f"{value.get('type')}: {value.get('message')}"
+        elif key == "result" and value is not None:
+            value = json.dumps(value, ensure_ascii=False)
+        print(f"{key:<17} {'-' if value is None else value}")
+    dropped = record.get("attempts_dropped") or 0
+    print(f"{'attempts':<17} {len(runs)}" + (f" (and {dropped} older)" if dropped else ""))
+    for run in runs:
+        print("  " + _run_line(run))
+
+
+def _run_line(run: Mapping[str, Any]) -> str:
+    """One run: attempt, outcome, start (UTC), duration, worker, error."""
+    started = run.get("started_ms")
+    duration = run.get("duration_ms")
+    parts = [
+        f"#{run.get('attempt')}",
+        f"{run.get('outcome', '?'):<9}",
+        _utc(started) if isinstance(started, int) else "-",
+        f"{duration:g} ms" if isinstance(duration, int | float) else "-",
+        str(run.get("worker", "-")),
+    ]
+    error = run.get("error")
+    if isinstance(error, dict):
+        parts.append(f"{error.get('type')}: {error.get('message')}")
+    return "  ".join(parts)
 
 
 def _utc(ms: int) -> str:

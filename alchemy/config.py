@@ -233,6 +233,10 @@ ALLOWED_HOST_PATTERN: Final = (
 )
 
 
+# "" or segments "/name", none starting with a dot, no trailing slash.
+PATH_PREFIX_PATTERN: Final = r"^(/[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,63}){0,8}$"
+
+
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     """The worker's HTTP listener: health, readiness, metrics, the admin API."""
@@ -243,6 +247,9 @@ class HttpConfig:
     check_database: bool = _spec(True)
     # Host header names answered besides the loopback ones and ``host`` (DNS rebinding).
     allowed_hosts: tuple[str, ...] = _spec((), item_pattern=ALLOWED_HOST_PATTERN)
+    # Where every route lives ("/alchemy": the dashboard at /alchemy/, /alchemy/api/...), for
+    # a reverse proxy that passes its own path prefix on.
+    path_prefix: str = _spec("", pattern=PATH_PREFIX_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)

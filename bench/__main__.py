@@ -10,10 +10,12 @@
    then its peak RSS;
 4. the rate limit: three workers share a queue limited to 50 starts per 2 s, with a
    backlog, for 12 s (bench/limiter.py): the worst window and the throughput, as % of the
-   limit.
+   limit;
 5. the handler line (bench/handler.py): content jobs/s through the real content handler
    with the offline provider and a PostgreSQL database of its own, ``--rounds`` drains of
-   ``--handler-jobs`` jobs (``--handler-jobs 0`` leaves it out).
+   ``--handler-jobs`` jobs (``--handler-jobs 0`` leaves it out);
+6. dashboards (bench/dashboards.py): the engine drain with 10 dashboards live vs none, and
+   the Redis work of one page refresh with 1,000 and 1,000,000 dead entries.
 
 Prints a table, then one JSON line, the last line of the output. See bench/README.md.
 """
@@ -32,6 +34,7 @@ from typing import Any
 import redis as redis_py
 from redis.asyncio import Redis
 
+from bench.dashboards import measure_dashboards
 from bench.handler import HandlerResult, HandlerSettings, add_arguments, describe
 from bench.handler import measure_handler as measure_handler_line
 from bench.limiter import LimiterResult, measure_limiter
@@ -181,11 +184,14 @@ def main(argv: list[str]) -> int:
     handler: HandlerResult | None = None
     if handler_settings.jobs:
         handler = asyncio.run(measure_handler_line(handler_settings))
+    dashboards = asyncio.run(measure_dashboards(settings))
     print(report(settings, results, limiter, server))
     summary: dict[str, Any] = {**results.to_json(), **limiter.to_json()}
     if handler is not None:
         print(describe(handler))
         summary["handler_jobs_per_s"] = round(handler.jobs_per_s, 1)
+    print("\n".join(["", "dashboards:", *dashboards.lines()]))
+    summary.update(dashboards.to_json())
     print(f"(took {time.monotonic() - started:.1f}s)\n")
     print(json.dumps(summary), flush=True)
     return 0

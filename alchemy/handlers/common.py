@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 import structlog
 
@@ -37,6 +37,7 @@ from alchemy.queue.job import Death, Job
 from alchemy.services import current_services
 from alchemy.storable import storable, storable_problem
 
+T = TypeVar("T")
 log = structlog.get_logger("alchemy.handlers")
 
 MAX_ROW_ERROR: Final = 2000
@@ -110,17 +111,18 @@ def mark_row(sql: str, key: object, *more: object) -> MarkFailed:
     return mark
 
 
-async def run_work(work: Callable[[], Awaitable[None]], mark_failed: MarkFailed) -> None:
-    """Run a handler's ``work`` as the module docstring's table says."""
+async def run_work(work: Callable[[], Awaitable[T]], mark_failed: MarkFailed) -> T | None:
+    """Run a handler's ``work`` as the module docstring's table says; what it returns is
+    the job's result (None when the lease was lost: the run that took it over tells)."""
     try:
         try:
-            await work()
+            return await work()
         except TRANSIENT_DB_ERRORS as exc:
             mapped = job_error_for(exc)
             assert mapped is not None
             raise mapped from exc
     except LeaseLostError:
-        return  # logged with the lease; the owner that took the piece over commits it
+        return None  # logged with the lease; the owner that took the piece over commits it
     except PermanentError as exc:
         message, detail = row_error(exc)
         await best_effort("mark_failed", lambda: mark_failed(message, detail))

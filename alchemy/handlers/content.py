@@ -170,10 +170,12 @@ class Written:
     media_job_id: str | None
 
 
-async def handle(job: Job) -> None:
+async def handle(job: Job) -> dict[str, Any] | None:
+    """Steps reported: loaded, prompt built, provider called, saved. Returns the content's
+    id, its quality score, the provider and model, and the media follow-up's job id."""
     services = current_services()
     row_id = uuid_field(job.data, "content_queue_id")
-    await run_work(lambda: generate_content(job, services), mark_row(MARK_FAILED, row_id))
+    return await run_work(lambda: generate_content(job, services), mark_row(MARK_FAILED, row_id))
 
 
 async def on_dead(job: Job, death: Death) -> None:
@@ -182,19 +184,26 @@ async def on_dead(job: Job, death: Death) -> None:
     await mark_dead(job, death, MARK_FAILED_BY_ENGINE)
 
 
-async def generate_content(job: Job, services: Services) -> None:
+async def generate_content(job: Job, services: Services) -> dict[str, Any]:
     request = ContentJob.parse(job.data)
     async with services.paid.piece(job, f"content:{request.row_id}") as piece:
         db = await piece.db()  # until the provider call: after it, the commit takes its own
         row = await db.fetchrow(LOAD_ROW, request.row_id, job.id)
         saved = row if row is not None else await db.fetchrow(SAVED_BY_JOB, job.id)
+        await job.progress(0.1, step="loaded")
+        made: dict[str, Any] = {"already_saved": True}
         if saved is not None and saved["content_id"] is not None:
             follow_up = await already_saved(db, request.row_id, saved)
         elif row is None:
             raise PermanentError(f"content_queue row {request.row_id} not found")
         else:
-            follow_up = await write_and_save(piece, db, job, request, row, services)
+            follow_up, made = await write_and_save(piece, db, job, request, row, services)
     await enqueue_follow_up(services, follow_up)
+    return {
+        "content_id": str(follow_up.content_id),
+        "media_job_id": follow_up.job_id or None,
+        **made,
+    }
 
 
 async def already_saved(db: Any, row_id: uuid.UUID, saved: asyncpg.Record) -> FollowUp:
@@ -215,7 +224,8 @@ async def write_and_save(
     request: ContentJob,
     row: asyncpg.Record,
     services: Services,
-) -> FollowUp:
+) -> tuple[FollowUp, dict[str, Any]]:
+    """The content written and saved; its follow-up, and what the result tells of it."""
     if row["title"] is None:
         raise PermanentError(f"content_queue row {request.row_id}: its idea is missing")
     platform = platform_for(row["platform"])
@@ -226,12 +236,20 @@ async def write_and_save(
     await db.execute(MARK_PROCESSING, request.row_id, job.id)
 
     brief = Brief(row, brand_of(row), idea_of(row), platform, options)
-    result = await write(piece, services, request, brief)
+    result = await write(piece, services, request, brief, job)
+    await job.progress(0.7, step="provider called")
     quality = score(result.value, platform, brief.idea, brief.brand)
     written = Written(platform, result, quality, media, media_job_id)
     content_id = await save(piece, job, row, written)
+    await job.progress(0.9, step="saved")
     log.info("content_saved", content_id=str(content_id), quality=written.quality.score)
-    return FollowUp(content_id, media_job_id or "", media or {})
+    made = {
+        "already_saved": False,
+        "quality_score": quality.score,
+        "provider": result.provider,
+        "model": result.model,
+    }
+    return FollowUp(content_id, media_job_id or "", media or {}), made
 
 
 async def enqueue_follow_up(services: Services, follow_up: FollowUp) -> None:
@@ -257,7 +275,7 @@ class Brief:
 
 
 async def write(
-    piece: Piece, services: Services, request: ContentJob, brief: Brief
+    piece: Piece, services: Services, request: ContentJob, brief: Brief, job: Job
 ) -> Structured[Any]:
     row, idea = brief.row, brief.idea
     choice = choose_text(
@@ -270,6 +288,7 @@ async def write(
     )
     system, prompt = content_prompt(brief.brand, idea, brief.platform, brief.options)
     text_request = TextRequest(system, prompt, ContentDraft, choice.model, subject=idea.title)
+    await job.progress(0.3, step="prompt built")
     provider = piece.text(services.providers.text(choice.provider))
     return await generate_structured(provider, text_request)
 

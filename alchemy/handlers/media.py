@@ -77,6 +77,11 @@ MARK_FAILED_BY_ENGINE = """
 UPDATE media SET status = 'failed', error = $2, error_detail = $3, updated_at = now()
 WHERE job_id = $1 AND status = 'processing'
 """
+# A completed media row of this job (a run before this one saved it).
+SAVED = """
+SELECT id, kind, storage_path, mime_type, bytes, width, height FROM media
+WHERE job_id = $1 AND status = 'completed'
+"""
 
 
 def media_fields(data: Mapping[str, Any], where: str = "") -> dict[str, str]:
@@ -124,9 +129,12 @@ class Owner:
     prompt: str
 
 
-async def handle(job: Job) -> None:
+async def handle(job: Job) -> dict[str, Any] | None:
+    """Steps reported: loaded, prompt built and provider called (or, for a thumbnail,
+    source read), saved. Returns the media row's id, its kind, and where its file is in
+    the media directory (its size, type and dimensions)."""
     services = current_services()
-    await run_work(lambda: make_media(job, services), mark_row(MARK_FAILED, job.id))
+    return await run_work(lambda: make_media(job, services), mark_row(MARK_FAILED, job.id))
 
 
 async def on_dead(job: Job, death: Death) -> None:
@@ -135,15 +143,16 @@ async def on_dead(job: Job, death: Death) -> None:
     await mark_dead(job, death, MARK_FAILED_BY_ENGINE)
 
 
-async def make_media(job: Job, services: Services) -> None:
+async def make_media(job: Job, services: Services) -> dict[str, Any]:
     request = MediaJob.parse(job.data)
     async with services.paid.piece(job, f"media:{job.id}") as piece:
         db = await piece.db()  # until the provider call: after it, the commit takes its own
-        status = await db.fetchval("SELECT status FROM media WHERE job_id = $1", job.id)
-        if status == "completed":
+        done = await db.fetchrow(SAVED, job.id)
+        if done is not None:
             log.info("media_already_saved")
-            return
+            return saved_result(done)
         owner = await load_owner(db, request)
+        await job.progress(0.1, step="loaded")
         piece.brand_id = owner.brand_id
         directory = Path(services.config.media.directory)
         media_id = await db.fetchval(
@@ -157,18 +166,50 @@ async def make_media(job: Job, services: Services) -> None:
         )
         if media_id is None:  # completed meanwhile (a run before our lease)
             log.info("media_already_saved")
-            return
+            done = await db.fetchrow(SAVED, job.id)
+            return saved_result(done) if done is not None else {"already_saved": True}
         if request.source_media_id is not None:
             result, stored = await downscaled(db, request.source_media_id, directory, services)
+            await job.progress(0.6, step="source read")
         else:
             image = image_request(request, owner, services)
+            await job.progress(0.3, step="prompt built")
             paid = await piece.image(services.providers.images(), image)
             result, stored = paid.result, paid.stored
-        await complete(piece, media_id, result, stored)
+            await job.progress(0.7, step="provider called")
+        width, height = await complete(piece, media_id, result, stored)
+        await job.progress(0.9, step="saved")
     log.info("media_saved", media_id=str(media_id), sha256=stored.sha256, bytes=stored.bytes)
+    return {
+        "media_id": str(media_id),
+        "kind": request.kind,
+        "storage_path": stored.path,
+        "mime_type": result.mime_type,
+        "bytes": stored.bytes,
+        "width": width,
+        "height": height,
+        "already_saved": False,
+    }
 
 
-async def complete(piece: Piece, media_id: uuid.UUID, result: ImageResult, stored: Stored) -> None:
+def saved_result(row: asyncpg.Record) -> dict[str, Any]:
+    """The result of a job whose media a run before this one saved."""
+    return {
+        "media_id": str(row["id"]),
+        "kind": row["kind"],
+        "storage_path": row["storage_path"],
+        "mime_type": row["mime_type"],
+        "bytes": row["bytes"],
+        "width": row["width"],
+        "height": row["height"],
+        "already_saved": True,
+    }
+
+
+async def complete(
+    piece: Piece, media_id: uuid.UUID, result: ImageResult, stored: Stored
+) -> tuple[int | None, int | None]:
+    """The row completed with its file; the image's width and height when they can be read."""
     width, height = await asyncio.to_thread(dimensions_sync, result.data) or (None, None)
     async with piece.commit() as conn:
         await conn.execute(
@@ -186,6 +227,7 @@ async def complete(piece: Piece, media_id: uuid.UUID, result: ImageResult, store
             stored.sha256,
             stored.path,
         )
+    return width, height
 
 
 async def load_owner(db: asyncpg.Connection, request: MediaJob) -> Owner:

@@ -79,6 +79,8 @@ MARK_FAILED_BY_ENGINE = """
 UPDATE ideas SET status = 'failed', error = $2, error_detail = $3, updated_at = now()
 WHERE research_job_id = $1 AND status = 'researching'
 """
+# This job's run, when a run before this one saved it.
+SAVED_RUN = "SELECT scores FROM research_runs WHERE job_id = $1"
 INSERT_RUN = """
 INSERT INTO research_runs (idea_id, research_type, result, scores, provider, model,
                            input_tokens, output_tokens, job_id)
@@ -117,10 +119,15 @@ class ResearchJob:
         )
 
 
-async def handle(job: Job) -> None:
+async def handle(job: Job) -> dict[str, Any] | None:
+    """Steps reported: loaded, prompt built, provider called, saved. Returns the idea's id,
+    the research type, its scores (virality, relevance, competition and their parts), the
+    provider and model."""
     services = current_services()
     idea_id = uuid_field(job.data, "idea_id")
-    await run_work(lambda: run_research(job, services), mark_row(MARK_FAILED, idea_id, job.id))
+    return await run_work(
+        lambda: run_research(job, services), mark_row(MARK_FAILED, idea_id, job.id)
+    )
 
 
 async def on_dead(job: Job, death: Death) -> None:
@@ -129,17 +136,20 @@ async def on_dead(job: Job, death: Death) -> None:
     await mark_dead(job, death, MARK_FAILED_BY_ENGINE)
 
 
-async def run_research(job: Job, services: Services) -> None:
+async def run_research(job: Job, services: Services) -> dict[str, Any]:
     request = ResearchJob.parse(job.data)
     work_key = f"research:{request.idea_id}:{request.type}"
+    done: dict[str, Any] = {"idea_id": str(request.idea_id), "research_type": request.type}
     async with services.paid.piece(job, work_key) as piece:
         db = await piece.db()  # until the provider call: after it, the commit takes its own
-        if await db.fetchval("SELECT 1 FROM research_runs WHERE job_id = $1", job.id):
+        saved = await db.fetchrow(SAVED_RUN, job.id)
+        if saved is not None:
             log.info("research_already_saved", idea_id=str(request.idea_id))
-            return
+            return {**done, "scores": saved["scores"], "already_saved": True}
         row = await db.fetchrow(LOAD_IDEA, request.idea_id)
         if row is None:
             raise PermanentError(f"idea {request.idea_id} not found")
+        await job.progress(0.1, step="loaded")
         piece.brand_id = row["brand_id"]
         await db.execute(MARK_RESEARCHING, request.idea_id, job.id)
         choice = choose_text(
@@ -163,9 +173,19 @@ async def run_research(job: Job, services: Services) -> None:
             system, prompt, RESEARCH_MODELS[request.type], choice.model, subject=idea.title
         )
         provider = piece.text(services.providers.text(choice.provider))
+        await job.progress(0.3, step="prompt built")
         result = await generate_structured(provider, text_request)
+        await job.progress(0.7, step="provider called")
         scores = await save(piece, job, request, result, idea.keywords)
+        await job.progress(0.9, step="saved")
     log.info("research_saved", idea_id=str(request.idea_id), **scores.to_json())
+    return {
+        **done,
+        "scores": scores.to_json(),
+        "provider": result.provider,
+        "model": result.model,
+        "already_saved": False,
+    }
 
 
 def sections_of(research_type: str, value: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -27,10 +27,15 @@ from aiohttp.typedefs import Handler
 from redis import exceptions as redis_errors
 
 from alchemy.errors import ConfigError
-from alchemy.http.deps import DEPS, Access, ApiError, Deps, error_response
+from alchemy.http.board import snapshot
+from alchemy.http.dashboard import DASHBOARD, GROUPS, LIVE, STATIC
+from alchemy.http.deps import DEPS, Access, ApiError, Deps, error_response, needs_token
 from alchemy.http.handlers import ROUTES
 from alchemy.http.hosts import MALFORMED, HostCheck, host_of
+from alchemy.http.live import LiveFeed
 from alchemy.http.overview import OverviewUnavailable
+from alchemy.http.static import SECURITY_HEADERS, load_static
+from alchemy.worker.connections import blocking_client
 
 log = structlog.get_logger("alchemy.http")
 
@@ -38,6 +43,7 @@ REDIS_SLOTS: Final = 8  # requests reading or writing Redis at once (the pool is
 REDIS_GATE: Final = web.AppKey("redis_gate", asyncio.Semaphore)
 HOSTS: Final = web.AppKey("hosts", HostCheck)
 ACCESS: Final = web.AppKey("access", Mapping[Handler, Access])
+UNGATED: Final = web.AppKey("ungated", frozenset[Handler])
 CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="alchemy"'}
 
 
@@ -97,23 +103,6 @@ async def host_guard(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
-def needs_token(access: Access, *, token_set: bool, loopback_only: bool) -> bool:
-    """Whether a request for a route of ``access`` must carry the admin token. (A new
-    :class:`Access` fails the type check here until its rule is written.)"""
-    match access:
-        case Access.OPEN:
-            return False
-        case Access.COUNTS:
-            return not loopback_only
-        case Access.JOB_DATA:
-            # Payloads: the token whenever there is one, even on loopback. Without one only
-            # a loopback listener serves them; the config refuses any other host without a
-            # token, and this keeps the rule here too, whatever built the config.
-            return token_set or not loopback_only
-        case Access.CHANGE:
-            return True
-
-
 @web.middleware
 async def access_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     match = request.match_info
@@ -127,7 +116,7 @@ async def access_guard(request: web.Request, handler: Handler) -> web.StreamResp
             check_token(request)
         except ApiError as exc:
             return error_response(exc.status, exc.message, headers=CHALLENGE)
-    if access is Access.OPEN:
+    if access is Access.OPEN or match.handler in request.app[UNGATED]:
         return await handler(request)
     async with request.app[REDIS_GATE]:
         return await handler(request)
@@ -148,12 +137,53 @@ def create_app(deps: Deps) -> web.Application:
     app[DEPS] = deps
     app[HOSTS] = HostCheck(http)
     app[REDIS_GATE] = asyncio.Semaphore(REDIS_SLOTS)
+    app[STATIC] = load_static()
+    app[GROUPS] = {}
+    app[LIVE] = _live_feed(deps)
+    app.on_response_prepare.append(_security_headers)
+    app.on_shutdown.append(_close_live)
     access: dict[Handler, Access] = {}
-    for route in ROUTES:
+    ungated: set[Handler] = set()
+    prefix = http.path_prefix
+    for route in (*ROUTES, *DASHBOARD):
+        path = prefix + route.path
         if route.method == "GET":
-            app.router.add_get(route.path, route.handler)  # and HEAD
+            app.router.add_get(path, route.handler)  # and HEAD
         else:
-            app.router.add_route(route.method, route.path, route.handler)
+            app.router.add_route(route.method, path, route.handler)
         access[route.handler] = route.access
+        if not route.gated:
+            ungated.add(route.handler)
+    if prefix:  # the page's relative links need the slash
+        app.router.add_get(prefix, _to_slash)
+        access[_to_slash] = Access.OPEN
     app[ACCESS] = access
+    app[UNGATED] = frozenset(ungated)
     return app
+
+
+def _live_feed(deps: Deps) -> LiveFeed:
+    config = deps.config
+
+    async def render(since: float) -> dict[str, Any]:
+        return snapshot(await deps.overview.get(since=since), deps)
+
+    return LiveFeed(
+        prefix=config.redis.prefix,
+        queues=[q.name for q in config.queues],
+        connect=lambda: blocking_client(config.redis),
+        render=render,
+    )
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+async def _close_live(app: web.Application) -> None:
+    await app[LIVE].close()
+
+
+async def _to_slash(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPPermanentRedirect(request.app[DEPS].config.http.path_prefix + "/")

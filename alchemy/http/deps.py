@@ -66,6 +66,23 @@ class Access(enum.Enum):
     """Requests that change state: always the token (refused when none is configured)."""
 
 
+def needs_token(access: Access, *, token_set: bool, loopback_only: bool) -> bool:
+    """Whether a request for a route of ``access`` must carry the admin token. (A new
+    :class:`Access` fails the type check here until its rule is written.)"""
+    match access:
+        case Access.OPEN:
+            return False
+        case Access.COUNTS:
+            return not loopback_only
+        case Access.JOB_DATA:
+            # Payloads: the token whenever there is one, even on loopback. Without one only
+            # a loopback listener serves them; the config refuses any other host without a
+            # token, and this keeps the rule here too, whatever built the config.
+            return token_set or not loopback_only
+        case Access.CHANGE:
+            return True
+
+
 AnyHandler = TypeVar("AnyHandler", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
 
 
@@ -75,6 +92,9 @@ class Route:
     path: str
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     access: Access
+    # Holds one of the listener's Redis slots while it runs (not a stream that stays open
+    # for hours: it reads through a shared cache).
+    gated: bool = True
 
 
 class Routes:
@@ -86,15 +106,19 @@ class Routes:
     def __iter__(self) -> Iterator[Route]:
         return iter(self._routes)
 
-    def _add(self, method: str, path: str, access: Access) -> Callable[[AnyHandler], AnyHandler]:
+    def _add(
+        self, method: str, path: str, access: Access, gated: bool = True
+    ) -> Callable[[AnyHandler], AnyHandler]:
         def register(handler: AnyHandler) -> AnyHandler:
-            self._routes.append(Route(method, path, handler, access))
+            self._routes.append(Route(method, path, handler, access, gated))
             return handler
 
         return register
 
-    def get(self, path: str, access: Access) -> Callable[[AnyHandler], AnyHandler]:
-        return self._add("GET", path, access)
+    def get(
+        self, path: str, access: Access, *, gated: bool = True
+    ) -> Callable[[AnyHandler], AnyHandler]:
+        return self._add("GET", path, access, gated)
 
     def post(self, path: str, access: Access) -> Callable[[AnyHandler], AnyHandler]:
         return self._add("POST", path, access)
@@ -108,6 +132,28 @@ def json_response(data: Any, *, status: int = 200, headers: Any = None) -> web.R
 
 def error_response(status: int, message: str, *, headers: Any = None) -> web.Response:
     return json_response({"error": message}, status=status, headers=headers)
+
+
+def queue_param(request: web.Request) -> str:
+    """The route's ``{queue}``; 404 unless it is a configured queue."""
+    name = request.match_info["queue"]
+    if name not in request.app[DEPS].queue_names:
+        raise ApiError(404, f"no queue named {name!r}")
+    return name
+
+
+def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """The integer query parameter ``name``; 400 unless it lies within ``low``-``high``."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer, got {raw[:40]!r}") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be between {low} and {high}, got {value}")
+    return value
 
 
 class ApiError(Exception):

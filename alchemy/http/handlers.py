@@ -11,7 +11,17 @@ from typing import Any, Final
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from alchemy.http.deps import DEPS, Access, ApiError, Deps, Routes, json_response
+from alchemy.http.board import preview_entry
+from alchemy.http.deps import (
+    DEPS,
+    Access,
+    ApiError,
+    Deps,
+    Routes,
+    int_param,
+    json_response,
+    queue_param,
+)
 from alchemy.http.overview import OverviewUnavailable
 from alchemy.http.types import (
     ConsumerInfo,
@@ -34,6 +44,7 @@ from alchemy.queue.job import MAX_ID_LENGTH
 ROUTES: Final = Routes()
 DEFAULT_PAGE: Final = 50
 MAX_PAGE: Final = 500
+MAX_PREVIEW: Final = 10_000  # characters of each job a dead page's ?preview= keeps at most
 
 
 def _deps(request: web.Request) -> Deps:
@@ -42,13 +53,6 @@ def _deps(request: web.Request) -> Deps:
 
 def _admin(deps: Deps) -> QueueAdmin:
     return QueueAdmin(deps.redis, prefix=deps.config.redis.prefix)
-
-
-def _queue(request: web.Request) -> str:
-    name = request.match_info["queue"]
-    if name not in _deps(request).queue_names:
-        raise ApiError(404, f"no queue named {name!r}")
-    return name
 
 
 # -- health, readiness, metrics -------------------------------------------------------------
@@ -136,37 +140,26 @@ async def list_queues(request: web.Request) -> web.Response:
 
 @ROUTES.get("/api/queues/{queue}", Access.COUNTS)
 async def show_queue(request: web.Request) -> web.Response:
-    name = _queue(request)
+    name = queue_param(request)
     overview = await _deps(request).overview.get()
     return json_response(_queue_info(overview.statuses[name], overview.throughput.get(name)))
 
 
 # -- the dead-letter list -------------------------------------------------------------------
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ApiError(400, f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
 @ROUTES.get("/api/queues/{queue}/dead", Access.JOB_DATA)
 async def list_dead(request: web.Request) -> web.Response:
-    queue = _queue(request)
-    offset = _int_param(request, "offset", 0, 0, 10**9)
-    limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    queue = queue_param(request)
+    offset = int_param(request, "offset", 0, 0, 10**9)
+    limit = int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    preview = int_param(request, "preview", 0, 0, MAX_PREVIEW)  # 0: jobs whole
     page = await _admin(_deps(request)).dead_page(queue, offset=offset, limit=limit)
+    entries = [dict(entry.fields) for entry in page.entries]
     body: DeadPage = {
         "queue": queue,
         "total": page.total,
         "offset": offset,
         "limit": limit,
-        "entries": [dict(entry.fields) for entry in page.entries],
+        "entries": [preview_entry(e, preview) for e in entries] if preview else entries,
     }
     return json_response(body)
 
@@ -193,7 +186,7 @@ async def _which(request: web.Request) -> str | None:
 
 @ROUTES.post("/api/queues/{queue}/dead/retry", Access.CHANGE)
 async def retry_dead(request: web.Request) -> web.Response:
-    queue = _queue(request)
+    queue = queue_param(request)
     job_id = await _which(request)
     admin = _admin(_deps(request))
     if job_id is None:
@@ -214,7 +207,7 @@ async def retry_dead(request: web.Request) -> web.Response:
 
 @ROUTES.post("/api/queues/{queue}/dead/purge", Access.CHANGE)
 async def purge_dead(request: web.Request) -> web.Response:
-    queue = _queue(request)
+    queue = queue_param(request)
     job_id = await _which(request)
     count = await _admin(_deps(request)).dead_purge(queue, job_id)
     if job_id is not None and not count:
@@ -226,7 +219,7 @@ async def purge_dead(request: web.Request) -> web.Response:
 # -- pause and resume -----------------------------------------------------------------------
 @ROUTES.post("/api/queues/{queue}/pause", Access.CHANGE)
 async def pause(request: web.Request) -> web.Response:
-    queue = _queue(request)
+    queue = queue_param(request)
     await _admin(_deps(request)).pause(queue)
     body: PauseResult = {"queue": queue, "paused": True}
     return json_response(body)
@@ -234,7 +227,7 @@ async def pause(request: web.Request) -> web.Response:
 
 @ROUTES.post("/api/queues/{queue}/resume", Access.CHANGE)
 async def resume(request: web.Request) -> web.Response:
-    queue = _queue(request)
+    queue = queue_param(request)
     await _admin(_deps(request)).resume(queue)
     body: PauseResult = {"queue": queue, "paused": False}
     return json_response(body)
@@ -243,7 +236,7 @@ async def resume(request: web.Request) -> web.Response:
 # -- jobs -----------------------------------------------------------------------------------
 @ROUTES.get("/api/queues/{queue}/jobs/{job_id:.+}", Access.JOB_DATA)
 async def show_job(request: web.Request) -> web.Response:
-    queue = _queue(request)
+    queue = queue_param(request)
     job_id = request.match_info["job_id"]
     if len(job_id) > MAX_ID_LENGTH:
         raise ApiError(400, f"job ids have at most {MAX_ID_LENGTH} characters")

@@ -1,6 +1,7 @@
 """The state of every configured queue, read from Redis at most once per ``ttl``.
 
-``/metrics`` and ``GET /api/queues`` both serve it, so ten scrapes a second from several
+``/metrics``, ``GET /api/queues`` and the dashboard (its page and its live feed) all serve
+it, so ten scrapes a second from several
 clients cost Redis one read of each queue a second. Concurrent requests share one read; a
 failed read is remembered for the same ``ttl`` (so a Redis outage is not hammered either).
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from alchemy.queue.admin import QueueAdmin, QueueStatus, Throughput
+from alchemy.queue.browse import PerMinute, QueueBrowser
 
 
 class OverviewUnavailable(Exception):
@@ -25,6 +27,8 @@ class OverviewUnavailable(Exception):
 class Overview:
     statuses: Mapping[str, QueueStatus]
     throughput: Mapping[str, Throughput] = field(default_factory=dict)
+    oldest_wait_s: Mapping[str, float | None] = field(default_factory=dict)
+    per_minute: Mapping[str, PerMinute] = field(default_factory=dict)
 
 
 class OverviewCache:
@@ -39,6 +43,7 @@ class OverviewCache:
     ) -> None:
         self.redis = redis
         self.admin = QueueAdmin(redis, prefix=prefix)
+        self.browser = QueueBrowser(redis, prefix=prefix)
         self.prefix = prefix
         self.queues = list(queues)
         self.ttl = ttl
@@ -47,6 +52,7 @@ class OverviewCache:
         self._value: Overview | None = None
         self._error: str | None = None
         self._taken_at = float("-inf")
+        self._began_at = float("-inf")
         self._lock = asyncio.Lock()
 
     @property
@@ -54,14 +60,16 @@ class OverviewCache:
         """The last successful read, if the last read succeeded."""
         return None if self._error is not None else self._value
 
-    def _fresh(self) -> bool:
-        return time.monotonic() - self._taken_at < self.ttl
+    def _fresh(self, since: float) -> bool:
+        return time.monotonic() - self._taken_at < self.ttl and self._began_at >= since
 
-    async def get(self) -> Overview:
-        """The overview; :class:`OverviewUnavailable` when Redis could not be read."""
-        if not self._fresh():
+    async def get(self, *, since: float = float("-inf")) -> Overview:
+        """The overview; :class:`OverviewUnavailable` when Redis could not be read.
+        ``since`` (a ``time.monotonic()``): read after that moment (something changed
+        then), even within ``ttl``."""
+        if not self._fresh(since):
             async with self._lock:
-                if not self._fresh():
+                if not self._fresh(since):
                     await self._read()
         if self._error is not None:
             raise OverviewUnavailable(self._error)
@@ -70,10 +78,15 @@ class OverviewCache:
 
     async def _read(self) -> None:
         self.reads += 1
+        self._began_at = time.monotonic()
         try:
             statuses = {q: await self.admin.status(q) for q in self.queues}
-            throughput = await self.admin.throughput(self.queues) if self.with_throughput else {}
-            self._value, self._error = Overview(statuses, throughput), None
+            oldest = await self.browser.oldest_waiting_s(self.queues)
+            throughput, minutes = {}, {}
+            if self.with_throughput:
+                throughput = await self.admin.throughput(self.queues)
+                minutes = await self.browser.per_minute(self.queues)
+            self._value, self._error = Overview(statuses, throughput, oldest, minutes), None
         except Exception as exc:
             self._error = f"{type(exc).__name__}: {exc}"
         finally:

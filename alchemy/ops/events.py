@@ -5,7 +5,8 @@ retrying, paused, dead, recovered) to ``PREFIX:{QUEUE}:events``, capped with
 ``XADD MAXLEN ~``, so a program in any language can follow its jobs with ``XREAD``
 (docs/protocol.md, "The events stream"). It also counts completed and failed attempts per
 second for the admin API's recent throughput (read by
-:meth:`alchemy.queue.admin.QueueAdmin.throughput`). Both are written by one Lua call per
+:meth:`alchemy.queue.admin.QueueAdmin.throughput`) and per minute for the dashboard's hour
+(:meth:`alchemy.queue.admin.QueueAdmin.per_minute`). Both are written by one Lua call per
 queue per batch (see :mod:`alchemy.ops.batching`).
 
 :class:`EventHooks` calls Python code on ``completed`` and ``failed`` transitions in the
@@ -28,7 +29,7 @@ from redis.asyncio import Redis
 
 from alchemy.ops.batching import QueueBatchWriter
 from alchemy.queue import scripts
-from alchemy.queue.admin import THROUGHPUT_WINDOW_S
+from alchemy.queue.admin import PER_MINUTE_WINDOW, THROUGHPUT_WINDOW_S
 from alchemy.worker.observer import JobEvent, Transition
 from alchemy.worker.supervisor import Running
 
@@ -68,6 +69,10 @@ def event_fields(event: JobEvent, ts_ms: int) -> list[str]:
         fields += ("retry_in_ms", str(round(event.retry_in_s * 1000)))
     if event.dead_worker is not None:
         fields += ("dead_worker", event.dead_worker)
+    if event.transition is Transition.PROGRESS and event.progress is not None:
+        fields += ("progress", f"{event.progress:.4g}", "step", event.step or "")
+    if event.result is not None:
+        fields += ("result", event.result)
     return fields
 
 
@@ -110,8 +115,15 @@ class EventStream(QueueBatchWriter[tuple[JobEvent, int]]):
         for queue, entries in by_queue.items():
             keys = self.keys(queue)
             done, failed = counts[queue]
-            args = [self.max_length, THROUGHPUT_WINDOW_S, done, failed, orjson.dumps(entries)]
-            await self._script(keys=[keys.events, keys.throughput], args=args)
+            args = [
+                self.max_length,
+                THROUGHPUT_WINDOW_S,
+                done,
+                failed,
+                orjson.dumps(entries),
+                PER_MINUTE_WINDOW,
+            ]
+            await self._script(keys=[keys.events, keys.throughput, keys.per_minute], args=args)
 
 
 Callback = Callable[[JobEvent], Awaitable[None] | None]

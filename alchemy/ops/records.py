@@ -27,11 +27,16 @@ from redis.asyncio import Redis
 
 from alchemy.ops.batching import QueueBatchWriter
 from alchemy.queue import scripts
-from alchemy.queue.admin import ErrorJson, JobRecord
+from alchemy.queue.admin import AttemptJson, ErrorJson, JobRecord
 from alchemy.queue.job import ErrorInfo
 from alchemy.worker.observer import JobEvent, Transition
 
 FINISHED: Final = frozenset({Transition.COMPLETED, Transition.DEAD})
+MAX_ATTEMPTS_KEPT: Final = 20  # runs listed in a record's attempts; older ones are counted
+# Flags of one record written (scripts.RECORDS_WRITE):
+LEND: Final = 1  # an earlier run may be stored: lend its history (first start, error, runs)
+PATCH: Final = 2  # only progress: update the stored record of the same attempt
+JOINS: Final = 4  # the first run listed ended a run the stored record lists as running
 
 
 def _error(error: ErrorInfo | None) -> ErrorJson | None:
@@ -50,42 +55,105 @@ def _started_ms(event: JobEvent, at: int) -> int | None:
     return None  # unreadable, recovered, poison: not an attempt of this process
 
 
-def _record(history: Sequence[_Noted]) -> tuple[JobRecord, bool]:
+def _runs(history: Sequence[_Noted]) -> tuple[list[AttemptJson], bool]:
+    """The runs ``history`` (no progress events) shows, and whether the first one is the end
+    of a run started before this batch."""
+    runs: list[AttemptJson] = []
+    joins = False
+    for event, at in history:
+        started = _started_ms(event, at)
+        if event.transition is Transition.STARTED:
+            runs.append(_run(event, started, None))
+            continue
+        last = runs[-1] if runs else None
+        if last is not None and last["outcome"] == "running" and last["attempt"] == event.attempt:
+            runs[-1] = _run(event, last["started_ms"], at)
+        else:
+            joins = joins or not runs
+            runs.append(_run(event, started, at))
+    return runs[-MAX_ATTEMPTS_KEPT:], joins
+
+
+def _run(event: JobEvent, started: int | None, ended: int | None) -> AttemptJson:
+    running = event.transition is Transition.STARTED
+    duration = event.duration_s
+    return {
+        "attempt": event.attempt,
+        "worker": event.dead_worker or event.worker,
+        "outcome": "running" if running else str(event.transition),
+        "started_ms": started,
+        "finished_ms": ended,
+        "duration_ms": None if duration is None else round(duration * 1e3, 3),
+        "error": _error(event.error),
+        "reason": event.reason,
+    }
+
+
+def _record(history: Sequence[_Noted]) -> tuple[JobRecord, int]:
     """The record of a job after the events of ``history`` (one batch, oldest first), and
-    whether the stored record (an earlier attempt, maybe in another process) must lend
-    ``first_started_ms`` / ``last_error``."""
+    the flags that say what the stored record (an earlier run, maybe in another process)
+    must lend it (:data:`LEND`, :data:`PATCH`, :data:`JOINS`)."""
+    ran = [noted for noted in history if noted[0].transition is not Transition.PROGRESS]
+    reports = [noted[0] for noted in history if noted[0].transition is Transition.PROGRESS]
+    if not ran:
+        event, at = history[-1]
+        record = _blank(event, at, "started")
+        record["progress"], record["step"] = event.progress, event.step
+        record["attempts"] = [_run(event._replace(transition=Transition.STARTED), None, None)]
+        return record, PATCH
     first: int | None = None
     error: ErrorInfo | None = None
-    merge = False
     started: int | None = None
-    for event, at in history:
+    for event, at in ran:
         started = _started_ms(event, at)
         if first is None and event.attempt == 1:
             first = started
         if event.error is not None:
             error = event.error
-        # A first attempt that started here and never died before has nothing to inherit.
-        if event.attempt != 1 or started is None or event.recoveries > 0:
-            merge = True
-    event, at = history[-1]
+    event, at = ran[-1]
     transition = event.transition
+    record = _blank(event, at, transition)
+    runs, joins = _runs(ran)
+    latest = reports[-1] if reports else event
     duration = event.duration_s
-    record: JobRecord = {
+    record["started_ms"] = started
+    record["first_started_ms"] = first
+    record["finished_ms"] = at if transition in FINISHED else None
+    record["duration_ms"] = None if duration is None else round(duration * 1e3, 3)
+    retry_in = event.retry_in_s
+    record["retry_at_ms"] = None if retry_in is None else at + round(retry_in * 1000)
+    record["reason"] = event.reason
+    record["last_error"] = _error(error)
+    record["progress"], record["step"] = latest.progress, latest.step
+    record["result"] = event.result
+    record["attempts"] = runs
+    # Nothing to inherit only for a job's very first run, started in this batch or not.
+    if any(e.first_run for e, _ in ran):
+        return record, 0
+    return record, LEND | (JOINS if joins else 0)
+
+
+def _blank(event: JobEvent, at: int, state: str) -> JobRecord:
+    return {
         "id": event.job_id or "",
         "queue": event.queue,
-        "state": transition,  # a str (StrEnum)
+        "state": state,
         "attempt": event.attempt,
         "worker": event.worker,
         "updated_ms": at,
-        "started_ms": started,
-        "first_started_ms": first,
-        "finished_ms": at if transition in FINISHED else None,
-        "duration_ms": None if duration is None else round(duration * 1e3, 3),
-        "retry_at_ms": None if event.retry_in_s is None else at + round(event.retry_in_s * 1000),
-        "reason": event.reason,
-        "last_error": _error(error),
+        "started_ms": None,
+        "first_started_ms": None,
+        "finished_ms": None,
+        "duration_ms": None,
+        "retry_at_ms": None,
+        "reason": None,
+        "last_error": None,
+        "progress": None,
+        "step": None,
+        "result": None,
+        "attempts": [],
+        "attempts_dropped": 0,
     }
-    return record, merge and (first is None or error is None)
 
 
 class JobRecords(QueueBatchWriter[_Noted]):
@@ -137,8 +205,9 @@ class JobRecords(QueueBatchWriter[_Noted]):
         for queue, by_id in by_queue.items():
             items = []
             for job_id, history in by_id.items():
-                record, merge = _record(history)
-                items.append((job_id, int(merge), dumps(record).decode()))
+                record, flags = _record(history)
+                items.append((job_id, flags, dumps(record).decode()))
             keys = self.keys(queue)
-            args = [self.ttl_ms, max(1, self.max_per_queue // 2), dumps(items)]
+            per_generation = max(1, self.max_per_queue // 2)
+            args = [self.ttl_ms, per_generation, dumps(items), MAX_ATTEMPTS_KEPT]
             await self._script(keys=[keys.records, keys.records_old], args=args)

@@ -13,6 +13,7 @@ the event loop runs between steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from alchemy.queue.keys import QueueKeys
 from alchemy.queue.store import DeadScan, QueueStore
 
 THROUGHPUT_WINDOW_S: Final = 300  # seconds of per-second counts kept in PREFIX:{QUEUE}:throughput
+PER_MINUTE_WINDOW: Final = 60  # minutes of per-minute counts kept in PREFIX:{QUEUE}:per-minute
 # One step of a search by id: entries looked at (in Redis), and bytes of them at most.
 ID_STEP_ENTRIES: Final = 2000
 ID_STEP_BYTES: Final = 4 * 1024 * 1024
@@ -109,9 +111,23 @@ class ErrorJson(TypedDict):
     message: str
 
 
+class AttemptJson(TypedDict):
+    """One run of a job in its record's ``attempts``."""
+
+    attempt: int
+    worker: str  # the process that ran it (for a recovered run: the one that died)
+    outcome: str  # running | completed | retrying | paused | deferred | held | dead | recovered
+    started_ms: int | None
+    finished_ms: int | None
+    duration_ms: float | None
+    error: ErrorJson | None
+    reason: str | None
+
+
 class JobRecord(TypedDict):
     """A job's record (docs/protocol.md, "Job records"), as stored by
-    :class:`alchemy.ops.records.JobRecords` and as the admin API returns it."""
+    :class:`alchemy.ops.records.JobRecords`; the lookup (:meth:`QueueAdmin.record`) parses
+    ``result``, which is stored as JSON text."""
 
     id: str
     queue: str
@@ -126,6 +142,11 @@ class JobRecord(TypedDict):
     retry_at_ms: int | None  # retrying and paused: when it is due again
     reason: str | None  # dead: the dead-letter reason
     last_error: ErrorJson | None  # the latest error, kept through a later success
+    progress: NotRequired[float | None]  # the latest job.progress of the current attempt
+    step: NotRequired[str | None]
+    result: NotRequired[Any]  # completed: the handler's return value (stored as JSON text)
+    attempts: NotRequired[list[AttemptJson]]  # the latest runs, oldest first
+    attempts_dropped: NotRequired[int]  # older runs no longer listed
     expires_in_s: NotRequired[int]  # added by the lookup
 
 
@@ -351,6 +372,11 @@ class QueueAdmin:
         if raw is None:
             return None
         found = cast(JobRecord, orjson.loads(raw))
+        result = found.get("result")
+        if isinstance(result, str):
+            # Not JSON (written by something else): shown as the text it is.
+            with contextlib.suppress(orjson.JSONDecodeError):
+                found["result"] = orjson.loads(result)
         found["expires_in_s"] = max(0, int(left_ms)) // 1000
         return found
 

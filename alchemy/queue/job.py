@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final, TypeGuard
+from typing import Any, Final, Protocol, TypeGuard
 
 import orjson
 
@@ -31,6 +31,7 @@ from alchemy.queue.keys import PROTOCOL_VERSION
 RESERVED_FIELDS: Final = frozenset({"id", "enqueued_at", "_alchemy"})
 MAX_ID_LENGTH: Final = 256
 MAX_ERROR_MESSAGE: Final = 2000
+MAX_STEP_LENGTH: Final = 200  # characters of a progress step kept
 # An envelope holds the producer's job as a JSON string, in which a byte takes at most six
 # (``\u007f``: Lua's cjson escapes DEL and control characters so), plus the engine's
 # bookkeeping (a last error is at most 2,000 characters). An envelope larger than this,
@@ -84,6 +85,12 @@ class Runner:
         return f"{self.identity}/{self.incarnation}/{self.run}"
 
 
+class ProgressReporter(Protocol):
+    """Where :meth:`Job.progress` goes: set by the engine on the jobs it runs."""
+
+    def report(self, job: Job, fraction: float, step: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """What a handler receives."""
@@ -95,6 +102,23 @@ class Job:
     recoveries: int = 0
     enqueued_at: float | None = None
     runner: Runner = Runner()
+    reporter: ProgressReporter | None = field(default=None, repr=False, compare=False)
+
+    async def progress(self, fraction: float, step: str = "") -> None:
+        """Tell how far this attempt is: ``fraction`` from 0 to 1 (clamped), ``step`` a short
+        name of what it does now (at most 200 characters kept). Cheap enough to call often:
+        a new step is reported at once, the same step at most every half second (the latest
+        value is sent when that time is up). Goes to the job's record and the events stream
+        (docs/protocol.md); does nothing outside the engine. A fraction that is not a
+        number raises ``ValueError``."""
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise ValueError(f"progress must be a number from 0 to 1, got {fraction!r}")
+        if not math.isfinite(fraction):
+            raise ValueError(f"progress must be a number from 0 to 1, got {fraction!r}")
+        reporter = self.reporter
+        if reporter is not None:
+            text = step if isinstance(step, str) else str(step)
+            reporter.report(self, min(1.0, max(0.0, float(fraction))), text[:MAX_STEP_LENGTH])
 
 
 @dataclass(frozen=True, slots=True)

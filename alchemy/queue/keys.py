@@ -26,6 +26,7 @@ KEY_TEMPLATES: Final = {
     # Written by alchemy.ops (observers of the engine), never read by the engine itself.
     "events": "{prefix}:{{{queue}}}:events",
     "throughput": "{prefix}:{{{queue}}}:throughput",
+    "per_minute": "{prefix}:{{{queue}}}:per-minute",
     "records": "{prefix}:{{{queue}}}:records",
     "records_old": "{prefix}:{{{queue}}}:records:old",
     # Written by a handler's enqueue-once step (Producer.enqueue_once): the job with this
@@ -126,6 +127,11 @@ class QueueKeys:
     def throughput(self) -> str:
         """Hash of per-second completed/failed counts for the admin API."""
         return self._key("throughput")
+
+    @property
+    def per_minute(self) -> str:
+        """Hash of per-minute completed/failed counts (the last hour) for the dashboard."""
+        return self._key("per_minute")
 
     @property
     def records(self) -> str:

@@ -463,9 +463,11 @@ return removed
 
 # -- for operators: the events stream and job records (alchemy.ops) ----------------------
 
-# KEYS[1] the stream, KEYS[2] the throughput hash.
+# KEYS[1] the stream, KEYS[2] the throughput hash, KEYS[3] the per-minute hash.
 # ARGV[1] MAXLEN (0: no entries), ARGV[2] window in seconds, ARGV[3] completed, ARGV[4]
-# failed, ARGV[5] the entries: a JSON array of arrays of strings (field, value, field, ...).
+# failed, ARGV[5] the entries: a JSON array of arrays of strings (field, value, field, ...),
+# ARGV[6] minutes kept in the per-minute hash (fields MINUTE:c and MINUTE:f, MINUTE = Unix
+# time // 60 by Redis's clock; older ones dropped once it holds two more minutes).
 # One JSON argument rather than one argument per string: packing a command costs the
 # client about a microsecond per argument in redis-py; Redis decodes JSON in C (expanding
 # compact values into fields in Lua instead was measured twice as slow).
@@ -497,20 +499,43 @@ if done + failed > 0 then
     end
   end
   redis.call('EXPIRE', KEYS[2], window + 60)
+  local minute = math.floor(now / 60)
+  if done > 0 then redis.call('HINCRBY', KEYS[3], minute .. ':c', done) end
+  if failed > 0 then redis.call('HINCRBY', KEYS[3], minute .. ':f', failed) end
+  local minutes = tonumber(ARGV[6])
+  if redis.call('HLEN', KEYS[3]) > 2 * minutes + 4 then
+    local old = {}
+    for _, f in ipairs(redis.call('HKEYS', KEYS[3])) do
+      local m = tonumber(string.match(f, '^(%d+)'))
+      if m == nil or m <= minute - minutes then old[#old + 1] = f end
+    end
+    if #old > 0 then redis.call('HDEL', KEYS[3], unpack(old)) end
+  end
+  redis.call('EXPIRE', KEYS[3], (minutes + 1) * 60)
 end
 return 1
 """
 
 # KEYS[1] current generation, KEYS[2] old generation.
-# ARGV[1] ttl ms, ARGV[2] records per generation, ARGV[3] a JSON array of [id, merge, JSON
-# record]. With merge = 1 the stored record (from an earlier attempt) lends
-# first_started_ms and last_error when the new one has none, so a job retried on another
-# process keeps its history. (One JSON argument, not three per record: see EVENTS_APPEND.)
+# ARGV[1] ttl ms, ARGV[2] records per generation, ARGV[3] a JSON array of [id, flags, JSON
+# record], ARGV[4] runs kept in a record's attempts. Flags (alchemy.ops.records):
+#   1 LEND: the stored record (an earlier run, maybe in another process) lends
+#     first_started_ms when it is earlier or the new one has none, last_error when the new
+#     one has none, and its attempts go
+#     before the new one's (the oldest beyond ARGV[4] dropped and counted), so a job retried
+#     on another process keeps its history;
+#   4 JOINS (with LEND): the new record's first run is the end of the stored record's last
+#     run, if that one is still running and of the same attempt: it takes its place;
+#   2 PATCH: the new record only reports progress: when the stored record is of the same
+#     attempt it keeps everything but progress, step and updated_ms, which it takes.
+# (One JSON argument, not three per record: see EVENTS_APPEND.) Results are JSON text in a
+# string field, so re-encoding a record here never changes them.
 RECORDS_WRITE: Final = """
 local cur, old = KEYS[1], KEYS[2]
 local ttl = tonumber(ARGV[1])
 local per_generation = tonumber(ARGV[2])
 local batch = cjson.decode(ARGV[3])
+local keep = tonumber(ARGV[4])
 local size = redis.call('HLEN', cur)
 if size > 0 then
   local left = redis.call('PTTL', cur)
@@ -520,24 +545,52 @@ if size > 0 then
     size = 0
   end
 end
+local function stored(id)
+  local raw = redis.call('HGET', cur, id) or redis.call('HGET', old, id)
+  if not raw then return nil end
+  local ok, o = pcall(cjson.decode, raw)
+  if ok and type(o) == 'table' then return o end
+  return nil
+end
+local function lend(r, o, joins)
+  local earlier = tonumber(o.first_started_ms)
+  if earlier and (r.first_started_ms == cjson.null or earlier < r.first_started_ms) then
+    r.first_started_ms = earlier
+  end
+  if r.last_error == cjson.null and o.last_error ~= nil then r.last_error = o.last_error end
+  if type(o.attempts) ~= 'table' or #o.attempts == 0 then return end
+  local runs = {}
+  for _, a in ipairs(o.attempts) do runs[#runs + 1] = a end
+  local first, last = r.attempts[1], runs[#runs]
+  if joins and first and last and last.outcome == 'running' and last.attempt == first.attempt then
+    if first.started_ms == cjson.null then first.started_ms = last.started_ms end
+    runs[#runs] = nil
+  end
+  for _, a in ipairs(r.attempts) do runs[#runs + 1] = a end
+  local dropped = tonumber(o.attempts_dropped) or 0
+  while #runs > keep do
+    table.remove(runs, 1)
+    dropped = dropped + 1
+  end
+  r.attempts = runs
+  r.attempts_dropped = dropped
+end
 for _, item in ipairs(batch) do
-  local id, rec = item[1], item[3]
-  if item[2] == 1 then
-    local stored = redis.call('HGET', cur, id) or redis.call('HGET', old, id)
-    if stored then
-      local ok, o = pcall(cjson.decode, stored)
-      if ok and type(o) == 'table' then
-        local r = cjson.decode(rec)
-        local changed = false
-        if r.first_started_ms == cjson.null and o.first_started_ms ~= nil then
-          r.first_started_ms = o.first_started_ms
-          changed = true
-        end
-        if r.last_error == cjson.null and o.last_error ~= nil then
-          r.last_error = o.last_error
-          changed = true
-        end
-        if changed then rec = cjson.encode(r) end
+  local id, flags, rec = item[1], item[2], item[3]
+  if flags % 2 == 1 then
+    local o = stored(id)
+    if o then
+      local r = cjson.decode(rec)
+      lend(r, o, flags >= 4)
+      rec = cjson.encode(r)
+    end
+  elseif flags == 2 then
+    local o = stored(id)
+    if o then
+      local r = cjson.decode(rec)
+      if o.attempt == r.attempt then
+        o.progress, o.step, o.updated_ms = r.progress, r.step, r.updated_ms
+        rec = cjson.encode(o)
       end
     end
   end
@@ -547,6 +600,58 @@ if size == 0 then
   redis.call('PEXPIRE', cur, ttl)
 end
 return #batch
+"""
+
+# -- for the dashboard: bounded reads --------------------------------------------------------
+
+# KEYS: wait. Returns {the oldest waiting job's enqueued_at as written ('' when none is
+# found in its first 4 KiB, false when the list is empty), Redis TIME seconds, microseconds}.
+# Copies one item (the oldest, at the right end) into Lua: O(1) list work.
+OLDEST_ENQUEUED: Final = r"""
+local item = redis.call('LINDEX', KEYS[1], -1)
+local t = redis.call('TIME')
+if not item then return {false, t[1], t[2]} end
+local head = string.sub(item, 1, 4096)
+local v = string.match(head, 'enqueued_at\\?"%s*:%s*(%-?[%d%.eE+]+)')
+return {v or '', t[1], t[2]}
+"""
+
+# KEYS: dead. ARGV: entries to look at (the newest), max_bytes.
+# Read-only: counts the newest entries by dead-letter reason and error type (read with a
+# pattern: in an entry only its own keys have unescaped quotes, a payload's are escaped),
+# reading at most max_bytes of them. Returns {entries looked at, the list's length, then
+# "REASON\nTYPE", count, ...} in the order first seen.
+DEAD_GROUPS: Final = """
+local length = redis.call('LLEN', KEYS[1])
+local want = math.min(length, tonumber(ARGV[1]))
+local max_bytes = tonumber(ARGV[2])
+local counts, order = {}, {}
+local position, read, batch = 0, 0, 16
+while position < want and read < max_bytes do
+  local entries = redis.call('LRANGE', KEYS[1], position, math.min(want, position + batch) - 1)
+  local got = 0
+  for _, entry in ipairs(entries) do
+    local reason = string.match(entry, '"reason":"([^"]*)"') or '?'
+    local kind = string.match(entry, '"type":"([^"]*)"') or '?'
+    local key = reason .. '\\n' .. kind
+    if counts[key] == nil then
+      counts[key] = 0
+      order[#order + 1] = key
+    end
+    counts[key] = counts[key] + 1
+    position = position + 1
+    got = got + #entry
+    if read + got >= max_bytes then break end
+  end
+  read = read + got
+  batch = math.max(1, math.min(1000, math.floor(batch * 262144 / math.max(got, 1))))
+end
+local reply = {position, length}
+for _, key in ipairs(order) do
+  reply[#reply + 1] = key
+  reply[#reply + 1] = counts[key]
+end
+return reply
 """
 
 # -- for handlers: follow-up jobs pushed at most once (alchemy.queue.producer) -----------

@@ -43,6 +43,7 @@ from alchemy.worker.handlers import HandlerModule, Unavailable
 from alchemy.worker.observer import JobEvent, Observers, Transition
 from alchemy.worker.outcome import Action, Decision, decide
 from alchemy.worker.owned import Owned
+from alchemy.worker.progress import ProgressThrottle, encode_result
 
 log = structlog.get_logger("alchemy.consumer")
 
@@ -60,6 +61,10 @@ class Outcome:
     error: ErrorInfo | None = None
     retry_in_s: float | None = None
     reason: DeadReason | str | None = None
+    result: str | None = None  # completed: the handler's return value as JSON (capped)
+
+
+COMPLETED = Outcome("completed")
 
 
 class QueueConsumer:
@@ -84,6 +89,7 @@ class QueueConsumer:
         self.incarnation = incarnation
         self.dependencies = dependencies
         self.owned = Owned()
+        self.progress = ProgressThrottle(config.name, store.identity, self.observers)
         self.acks = AckBatcher(store, self.owned.release)
         self.fetcher = Fetcher(
             config=config,
@@ -158,6 +164,7 @@ class QueueConsumer:
             return
         decoded, pickup_s = ready
         job = decoded.job
+        first_run = job.attempt == 1 and not job.recoveries and not decoded.meta.deferrals
         self.observers.on_job(
             JobEvent(
                 self.name,
@@ -167,6 +174,7 @@ class QueueConsumer:
                 self.store.identity,
                 pickup_s=pickup_s,
                 recoveries=job.recoveries,
+                first_run=first_run,
             )
         )
         # Each job runs in a task of its own, whose context is a copy: binding here never
@@ -175,7 +183,10 @@ class QueueConsumer:
             queue=self.name, job_id=job.id, attempt=job.attempt, worker=self.store.identity
         )
         started = time.perf_counter()
-        outcome = await self._call_handler(item, decoded, picked_ms)
+        try:
+            outcome = await self._call_handler(item, decoded, picked_ms)
+        finally:
+            latest = self.progress.finish(job)  # None unless the handler reported
         duration = time.perf_counter() - started
         self._log_finished(outcome, round(duration * 1000, 3), pickup_s)
         self.observers.on_job(
@@ -190,6 +201,10 @@ class QueueConsumer:
                 reason=str(outcome.reason) if outcome.reason else None,
                 retry_in_s=outcome.retry_in_s,
                 recoveries=job.recoveries,
+                progress=None if latest is None else latest[0],
+                step=None if latest is None else latest[1],
+                result=outcome.result,
+                first_run=first_run,
             )
         )
 
@@ -199,7 +214,7 @@ class QueueConsumer:
         if isinstance(decoded, BadJob):
             return decoded
         runner = Runner(self.store.identity, self.incarnation, next(self._runs))
-        job = replace(decoded.job, runner=runner)
+        job = replace(decoded.job, runner=runner, reporter=self.progress)
         pickup_s = None
         if job.enqueued_at is not None and job.attempt == 1 and job.recoveries == 0:
             pickup_s = (picked_ms - job.enqueued_at) / 1000
@@ -223,7 +238,7 @@ class QueueConsumer:
         timed_out, other_cancels = False, 0
         try:
             try:
-                await handler.handle(decoded.job)
+                returned = await handler.handle(decoded.job)
             finally:
                 # Disarmed before any failure step runs, so the timer can only ever cancel
                 # the handler.
@@ -255,7 +270,9 @@ class QueueConsumer:
             return await asyncio.shield(self._after_failure(item, decoded, meta, exc, error))
         # (A handler that swallowed the timeout's cancellation and returned has completed.)
         self.acks.add(item)
-        return Outcome("completed")
+        if returned is None:
+            return COMPLETED
+        return Outcome("completed", result=encode_result(returned))
 
     def _time_out(self, task: asyncio.Task[None]) -> None:
         """The queue timeout of the job ``task`` ran out: cancel its handler."""

@@ -26,6 +26,7 @@ class Transition(StrEnum):
     HELD = "held"  # a dependency is down: back at the front of the queue, no attempt spent
     DEAD = "dead"
     RECOVERED = "recovered"  # its process died while running it: back on the wait list
+    PROGRESS = "progress"  # the handler reported how far it is (job.progress), throttled
 
 
 class JobEvent(NamedTuple):
@@ -44,6 +45,11 @@ class JobEvent(NamedTuple):
     retry_in_s: float | None = None
     dead_worker: str | None = None  # recovered, and dead as poison: whose process died
     recoveries: int = 0  # deaths of processes running this job so far
+    # progress, and completed/retrying/dead after a report: the latest fraction and step
+    progress: float | None = None
+    step: str | None = None
+    result: str | None = None  # completed: what the handler returned, as capped JSON text
+    first_run: bool = False  # started: attempt 1, never recovered nor deferred before
 
 
 class JobObserver(Protocol):

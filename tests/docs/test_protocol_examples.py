@@ -10,14 +10,20 @@ import re
 import shutil
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from alchemy.config import parse_config
+from alchemy.ops.events import EventStream
+from alchemy.ops.records import JobRecords
+from alchemy.queue.admin import QueueAdmin
 from alchemy.queue.job import DeadReason
 from alchemy.queue.keys import IDENTITY_TEMPLATES, KEY_TEMPLATES, WORK_TEMPLATES, QueueKeys
 from alchemy.queue.producer import Producer
-from tests.conftest import REDIS_URL, REPO, queue_table, wait_for
+from tests.conftest import REDIS_URL, REPO, build_config_dict, queue_table, wait_for
 from tests.support import handlers
 
 PROTOCOL = REPO / "docs" / "protocol.md"
@@ -149,3 +155,28 @@ def test_every_dead_letter_reason_is_documented() -> None:
     text = PROTOCOL.read_text()
     for reason in DeadReason:
         assert f"| `{reason}` |" in text, reason
+
+
+async def test_progress_example_reports_and_returns(
+    redis: Redis, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_worker: Any
+) -> None:
+    module = f"progress_example_{prefix.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(example("progress"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = parse_config(build_config_dict(prefix, {"research": {"handler": f"{module}:handle"}}))
+    events = EventStream(prefix, identity=config.worker.identity)
+    records = JobRecords(prefix)
+    run_worker(config, observers=[events, records], extensions=[events, records])
+    await Producer(redis, prefix=prefix).enqueue("research", EXAMPLE_DATA, id="brief-0044")
+    admin = QueueAdmin(redis, prefix=prefix)
+
+    async def completed() -> dict | None:
+        record = await admin.record("research", "brief-0044")
+        return record if record and record["state"] == "completed" else None  # type: ignore[return-value]
+
+    record = await wait_for(completed)
+    assert (record["progress"], record["step"]) == (0.9, "saved")
+    assert record["result"] == {"content_id": 42, "url": "https://example.com/a.png"}
+    entries = await redis.xrange(QueueKeys(prefix, "research").events)
+    steps = [f[b"step"].decode() for _, f in entries if f[b"event"] == b"progress"]
+    assert steps == ["loaded", "saved"]

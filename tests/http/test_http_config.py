@@ -56,6 +56,12 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("http", "allowed_hosts", ["cafe:8080"]),
         ("http", "allowed_hosts", ["[::1"]),
         ("http", "allowed_hosts", ["[10.0.0.1]"]),
+        ("http", "path_prefix", "/"),
+        ("http", "path_prefix", "alchemy"),
+        ("http", "path_prefix", "/alchemy/"),
+        ("http", "path_prefix", "/../etc"),
+        ("http", "path_prefix", "/a b"),
+        ("http", "path_prefix", "/<script>"),
     ],
 )
 def test_bad_values_name_their_key(section: str, key: str, value: object) -> None:
@@ -74,3 +80,11 @@ def test_loopback_hosts() -> None:
         assert is_loopback_host(host), host
     for host in ("0.0.0.0", "::", "10.0.0.1", "example.com", "web-1"):
         assert not is_loopback_host(host), host
+
+
+def test_path_prefix_takes_path_segments() -> None:
+    for prefix in ("", "/alchemy", "/ops/alchemy-1", "/a.b/c_d~e"):
+        config = parse_config(
+            {"http": {"path_prefix": prefix}, "queues": {"q": {"handler": "m:f"}}}
+        )
+        assert config.http.path_prefix == prefix

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from alchemy.ops.events import EventHooks, EventStream
 from alchemy.queue.admin import QueueAdmin
+from alchemy.queue.browse import QueueBrowser
 from alchemy.queue.job import ErrorInfo
 from alchemy.queue.keys import QueueKeys
 from alchemy.worker.observer import JobEvent, Transition
@@ -198,3 +199,24 @@ async def test_hooks_hear_completed_and_failed_jobs(
     hooks.clear()
     hooks.on_job(JobEvent("q", Transition.DEAD, "again", 1, "w"))
     assert len(failed) == 2
+
+
+async def test_per_minute_counts_keep_one_hour(redis: Redis, prefix: str) -> None:
+    keys = QueueKeys(prefix, "q")
+    now, _ = await redis.time()
+    minute = int(now) // 60
+    stale = {f"{minute - back}:c": 1 for back in range(60, 200)}  # older than the hour
+    await redis.hset(keys.per_minute, mapping={**stale, f"{minute - 5}:c": 7})
+    stream = EventStream(prefix, identity="w")
+    stream.attach(redis)
+    stream.on_job(JobEvent("q", Transition.COMPLETED, "a", 1, "w", 0.01))
+    stream.on_job(JobEvent("q", Transition.RETRYING, "b", 1, "w", 0.01))
+    stream.on_job(JobEvent("q", Transition.PROGRESS, "c", 1, "w", progress=0.5, step="s"))
+    assert await stream.flush()
+    counts = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.per_minute)).items()}
+    written = int(now) // 60
+    assert counts == {f"{minute - 5}:c": 7, f"{written}:c": 1, f"{written}:f": 1}
+    assert 3600 < await redis.ttl(keys.per_minute) <= 3660
+    [minutes] = (await QueueBrowser(redis, prefix=prefix).per_minute(["q"])).values()
+    assert (minutes.completed[-1], minutes.failed[-1], minutes.completed[-6]) == (1, 1, 7)
+    assert sum(minutes.completed) == 8

@@ -151,3 +151,19 @@ async def end_task(job: Job) -> None:
         if task.get_name() == job.data["task"]:
             task.cancel()
     await scripted(job)
+
+
+async def reporting(job: Job) -> Any:
+    """Reports ``data["steps"]``, a list of ``[fraction, step, seconds to sleep after]``,
+    through ``job.progress``; raises ``ValueError`` while ``job.attempt <
+    data["fail_until_attempt"]`` (after its steps); returns ``data["returns"]``. With
+    ``data["chatty"]`` it reports each step that many times in a row before sleeping."""
+    data = job.data
+    for fraction, step, pause in data.get("steps", []):
+        for _ in range(int(data.get("chatty", 1))):
+            await job.progress(fraction, step=step)
+        if pause:
+            await asyncio.sleep(pause)
+    if job.attempt < int(data.get("fail_until_attempt", 0)):
+        raise ValueError(f"told to fail on attempt {job.attempt}")
+    return data.get("returns")

@@ -14,18 +14,17 @@ from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
-from redis.asyncio import Redis
-
 from alchemy.config import Config
 from alchemy.providers.registry import Providers
 from alchemy.queue.producer import Producer
+from alchemy.queue.topology import RedisClient
 
 _current: ContextVar[Services] = ContextVar("alchemy_services")
 PING_TIMEOUT = 3.0  # seconds for the database to answer a probe
 
 
 class Services:
-    def __init__(self, config: Config, redis: Redis) -> None:
+    def __init__(self, config: Config, redis: RedisClient) -> None:
         self.config = config
         self.redis = redis
         self.producer = Producer(redis, prefix=config.redis.prefix)
@@ -72,7 +71,7 @@ def current_services() -> Services:
 
 
 @contextlib.asynccontextmanager
-async def open_services(config: Config, redis: Redis) -> AsyncIterator[Services]:
+async def open_services(config: Config, redis: RedisClient) -> AsyncIterator[Services]:
     services = Services(config, redis)
     token = _current.set(services)
     try:

@@ -16,10 +16,9 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from redis.asyncio import Redis
-
 from alchemy.config import QueueConfig
 from alchemy.queue.store import Claim, ClaimKind, QueueStore
+from alchemy.queue.topology import RedisClient
 from alchemy.worker.connections import Backoff, Episode, until_done
 from alchemy.worker.observer import Observers
 from alchemy.worker.owned import Owned
@@ -43,7 +42,7 @@ class Fetcher:
         *,
         config: QueueConfig,
         store: QueueStore,
-        blocking: Redis,
+        blocking: RedisClient,
         block_timeout: float,
         owned: Owned,
         free_slots: Callable[[], int],

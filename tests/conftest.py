@@ -30,7 +30,7 @@ from alchemy.config import Config, node_address, parse_config
 from alchemy.process import Worker
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.topology import RedisClient
-from tests.fakes.redis_topologies import LocalCluster
+from tests.fakes.redis_topologies import LocalCluster, LocalSentinel
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -63,6 +63,19 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSentinel]:
+    """A master with one replica and three sentinels, started once for the session
+    (~2 s); tests keep to their own prefix and never kill its nodes (failover tests start
+    their own)."""
+    sentinel = LocalSentinel(tmp_path_factory.mktemp("redis-sentinel"))
+    try:
+        sentinel.start()
+        yield sentinel
+    finally:
+        sentinel.stop()
 
 
 @pytest.fixture

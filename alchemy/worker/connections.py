@@ -10,9 +10,9 @@ client per consumer, so that a BRPOPLPUSH never holds a connection the other ste
   holds up to ``max_connections`` connections per node and fails fast
   (``MaxConnectionsError``) rather than wait. A blocking client is a ``RedisCluster`` of its
   own with two connections per node, so it follows MOVED to the queue's node and re-blocks.
-- sentinel: a master client of ``redis.sentinels`` for ``redis.sentinel_master``; each new
-  connection asks the sentinels where the master is, and a connection that finds the old
-  master demoted (``READONLY``) is dropped.
+- sentinel: a master client of ``redis.sentinels`` for ``redis.sentinel_master`` (a blocking
+  client: a pool of one connection); each new connection asks the sentinels where the
+  master is, and a connection that finds the old master demoted (``READONLY``) is dropped.
 
 redis-py's own retries are off everywhere: a step is re-sent by our loops (``until_done``,
 the fetcher's backoff), every re-sent step is an idempotent Lua step, and a Cluster client
@@ -59,6 +59,10 @@ _TRANSIENT_CLASSES: Final = (
     redis_errors.ClusterDownError,  # also MasterDownError
     redis_errors.OutOfMemoryError,  # noeviction: writes fail until memory is freed
     redis_errors.SlotNotCoveredError,  # a Cluster's slot table read mid-failover
+    # A promoted replica or a restarted server without our scripts, twice in a row (a
+    # Cluster client loads a script on the masters it knows, then follows MOVED to a new
+    # one): the next try loads it where it runs.
+    redis_errors.NoScriptError,
     OSError,
 )
 # What a Cluster client raises (a RedisClusterException, not a RedisError) while no seed
@@ -161,13 +165,10 @@ class RedisClients:
                 [node_address(address) for address in cfg.sentinels],
                 sentinel_kwargs=sentinel_options,
             )
-        pool_options = (
-            {"single_connection_client": True}
-            if blocking
-            else {"max_connections": cfg.max_connections}
-        )
+        # A blocking client is used by one fetcher at a time: a pool of one connection.
+        size = 1 if blocking else cfg.max_connections
         master: Redis = self._sentinel.master_for(
-            cfg.sentinel_master, **self._data_node_options(), **options, **pool_options
+            cfg.sentinel_master, max_connections=size, **self._data_node_options(), **options
         )
         return master
 

@@ -33,6 +33,7 @@ from redis.asyncio import Redis, Sentinel
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import NoBackoff
 
 from alchemy.config import RedisConfig, mask_url, node_address
@@ -215,7 +216,11 @@ def is_transient(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """``Type: message`` for logs; a missing permission says what to do about it."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    message = str(exc)
+    if isinstance(exc, MasterNotFoundError):
+        # redis-py appends the repr of every sentinel client (kilobytes): keep the sentence.
+        message = message.split(" : ", 1)[0]
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     if isinstance(exc, redis_errors.NoPermissionError):
         text += " (the Redis user in redis.url lacks a permission this step needs: check its ACL)"
     return text

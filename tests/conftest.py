@@ -79,6 +79,28 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSe
 
 
 @pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A Cluster of this test's own (~3 s), for a test that kills or fails over a node."""
+    cluster = LocalCluster(tmp_path / "cluster")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def own_sentinel(tmp_path: Path) -> Iterator[LocalSentinel]:
+    """A Sentinel set of this test's own (~2 s), for a test that kills its master."""
+    sentinel = LocalSentinel(tmp_path / "sentinel")
+    try:
+        sentinel.start()
+        yield sentinel
+    finally:
+        sentinel.stop()
+
+
+@pytest.fixture
 def redis_topology(request: pytest.FixtureRequest) -> str:
     """ "single" unless a test parametrizes it (indirect=True) with "cluster"."""
     return str(getattr(request, "param", "single"))

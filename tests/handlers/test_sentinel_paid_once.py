@@ -20,12 +20,9 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from alchemy.config import Config
 from alchemy.queue.producer import Producer
@@ -53,16 +50,6 @@ class Starts:
 
     def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
         return None
-
-
-@pytest.fixture
-def own_sentinel(tmp_path: Path) -> Iterator[LocalSentinel]:
-    sentinel = LocalSentinel(tmp_path / "sentinel")
-    try:
-        sentinel.start()
-        yield sentinel
-    finally:
-        sentinel.stop()
 
 
 def on_sentinel(config: Config, sentinel: LocalSentinel, name: str) -> Config:

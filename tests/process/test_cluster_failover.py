@@ -22,8 +22,7 @@ master had not copied yet is missing on the replica), which idempotency by id ab
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -31,16 +30,6 @@ from redis.asyncio import Redis
 from tests.conftest import WorkerProcess, cluster_client
 from tests.fakes.redis_topologies import LocalCluster, ServerProcess, tag_on
 from tests.process.failover import Failover, run_through_failover
-
-
-@pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(tmp_path / "cluster")
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def blocked_fetches(node: ServerProcess) -> int:

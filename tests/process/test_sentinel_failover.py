@@ -11,8 +11,7 @@ master's replica, so pushes are replicated again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -22,16 +21,6 @@ from alchemy.worker.connections import RedisClients
 from tests.conftest import WorkerProcess
 from tests.fakes.redis_topologies import MASTER_NAME, LocalSentinel
 from tests.process.failover import Failover, run_through_failover
-
-
-@pytest.fixture
-def own_sentinel(tmp_path: Path) -> Iterator[LocalSentinel]:
-    sentinel = LocalSentinel(tmp_path / "sentinel")
-    try:
-        sentinel.start()
-        yield sentinel
-    finally:
-        sentinel.stop()
 
 
 def sentinel_settings(sentinel: LocalSentinel) -> dict[str, object]:

@@ -25,7 +25,7 @@ from alchemy.config import (
     url_secrets,
 )
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
-from alchemy.logs import configure_logging, redact, register_secrets
+from alchemy.logs import configure_logging, flush_logs, redact, register_secrets
 from alchemy.ops.systemd import SystemdNotifier
 from alchemy.queue.admin import TRUNCATED_NOTE, QueueAdmin
 from alchemy.queue.producer import Producer
@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _load(args)
         register_secrets(_secret_values(config))
         status = COMMAND_TABLE[args.command](config, args)
+        flush_logs()  # the writer thread's lines, then the prints sys.stdout holds
         sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
         return status
     except BrokenPipeError:
@@ -214,7 +215,7 @@ def _sections(config: Config) -> list[Any]:
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
-    configure_logging(config.log.level, config.log.format)
+    configure_logging(config.log.level, config.log.format, buffer_lines=config.log.buffer_lines)
     names = [n.strip() for n in args.queues.split(",") if n.strip()] if args.queues else None
     extensions: list[Extension] = []
     # -- operations: metrics, events stream, job records, hooks; the HTTP listener -------
@@ -524,7 +525,7 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
     from alchemy.db import is_transient_db_error
     from alchemy.db.migrate import migrate_url
 
-    configure_logging(config.log.level, config.log.format)
+    configure_logging(config.log.level, config.log.format, buffer_lines=config.log.buffer_lines)
     url = config.database.url.reveal()
     try:
         report = asyncio.run(migrate_url(url))

@@ -208,6 +208,7 @@ class WorkerConfig:
 class LogConfig:
     level: str = _spec("info", choices=("debug", "info", "warning", "error"))
     format: str = _spec("auto", choices=("auto", "json", "console"))
+    buffer_lines: int = _spec(100_000, min=10, max=10_000_000)
 
 
 _BASE_URL: Final = r"^(https?://\S+)?$"

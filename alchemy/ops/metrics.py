@@ -41,6 +41,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from alchemy.logs import dropped_lines
 from alchemy.queue.admin import QueueStatus
 from alchemy.worker.observer import JobEvent, Transition
 
@@ -188,6 +189,21 @@ class JobCollector(Collector):
         yield pickup
 
 
+class LogCollector(Collector):
+    """The log lines the process dropped because standard output did not take them
+    (:func:`alchemy.logs.dropped_lines`, read when scraped)."""
+
+    def __init__(self, dropped: Callable[[], int] = dropped_lines) -> None:
+        self.dropped = dropped
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "alchemy_log_lines_dropped",
+            "Log lines dropped because standard output was stuck (or closed)",
+            value=self.dropped(),
+        )
+
+
 class Metrics:
     """Every metric of one worker process; also the :class:`JobObserver` feeding them."""
 
@@ -196,6 +212,7 @@ class Metrics:
         r = self.registry
         self.jobs = JobCollector()
         r.register(self.jobs)
+        r.register(LogCollector())
         self.held_back = Counter(
             "alchemy_queue_held_back",
             "Claims refused: no rate-limit token (throttled), the queue paused, or held while"

@@ -1,13 +1,16 @@
-"""Metrics: what each transition counts, the provider API, and the queue gauges."""
+"""Metrics: what each transition counts, the provider API, the queue gauges, and the log
+lines dropped."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from alchemy.logs import dropped_lines
 from alchemy.ops import metrics as metrics_module
-from alchemy.ops.metrics import Metrics, QueueCollector
+from alchemy.ops.metrics import LogCollector, Metrics, QueueCollector
 from alchemy.queue.admin import ConsumerStatus, QueueStatus
 from alchemy.queue.job import ErrorInfo
 from alchemy.worker.observer import JobEvent, Transition
@@ -127,3 +130,14 @@ def test_queue_gauges_come_from_the_last_read() -> None:
     text = m.render().decode()
     assert "process_cpu_seconds_total" in text
     assert "_created" not in text
+
+
+def test_dropped_log_lines_are_read_when_scraped() -> None:
+    m = Metrics.for_process()
+    assert value(m, "alchemy_log_lines_dropped_total") == dropped_lines()
+    registry = CollectorRegistry()
+    dropped = 0
+    registry.register(LogCollector(lambda: dropped))
+    assert registry.get_sample_value("alchemy_log_lines_dropped_total") == 0
+    dropped = 42
+    assert registry.get_sample_value("alchemy_log_lines_dropped_total") == 42

@@ -367,3 +367,20 @@ class LocalSentinel:
     def stop(self) -> None:
         for node in (*self.sentinels, self.master, self.replica):
             node.kill()
+
+
+def move_slot(cluster: LocalCluster, tag: str, target: ServerProcess) -> None:
+    """Migrate the slot of ``tag`` with its keys to the master ``target``, as
+    ``redis-cli --cluster reshard`` does for each slot: IMPORTING / MIGRATING, MIGRATE the
+    keys, then SETSLOT NODE on every master."""
+    source = cluster.master_of(tag)
+    slot = key_slot(tag.encode())
+    source_id, target_id = LocalCluster._node_id(source), LocalCluster._node_id(target)
+    with target.client() as dst, source.client() as src:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+    for master in cluster.masters():
+        with master.client() as client:
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)

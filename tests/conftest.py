@@ -30,11 +30,21 @@ from alchemy.config import Config, node_address, parse_config
 from alchemy.process import Worker
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.topology import RedisClient
+from alchemy.worker.health import process_health
 from tests.fakes.redis_topologies import LocalCluster, LocalSentinel
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ.setdefault("ALCHEMY_TEST_REDIS_URL", REDIS_URL)
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_health() -> Iterator[None]:
+    """The registry behind /readyz is the process's; a worker a test stopped in the middle
+    of a failure episode (a Redis failover, say) leaves its entry there: clear it."""
+    yield
+    for problem in process_health.problems():
+        process_health.clear(problem.what)
 
 
 @pytest.fixture

@@ -30,7 +30,11 @@ EXAMPLE_DATA = {"topic": "heat pumps in cold climates", "words": 800}
 def example(name: str) -> str:
     """The fenced block of docs/protocol.md whose first line is ``# protocol-example: NAME``."""
     marker = f"# protocol-example: {name}"
-    blocks = [body for _, body in FENCE.findall(PROTOCOL.read_text()) if body.startswith(marker)]
+    blocks = [
+        body
+        for _, body in FENCE.findall(PROTOCOL.read_text())
+        if body.split("\n", 1)[0] == marker  # "python" is not "python-wait"
+    ]
     assert len(blocks) == 1, f"expected one block marked {marker!r}, found {len(blocks)}"
     return blocks[0]
 

@@ -22,6 +22,7 @@ reads the slot table again on the next command after a connection error.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -211,7 +212,21 @@ def is_transient(exc: BaseException) -> bool:
         return str(exc).startswith(_TRANSIENT_REPLIES)
     if isinstance(exc, redis_errors.RedisClusterException):
         return str(exc).startswith(_TRANSIENT_CLUSTER_STATES)
-    return False
+    return _torn_down_by_redis_py(exc)
+
+
+def _torn_down_by_redis_py(exc: BaseException) -> bool:
+    """A connection closed by redis-py itself while a command was on it: a Cluster client
+    that gets CLUSTERDOWN (mid-failover) closes every connection of every node, those in
+    use by other tasks too, whose commands then fail inside redis-py with an AttributeError
+    (``'NoneType' object has no attribute 'writelines'``): a lost connection like any
+    other. Anything else raised from our own code stays a bug."""
+    if not isinstance(exc, AttributeError) or "'NoneType' object" not in str(exc):
+        return False
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and f"{os.sep}redis{os.sep}" in frame.tb_frame.f_code.co_filename
 
 
 def describe(exc: BaseException) -> str:

@@ -92,7 +92,7 @@ class FailoverRun:
         assert self.resumed_after_promotion <= RESUME_WITHIN
         assert not [e for e in self.events if e.get("event") == "background_task_ended"]
         refused = [e for e in self.events if e.get("level") == "error"]
-        assert refused == [], "a step failed for a reason that is not the failover"
+        assert refused == [], f"steps failed for a reason that is not the failover: {refused}"
 
 
 async def push_until_replicated(producer: Producer, queue: str, job_id: str, data: Any) -> None:

@@ -53,6 +53,25 @@ def test_mistakes_do_not_mean_wait(exc: Exception) -> None:
     assert not is_transient(exc)
 
 
+def closed_under_us() -> AttributeError:
+    """What a command gets when redis-py closed its connection meanwhile: the error raised
+    inside redis-py's connection module."""
+    import redis.asyncio.connection as module
+
+    try:
+        exec(compile("None.writelines([])", module.__file__, "exec"))
+    except AttributeError as exc:
+        return exc
+    raise AssertionError("no error")
+
+
+def test_a_connection_closed_by_redis_py_under_a_command_means_wait() -> None:
+    assert is_transient(closed_under_us())
+    with pytest.raises(AttributeError) as ours:
+        None.writelines([])  # type: ignore[attr-defined]
+    assert not is_transient(ours.value)  # the same error from our own code is a bug
+
+
 def redis_config(**redis: Any) -> Any:
     return parse_config({"redis": redis}).redis
 

@@ -22,12 +22,23 @@ master had not copied yet is missing on the replica), which idempotency by id ab
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
-from tests.conftest import WorkerProcess, cluster_client
+from alchemy.queue.producer import Producer
+from tests.conftest import (
+    WorkerProcess,
+    cluster_client,
+    queue_table,
+    read_records,
+    wait_for,
+    wait_started,
+)
 from tests.fakes.redis_topologies import LocalCluster, ServerProcess, tag_on
 from tests.process.failover import Failover, run_through_failover
 
@@ -88,3 +99,67 @@ async def test_workers_ride_out_a_failover_of_their_queues_master(
     finally:
         await client.aclose()
     run.assert_nothing_lost()
+
+
+def name_claimed_on(cluster: LocalCluster, master: ServerProcess, stem: str) -> str:
+    """A worker name whose identity's claim key (hash tag ``HOST:NAME``) lives on ``master``."""
+    host = socket.gethostname()
+    with master.client() as client:
+        ranges = [
+            (int(first), int(last))
+            for first, last, owner, *_ in client.execute_command("CLUSTER", "SLOTS")
+            if int(owner[1]) == master.port
+        ]
+    for n in range(100_000):
+        slot = key_slot(f"{host}:{stem}{n}".encode())
+        if any(first <= slot <= last for first, last in ranges):
+            return f"{stem}{n}"
+    raise AssertionError("no such name")
+
+
+async def test_a_process_whose_claim_node_fails_over_is_not_taken_for_dead(
+    redis: Redis,
+    own_cluster: LocalCluster,
+    spawn_worker: Callable[..., WorkerProcess],
+    prefix: str,
+) -> None:
+    """The identity's claim and the queue live on different masters. While the claim's
+    master fails over (longer than heartbeat_ttl), the process keeps its queue heartbeat, so
+    a process that still reaches the queue's master does not recover its running jobs."""
+    claim_master = own_cluster.replicated_master()
+    queue_master = next(m for m in own_cluster.masters() if m is not claim_master)
+    queue = tag_on(own_cluster, queue_master, "steady")
+    settings = {"topology": "cluster", "cluster_nodes": own_cluster.seeds}
+    victim = spawn_worker(
+        queue_table(queue, concurrency=6),
+        {"name": name_claimed_on(own_cluster, claim_master, "victim")},
+        redis=settings,
+    )
+    await wait_started(victim)
+    record = f"{prefix}:rec"
+    client = cluster_client(own_cluster.seeds)
+    try:
+        producer = Producer(client, prefix=prefix)
+        for n in range(6):
+            await producer.enqueue(queue, {"record": record, "sleep": 8}, id=f"long-{n}")
+        await wait_for(lambda: _count(redis, record, 6), within=10)
+        watcher = spawn_worker(
+            queue_table(queue),
+            {"name": name_claimed_on(own_cluster, queue_master, "watcher")},
+            redis=settings,
+        )
+        await wait_started(watcher)
+        claim_master.kill()
+        promoted_in = await asyncio.to_thread(own_cluster.wait_promoted, claim_master)
+        await wait_for(lambda: _count(redis, f"{record}:done", 6), within=20)
+    finally:
+        await client.aclose()
+    print(f"the claim's master was replaced in {promoted_in:.2f}s (heartbeat_ttl 2s)")
+    starts = Counter(r["id"] for r in await read_records(redis, record))
+    assert starts == {f"long-{n}": 1 for n in range(6)}, "a job ran twice"
+    assert not [e for e in watcher.events() if e.get("event") == "recovered_dead_worker"]
+    assert victim.proc.poll() is None
+
+
+async def _count(redis: Redis, key: str, n: int) -> bool:
+    return int(await redis.llen(key)) >= n

@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -253,8 +253,14 @@ class LocalCluster:
             node.kill()
 
 
-def tag_on(cluster: LocalCluster, master: ServerProcess, stem: str) -> str:
-    """A queue name starting with ``stem`` whose ``{hash tag}`` lives on ``master``."""
+def tag_on(
+    cluster: LocalCluster,
+    master: ServerProcess,
+    stem: str,
+    tag: Callable[[str], str] = lambda name: name,
+) -> str:
+    """A name starting with ``stem`` whose hash tag (``tag(name)``: the name itself for a
+    queue) lives on ``master``."""
     with master.client() as client:
         ranges = [
             (int(first), int(last))
@@ -263,7 +269,7 @@ def tag_on(cluster: LocalCluster, master: ServerProcess, stem: str) -> str:
         ]
     for n in range(100_000):
         name = f"{stem}{n}"
-        slot = key_slot(name.encode())
+        slot = key_slot(tag(name).encode())
         if any(first <= slot <= last for first, last in ranges):
             return name
     raise AssertionError(f"no name for {master.address}")

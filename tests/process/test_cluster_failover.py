@@ -28,7 +28,6 @@ from collections.abc import Callable
 
 import pytest
 from redis.asyncio import Redis
-from redis.crc import key_slot
 
 from alchemy.queue.producer import Producer
 from tests.conftest import (
@@ -104,17 +103,7 @@ async def test_workers_ride_out_a_failover_of_their_queues_master(
 def name_claimed_on(cluster: LocalCluster, master: ServerProcess, stem: str) -> str:
     """A worker name whose identity's claim key (hash tag ``HOST:NAME``) lives on ``master``."""
     host = socket.gethostname()
-    with master.client() as client:
-        ranges = [
-            (int(first), int(last))
-            for first, last, owner, *_ in client.execute_command("CLUSTER", "SLOTS")
-            if int(owner[1]) == master.port
-        ]
-    for n in range(100_000):
-        slot = key_slot(f"{host}:{stem}{n}".encode())
-        if any(first <= slot <= last for first, last in ranges):
-            return f"{stem}{n}"
-    raise AssertionError("no such name")
+    return tag_on(cluster, master, stem, tag=lambda name: f"{host}:{name}")
 
 
 async def test_a_process_whose_claim_node_fails_over_is_not_taken_for_dead(

@@ -102,9 +102,12 @@ async def test_workers_survive_a_redis_restart(
     assert await private.llen(keys.wait) == 0
     assert await private.zcard(keys.delayed) == 0
     assert await private.lrange(keys.dead, 0, -1) == []
+    # Each failing step is logged once when its episode starts and once when it ends: a
+    # reconcile pass that failed ends its episode at its next pass (reconcile_interval, 7 s),
+    # which may come after the last job.
+    await wait_for(lambda: _episodes_ended(processes), within=15, interval=0.2)
     events = [e for p in processes for e in p.events()]
     counts = Counter(e.get("event") for e in events)
-    # Each failing step is logged once when its episode starts and once when it ends.
     failing = [e for e in events if e.get("event") == "redis_step_failing"]
     assert "fetch" in {e.get("step") for e in failing}, counts
     assert counts["redis_step_recovered"] >= len(failing) > 0, counts
@@ -123,6 +126,11 @@ async def test_workers_survive_a_redis_restart(
 
 
 _OUTAGE_EVENTS = frozenset({"redis_step_failing"})
+
+
+def _episodes_ended(processes: list[WorkerProcess]) -> bool:
+    events = Counter(e.get("event") for p in processes for e in p.events())
+    return events["redis_step_recovered"] >= events["redis_step_failing"]
 
 
 async def _count_at_least(redis: Redis, key: str, n: int) -> bool:

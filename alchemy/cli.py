@@ -9,10 +9,11 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from redis import exceptions as redis_errors
 
@@ -26,7 +27,7 @@ from alchemy.config import (
 )
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
 from alchemy.logs import configure_logging, flush_logs, redact, register_secrets
-from alchemy.ops.systemd import SystemdNotifier
+from alchemy.ops.systemd import SystemdNotifier, check_watchdog
 from alchemy.queue.admin import TRUNCATED_NOTE, QueueAdmin
 from alchemy.queue.producer import Producer
 from alchemy.queue.topology import RedisClient
@@ -34,6 +35,7 @@ from alchemy.worker.connections import RedisClients, describe_target
 from alchemy.worker.handlers import Unavailable, load_handler
 from alchemy.worker.supervisor import Extension
 
+T = TypeVar("T")
 EX_CONFIG: Final = 78
 EX_UNAVAILABLE: Final = 69
 EX_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, as a shell reports a program killed by it
@@ -47,6 +49,7 @@ COMMANDS: Final = (
     "resume",
     "check-config",
     "migrate",
+    "spend",
 )
 
 
@@ -66,6 +69,22 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def _uuid(text: str) -> uuid.UUID:
+    """An argparse type: a UUID."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+
+
+def _day(text: str) -> date:
+    """An argparse type: a date, YYYY-MM-DD."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "migrate", parents=[common], help="apply pending database migrations (docs/schema.md)"
     )
+    spend = sub.add_parser(
+        "spend",
+        parents=[common, as_json],
+        help="provider calls, tokens, images and cost, from the ledger (all filters combine)",
+    )
+    spend.add_argument("--job", help="one job's calls (its id)")
+    spend.add_argument("--brand", type=_uuid, help="one brand's calls (its UUID)")
+    spend.add_argument("--day", type=_day, help="one day's calls, YYYY-MM-DD (UTC)")
     return parser
 
 
@@ -229,10 +256,17 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         extensions.append(HttpServer(config, metrics=ops.metrics))
     # ---------------------------------------------------------------------------------------
     # sd_notify (a no-op outside systemd); last, so READY=1 follows the others' start.
+    check_watchdog(os.environ, os.getpid(), config.worker)
     extensions.append(SystemdNotifier.from_environ(os.environ))
     from alchemy.process import Worker
 
-    worker = Worker(config, names, observers=ops.observers, extensions=extensions)
+    worker = Worker(
+        config,
+        names,
+        observers=ops.observers,
+        extensions=extensions,
+        paid_observer=ops.paid_observer,
+    )
     return asyncio.run(worker.run())
 
 
@@ -521,21 +555,52 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) and value else json.dumps(value, ensure_ascii=False)
 
 
-def _migrate(config: Config, args: argparse.Namespace) -> int:
+def _with_database(config: Config, action: Callable[[str], Coroutine[Any, Any, T]]) -> T | int:
+    """``action(url)``'s result, or 69 (EX_UNAVAILABLE) with one line when PostgreSQL
+    cannot be reached."""
     from alchemy.db import is_transient_db_error
-    from alchemy.db.migrate import migrate_url
 
-    configure_logging(config.log.level, config.log.format, buffer_lines=config.log.buffer_lines)
     url = config.database.url.reveal()
     try:
-        report = asyncio.run(migrate_url(url))
+        return asyncio.run(action(url))
     except Exception as exc:
         if not is_transient_db_error(exc):
             raise
         print(f"alchemy: database unreachable at {mask_url(url)}: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
+
+
+def _migrate(config: Config, args: argparse.Namespace) -> int:
+    from alchemy.db.migrate import migrate_url
+
+    configure_logging(config.log.level, config.log.format, buffer_lines=config.log.buffer_lines)
+    report = _with_database(config, migrate_url)
+    if isinstance(report, int):
+        return report
     names = ", ".join(f"{m.version:04d}_{m.name}" for m in report.applied) or "none"
     print(f"schema version {report.current_version}; applied now: {names}")
+    return 0
+
+
+def _spend(config: Config, args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from alchemy.paid.spend import Filters, Spend, render, spend
+    from alchemy.providers.prices import shipped_prices
+
+    filters = Filters(job_id=args.job, brand_id=args.brand, day=args.day)
+
+    async def read(url: str) -> Spend:
+        conn = await asyncpg.connect(url)
+        try:
+            return await spend(conn, filters, shipped_prices())
+        finally:
+            await conn.close()
+
+    report = _with_database(config, read)
+    if isinstance(report, int):
+        return report
+    print(json.dumps(report.to_json(), indent=2) if args.json else render(report))
     return 0
 
 
@@ -554,4 +619,5 @@ COMMAND_TABLE: Final[dict[str, Callable[[Config, argparse.Namespace], int]]] = {
     "resume": _pause_resume,
     "check-config": _check_config,
     "migrate": _migrate,
+    "spend": _spend,
 }

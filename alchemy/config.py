@@ -227,6 +227,9 @@ class ProvidersConfig:
     max_tokens: int = _spec(4096, min=256, max=128_000)
     timeout: float = _spec(120.0, min=0.1, max=3600.0)
     max_retries: int = _spec(0, min=0, max=3)
+    # Seconds a runner holds the lease of a piece of paid work; 0 = computed from timeout
+    # and max_retries (alchemy.paid.leases.lease_seconds).
+    work_lease: float = _spec(0.0, min=0.0, max=86_400.0)
     strict_responses: bool = _spec(False)
     image_model: str = _spec("gpt-image-1.5", pattern=r"^\S{1,128}$")
     image_size: str = _spec("1024x1024", pattern=r"^(auto|\d{2,5}x\d{2,5})$")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import structlog
 
 from alchemy.config import Config
+from alchemy.paid.observe import PaidObserver
 from alchemy.services import open_services
 from alchemy.worker.connections import RedisClients
 from alchemy.worker.handlers import HandlerModule, Unavailable, load_handler
@@ -35,8 +36,10 @@ class Worker:
         handle_signals: bool = True,
         observers: Sequence[JobObserver] = (),
         extensions: Sequence[Extension] = (),
+        paid_observer: PaidObserver | None = None,
     ) -> None:
         self.config = config
+        self.paid_observer = paid_observer
         self.queues = select_queues(config, queue_names)
         self.handle_signals = handle_signals
         self.observers = list(observers)
@@ -60,7 +63,9 @@ class Worker:
         async with contextlib.AsyncExitStack() as stack:
             clients = await stack.enter_async_context(RedisClients(cfg.redis))
             redis = clients.shared
-            services = await stack.enter_async_context(open_services(cfg, redis))
+            services = await stack.enter_async_context(
+                open_services(cfg, redis, paid_observer=self.paid_observer)
+            )
             handlers = load_handlers(self.queues_names())
             supervisor = Supervisor(
                 cfg,

@@ -1,5 +1,6 @@
 """What handlers share inside one worker process: the configuration, Redis, a producer for
-follow-up jobs, and (opened on first use) one asyncpg pool and the AI provider clients.
+follow-up jobs, (opened on first use) one asyncpg pool and the AI provider clients, and the
+paid-work machinery (:mod:`alchemy.paid`: leases, the ledger of provider calls).
 
 The supervisor opens the services once and makes them current for every job task it starts;
 a handler reads them with :func:`current_services`. Tests open their own with
@@ -12,23 +13,33 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Final
+
+import structlog
 
 from alchemy.config import Config
+from alchemy.paid.leases import worst_call_seconds
+from alchemy.paid.observe import PaidObserver
+from alchemy.paid.piece import PaidWork
 from alchemy.providers.registry import Providers
 from alchemy.queue.producer import Producer
 from alchemy.queue.topology import RedisClient
 
+log = structlog.get_logger("alchemy.services")
+
 _current: ContextVar[Services] = ContextVar("alchemy_services")
-PING_TIMEOUT = 3.0  # seconds for the database to answer a probe
+PING_TIMEOUT: Final = 3.0  # seconds for the database to answer a probe
 
 
 class Services:
-    def __init__(self, config: Config, redis: RedisClient) -> None:
+    def __init__(
+        self, config: Config, redis: RedisClient, *, paid_observer: PaidObserver | None = None
+    ) -> None:
         self.config = config
         self.redis = redis
         self.producer = Producer(redis, prefix=config.redis.prefix)
         self.providers = Providers(config.providers, config.media)
+        self.paid = PaidWork(config, redis, self.db, paid_observer)
         self._db: Any = None
         self._db_lock = asyncio.Lock()
         self._closers: list[Any] = []
@@ -51,10 +62,17 @@ class Services:
         return self._db
 
     async def ping_database(self) -> None:
-        """Raise unless PostgreSQL answers ``SELECT 1`` (the probe of the "postgres"
-        dependency that handler modules list in ``REQUIRES``)."""
-        pool = await self.db()
-        await pool.fetchval("SELECT 1", timeout=PING_TIMEOUT)
+        """Return when PostgreSQL answers ``SELECT 1`` through the pool within
+        ``PING_TIMEOUT`` seconds; raise what went wrong otherwise (the probe of the ``postgres``
+        dependency). A pooled connection the server dropped (it restarted) fails once:
+        then every idle connection is replaced and the ping is tried again."""
+        async with asyncio.timeout(PING_TIMEOUT):
+            pool = await self.db()
+            try:
+                await pool.fetchval("SELECT 1")
+            except Exception:
+                await pool.expire_connections()
+                await pool.fetchval("SELECT 1")
 
     async def aclose(self) -> None:
         await self.providers.aclose()
@@ -70,9 +88,28 @@ def current_services() -> Services:
         raise RuntimeError("no alchemy services are open in this context") from None
 
 
+def warn_if_the_lease_is_short(config: Config, lease: float) -> None:
+    """A lease shorter than the worst a piece's calls can take lets a slow (not dead)
+    owner lose its piece to another runner, which then pays for it again."""
+    worst = worst_call_seconds(config.providers, config.media)
+    if lease < worst:
+        log.warning(
+            "work_lease_short",
+            work_lease_s=lease,
+            worst_call_s=worst,
+            consequence=(
+                "a provider call slower than the lease lets another process take the work"
+                " over and pay for it again; raise providers.work_lease or set it to 0"
+            ),
+        )
+
+
 @contextlib.asynccontextmanager
-async def open_services(config: Config, redis: RedisClient) -> AsyncIterator[Services]:
-    services = Services(config, redis)
+async def open_services(
+    config: Config, redis: RedisClient, *, paid_observer: PaidObserver | None = None
+) -> AsyncIterator[Services]:
+    services = Services(config, redis, paid_observer=paid_observer)
+    warn_if_the_lease_is_short(config, services.paid.lease_seconds)
     token = _current.set(services)
     try:
         yield services

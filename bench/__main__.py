@@ -11,6 +11,9 @@
 4. the rate limit: three workers share a queue limited to 50 starts per 2 s, with a
    backlog, for 12 s (bench/limiter.py): the worst window and the throughput, as % of the
    limit.
+5. the handler line (bench/handler.py): content jobs/s through the real content handler
+   with the offline provider and a PostgreSQL database of its own, ``--rounds`` drains of
+   ``--handler-jobs`` jobs (``--handler-jobs 0`` leaves it out).
 
 Prints a table, then one JSON line, the last line of the output. See bench/README.md.
 """
@@ -29,6 +32,8 @@ from typing import Any
 import redis as redis_py
 from redis.asyncio import Redis
 
+from bench.handler import HandlerResult, HandlerSettings, add_arguments, describe
+from bench.handler import measure_handler as measure_handler_line
 from bench.limiter import LimiterResult, measure_limiter
 from bench.measure import Drain, Results, Settings, run
 
@@ -120,7 +125,7 @@ def report(s: Settings, r: Results, limiter: LimiterResult, server: str) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str]) -> Settings:
+def parse_args(argv: list[str]) -> tuple[Settings, HandlerSettings]:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Engine vs. floor drain speed, pickup latency and the worker's peak RSS.",
@@ -142,10 +147,13 @@ def parse_args(argv: list[str]) -> Settings:
         action="store_true",
         help="turn the events stream and job records off in the worker (on by default)",
     )
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if min(args.jobs, args.concurrency, args.rounds) < 1 or args.rate <= 0 or args.seconds <= 0:
         parser.error("every option must be positive")
-    return Settings(
+    if args.handler_jobs < 0 or args.handler_concurrency < 1:
+        parser.error("--handler-jobs must be >= 0 and --handler-concurrency positive")
+    settings = Settings(
         args.redis_url,
         args.jobs,
         args.concurrency,
@@ -154,17 +162,32 @@ def parse_args(argv: list[str]) -> Settings:
         args.rounds,
         ops=not args.without_ops,
     )
+    handler = HandlerSettings(
+        args.redis_url,
+        args.database_url,
+        args.handler_jobs,
+        args.handler_concurrency,
+        args.rounds,
+    )
+    return settings, handler
 
 
 def main(argv: list[str]) -> int:
-    settings = parse_args(argv)
+    settings, handler_settings = parse_args(argv)
     started = time.monotonic()
     server = asyncio.run(redis_version(settings.url))
     results = asyncio.run(run(settings))
     limiter = asyncio.run(measure_limiter(settings.url))
+    handler: HandlerResult | None = None
+    if handler_settings.jobs:
+        handler = asyncio.run(measure_handler_line(handler_settings))
     print(report(settings, results, limiter, server))
+    summary: dict[str, Any] = {**results.to_json(), **limiter.to_json()}
+    if handler is not None:
+        print(describe(handler))
+        summary["handler_jobs_per_s"] = round(handler.jobs_per_s, 1)
     print(f"(took {time.monotonic() - started:.1f}s)\n")
-    print(json.dumps({**results.to_json(), **limiter.to_json()}), flush=True)
+    print(json.dumps(summary), flush=True)
     return 0
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -19,7 +20,6 @@ from alchemy.queue.keys import QueueKeys
 QUEUE: Final = "bench"
 HOST: Final = "bench"
 NAME: Final = "bench"
-IDENTITY: Final = f"{HOST}:{NAME}"
 HANDLER: Final = "alchemy.handlers.noop:handle"
 
 
@@ -52,6 +52,12 @@ concurrency = {concurrency}
 """
 
 
+def identity_of(config_text: str) -> str:
+    """HOST:NAME of the worker a bench configuration runs."""
+    worker = tomllib.loads(config_text)["worker"]
+    return f"{worker['host']}:{worker['name']}"
+
+
 def worker_env() -> dict[str, str]:
     """Our environment without the overrides that would point the worker elsewhere."""
     env = dict(os.environ)
@@ -64,15 +70,23 @@ class EngineWorker:
     """One worker process serving the ``bench`` queue under a private prefix."""
 
     def __init__(
-        self, *, url: str, prefix: str, concurrency: int, workdir: Path, ops: bool = True
+        self,
+        *,
+        url: str,
+        prefix: str,
+        concurrency: int,
+        workdir: Path,
+        ops: bool = True,
+        queue: str = QUEUE,
+        config_text: str | None = None,
     ) -> None:
-        self.keys = QueueKeys(prefix, QUEUE)
-        self.processing = self.keys.processing(IDENTITY)
+        """``config_text``: another configuration (same worker identity) serving ``queue``."""
+        self.keys = QueueKeys(prefix, queue)
         self.config_path = workdir / "bench.toml"
         self.log_path = workdir / "worker.log"
-        self.config_path.write_text(
-            config_toml(url=url, prefix=prefix, concurrency=concurrency, ops=ops)
-        )
+        text = config_text or config_toml(url=url, prefix=prefix, concurrency=concurrency, ops=ops)
+        self.config_path.write_text(text)
+        self.processing = self.keys.processing(identity_of(text))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, cwd: Path) -> None:

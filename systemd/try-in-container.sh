@@ -8,7 +8,7 @@
 #   systemd/try-in-container.sh            reuse the rootfs if present (~20 s)
 #   systemd/try-in-container.sh --fresh    debootstrap the rootfs again first (~90 s in all)
 #   WATCHDOG_TEST=1 ...                    also freeze alchemy@research (SIGSTOP) until the
-#                                          watchdog kills and restarts it (+~35 s)
+#                                          watchdog kills and restarts it (+~10 s)
 #   ALCHEMY_SRC=head ...                   install `git archive HEAD`, not the working tree
 #   KEEP=1 ...                             leave the container running at the end (stop it with
 #                                          nsenter -t $(cat $SD/leader.pid) -a systemctl poweroff;
@@ -285,7 +285,7 @@ c "systemctl status alchemy 'alchemy@*' --no-pager -n 0"
 
 if [[ ${WATCHDOG_TEST:-0} == 1 ]]; then
     say "13b. the watchdog (docs: The watchdog): freeze alchemy@research with SIGSTOP"
-    # no WATCHDOG=1 while stopped; systemd sends SIGABRT (then SIGCONT) after WatchdogSec=30
+    # no WATCHDOG=1 while stopped; systemd sends SIGABRT (then SIGCONT) after WatchdogSec=5
     c 'systemctl kill -s SIGSTOP alchemy@research; date -u +%T'
     CT=60 c 'for i in $(seq 50); do [ "$(systemctl show -P Result alchemy@research)" = watchdog ] && break; sleep 1; done; date -u +%T; systemctl show -P Result alchemy@research'
     sleep 7   # RestartSec=5

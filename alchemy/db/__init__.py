@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import asyncpg
 
-from alchemy.errors import RetryableError
+from alchemy.errors import DependencyUnavailableError, JobError, RetryableError
 
 # Failures that pass when the server is back: lost or refused connections (08xxx), an
 # operator or crash shutdown (57xxx), too many connections (53300), serialization failures
@@ -27,10 +27,41 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+# Of those, the ones that say "the server is not there": everything but a rolled-back
+# transaction, which is a retry of this job alone.
+UNAVAILABLE_DB_ERRORS: tuple[type[BaseException], ...] = tuple(
+    kind for kind in TRANSIENT_DB_ERRORS if kind is not asyncpg.TransactionRollbackError
+)
+DEPENDENCY: str = "postgres"  # the name handler modules list in REQUIRES
 
 
 def is_transient_db_error(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_DB_ERRORS)
+
+
+def job_error_for(exc: BaseException) -> JobError | None:
+    """The job error for a transient database failure, or None for any other exception:
+    the server away is :class:`DependencyUnavailableError` ("postgres": the engine holds
+    every queue that needs it, no attempt spent); a serialization failure or deadlock is a
+    plain retry."""
+    if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
+        return RetryableError(f"database transaction rolled back: {exc}")
+    if isinstance(exc, UNAVAILABLE_DB_ERRORS):
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return DependencyUnavailableError(DEPENDENCY, f"postgres unavailable: {detail}")
+    return None
+
+
+@contextlib.contextmanager
+def database_errors_as_job_errors() -> Iterator[None]:
+    """Turn a transient database failure raised inside into its job error
+    (:func:`job_error_for`)."""
+    try:
+        yield
+    except TRANSIENT_DB_ERRORS as exc:
+        mapped = job_error_for(exc)
+        assert mapped is not None
+        raise mapped from exc
 
 
 @contextlib.contextmanager
@@ -51,4 +82,4 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)

@@ -1,29 +1,48 @@
-"""What the content, research and media handlers share: reading job data, telling whether
-a failure is the job's last, and turning database trouble into a retry."""
+"""What the content, research and media handlers share: reading job data, how a run's
+failures reach the engine and the job's row, and the end hook that marks the row of a job
+the engine gave up on.
+
+    a run raised                          the engine hears               the row
+    a database connection lost/refused    DependencyUnavailableError     unchanged
+                                          ("postgres": held, no attempt
+                                          spent)
+    a transaction rolled back             RetryableError                 unchanged
+    PermanentError                        (as is): dead-lettered         failed, with its
+                                                                         message (and the raw
+                                                                         reply, if any)
+    LeaseLostError (fenced out)           nothing: the run completes;    written by the owner
+                                          the owner that took the        that took it over
+                                          lease over commits
+    anything else                         (as is): retried or dead       failed by ``on_dead``
+                                                                         when dead
+
+Handler modules see the engine only through the job and error types and the producer:
+``on_dead`` (called by the engine for every death it decides) does the rest.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, cast
 
 import structlog
 
-from alchemy.config import Config
-from alchemy.db import TRANSIENT_DB_ERRORS
-from alchemy.errors import PermanentError, RateLimitedError, RetryableError
+from alchemy.db import TRANSIENT_DB_ERRORS, job_error_for
+from alchemy.errors import PermanentError
 from alchemy.logs import redact
-from alchemy.ops.events import hooks
+from alchemy.paid.leases import LeaseLostError
 from alchemy.providers.base import OutputInvalidError
-from alchemy.queue.job import Job
+from alchemy.queue.job import Death, Job
 from alchemy.services import current_services
-from alchemy.worker.observer import JobEvent, Transition
+from alchemy.storable import storable, storable_problem
 
 log = structlog.get_logger("alchemy.handlers")
 
-MAX_ROW_ERROR = 2000
-MAX_RAW_OUTPUT = 20_000
+MAX_ROW_ERROR: Final = 2000
+MAX_RAW_OUTPUT: Final = 20_000
+
+MarkFailed = Callable[[str, dict[str, Any]], Awaitable[object]]
 
 
 def uuid_field(data: Mapping[str, Any], key: str, *, required: bool = True) -> uuid.UUID | None:
@@ -32,36 +51,34 @@ def uuid_field(data: Mapping[str, Any], key: str, *, required: bool = True) -> u
         if required:
             raise PermanentError(f"job data needs {key!r} (a UUID)")
         return None
+    if not isinstance(value, str):
+        raise PermanentError(f"job data {key!r} must be a UUID string")
     try:
-        return uuid.UUID(str(value))
+        return uuid.UUID(value)
     except ValueError:
         raise PermanentError(f"job data {key!r} is not a UUID: {value!r}") from None
 
 
 def str_field(
-    data: Mapping[str, Any], key: str, choices: tuple[str, ...] | None = None
+    data: Mapping[str, Any], key: str, choices: tuple[str, ...] | None = None, *, where: str = ""
 ) -> str | None:
     value = data.get(key)
+    name = f"{where}.{key}" if where else key
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise PermanentError(f"job data {key!r} must be a string")
+        raise PermanentError(f"job data {name!r} must be a string")
     if choices is not None and value not in choices:
-        raise PermanentError(f"job data {key!r} must be one of {', '.join(choices)}")
+        raise PermanentError(f"job data {name!r} must be one of {', '.join(choices)}")
     return value
 
 
-def is_last_attempt(job: Job, exc: BaseException, config: Config) -> bool:
-    """Whether the engine will dead-letter the job after this exception."""
-    if isinstance(exc, RateLimitedError):
-        return False  # the queue pauses and the job comes back without spending an attempt
-    if isinstance(exc, PermanentError):
-        return True
-    try:
-        max_attempts = config.queue(job.queue).max_attempts
-    except KeyError:
-        return False
-    return job.attempt >= max_attempts
+def check_storable(data: Mapping[str, Any]) -> None:
+    """Job data that PostgreSQL could not store (a NUL character, NaN or Infinity) is a
+    permanent error before anything is paid for, not a failed write after."""
+    problem = storable_problem(dict(data))
+    if problem:
+        raise PermanentError(f"job data: {problem}")
 
 
 def row_error(exc: BaseException) -> tuple[str, dict[str, Any]]:
@@ -70,79 +87,52 @@ def row_error(exc: BaseException) -> tuple[str, dict[str, Any]]:
     detail: dict[str, Any] = {"type": type(exc).__name__}
     if isinstance(exc, OutputInvalidError):
         detail["raw_output"] = redact(exc.raw_text)[:MAX_RAW_OUTPUT]
-    return message[:MAX_ROW_ERROR], detail
+    return str(storable(message[:MAX_ROW_ERROR])), cast(dict[str, Any], storable(detail))
 
 
-@contextlib.asynccontextmanager
-async def database_errors_retry() -> AsyncIterator[None]:
-    """A lost or refused database connection is a retry with the queue's backoff."""
-    try:
-        yield
-    except TRANSIENT_DB_ERRORS as exc:
-        raise RetryableError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
-
-
-async def best_effort(what: str, action: Any) -> None:
-    """Run ``action()`` (a coroutine function); log instead of raising when it fails, so
-    the job's own error is what the engine sees."""
+async def best_effort(what: str, action: Callable[[], Awaitable[object]]) -> None:
+    """Run ``action()``; log instead of raising when it fails, so the job's own error is
+    what the engine sees."""
     try:
         await action()
     except Exception as exc:
         log.warning("handler_step_failed", step=what, error=f"{type(exc).__name__}: {exc}")
 
 
-async def run_or_mark_failed(
-    job: Job,
-    config: Config,
-    work: Callable[[], Awaitable[None]],
-    mark_failed: Callable[[str, dict[str, Any]], Awaitable[object]],
-    *,
-    what: str,
-) -> None:
-    """Run a handler's ``work``; database trouble becomes a retry, and when the failure is
-    the job's last, ``mark_failed(message, detail)`` records it on the job's row (best
-    effort) before the error goes on to the engine."""
+def mark_row(sql: str, key: object, *more: object) -> MarkFailed:
+    """A ``mark_failed`` for :func:`run_work`: ``sql`` with ($1 ``key``, $2 message, $3 detail
+    JSON, then ``more``)."""
+
+    async def mark(message: str, detail: dict[str, Any]) -> None:
+        pool = await current_services().db()
+        await pool.execute(sql, key, message, detail, *more)
+
+    return mark
+
+
+async def run_work(work: Callable[[], Awaitable[None]], mark_failed: MarkFailed) -> None:
+    """Run a handler's ``work`` as the module docstring's table says."""
     try:
-        async with database_errors_retry():
+        try:
             await work()
-    except Exception as exc:
-        if is_last_attempt(job, exc, config):
-            message, detail = row_error(exc)
-            await best_effort(what, lambda: mark_failed(message, detail))
+        except TRANSIENT_DB_ERRORS as exc:
+            mapped = job_error_for(exc)
+            assert mapped is not None
+            raise mapped from exc
+    except LeaseLostError:
+        return  # logged with the lease; the owner that took the piece over commits it
+    except PermanentError as exc:
+        message, detail = row_error(exc)
+        await best_effort("mark_failed", lambda: mark_failed(message, detail))
         raise
 
 
-def fail_rows_the_engine_gives_up_on(handler: str, sql: str, *, what: str) -> None:
-    """Mark a job's row failed when the engine, not the handler, dead-letters the job: a
-    process died with it too often (``poison``) or its last attempt ran past the queue
-    ``timeout`` (the handler was cancelled, so it never saw a failure to record).
-
-    Registers an ``on_failed`` hook that runs ``sql`` ($1 job id, $2 message, $3 detail JSON)
-    for dead jobs of the queues whose handler is ``handler`` ("module:function"); ``sql``
-    must only touch a row still ``processing``, so a row the handler already marked keeps
-    its own error."""
-
-    async def mark(event: JobEvent) -> None:
-        if event.transition is not Transition.DEAD or event.job_id is None:
-            return
-        services = current_services()
-        try:
-            if services.config.queue(event.queue).handler != handler:
-                return
-        except KeyError:
-            return
-        error = event.error
-        message = error.message if error else f"dead-lettered: {event.reason}"
-        detail = {
-            "type": error.type if error else "DeadLettered",
-            "reason": event.reason,
-            "attempt": event.attempt,
-        }
-
-        async def update() -> None:
-            pool = await services.db()
-            await pool.execute(sql, event.job_id, redact(message)[:MAX_ROW_ERROR], detail)
-
-        await best_effort(what, update)
-
-    hooks.on_failed(mark)
+async def mark_dead(job: Job, death: Death, sql: str) -> None:
+    """The end hook's work: ``sql`` ($1 job id, $2 message, $3 detail JSON) marks the row
+    the job was working on failed, with the engine's reason. It must only touch a row this
+    job still has in progress, so a row the handler marked keeps its own error and a row
+    another job works on now is left alone."""
+    pool = await current_services().db()
+    message = redact(death.error.message)[:MAX_ROW_ERROR] or f"dead-lettered: {death.reason}"
+    detail = {"type": death.error.type, "reason": death.reason, "attempt": job.attempt}
+    await pool.execute(sql, job.id, storable(message), detail)

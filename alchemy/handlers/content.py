@@ -8,9 +8,12 @@ Job data (docs/schema.md, "Job data")::
      "media": true | {"kind": "image|thumbnail", "size": "...", "prompt": "..."}}
                                              optional: enqueue a media job for the result
 
-The job id is the idempotency key: a job whose content is already saved (``contents.job_id``)
-finishes without calling the provider again, and a row that already has content is never
-written twice.
+The piece of paid work is the row (work key ``content:<content_queue_id>``): its lease is
+held from the "already saved?" check to the commit of the content, and its provider calls
+go through the ledger (:mod:`alchemy.paid`). A run that finds the row's content saved
+completes without calling anyone, whatever its job id; one that finds the row held by a
+live runner defers. The media follow-up (id ``<job id>:media``) is recorded with the
+content and pushed at most once (:meth:`~alchemy.queue.producer.Producer.enqueue_once`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import structlog
@@ -29,29 +32,44 @@ from alchemy.content.quality import Draft, Quality, quality_score
 from alchemy.content.schemas import ContentDraft
 from alchemy.errors import PermanentError
 from alchemy.handlers.common import (
-    fail_rows_the_engine_gives_up_on,
-    run_or_mark_failed,
+    check_storable,
+    mark_dead,
+    mark_row,
+    run_work,
     str_field,
     uuid_field,
 )
+from alchemy.handlers.media import media_fields
+from alchemy.paid.piece import Piece
 from alchemy.providers.base import TEXT_PROVIDERS, TextRequest
 from alchemy.providers.registry import choose_text
 from alchemy.providers.structured import Structured, generate_structured
-from alchemy.queue.job import Job
+from alchemy.queue.job import MAX_ID_LENGTH, Death, Job
 from alchemy.services import Services, current_services
 
 log = structlog.get_logger("alchemy.handlers.content")
 
-MEDIA_QUEUE = "media-generation"
+REQUIRES: Final = ("postgres",)
+MEDIA_QUEUE: Final = "media-generation"
+FOLLOW_UP_SUFFIX: Final = ":media"
 
+# The row ($1) and, when it has one already, its content (or this job's, $2): the "already
+# saved?" check and the load in one statement.
 LOAD_ROW = """
 SELECT q.id, q.status, q.platform, q.provider, q.model, q.options, q.idea_id,
        b.id AS brand_id, b.name, b.voice, b.tone, b.audience, b.guidelines,
        b.banned_phrases, b.default_provider, b.default_model,
-       i.title, i.description, i.keywords, i.research
+       i.title, i.description, i.keywords, i.research,
+       c.id AS content_id, c.media_job_id, c.extras AS content_extras
 FROM content_queue q
 JOIN brands b ON b.id = q.brand_id
 LEFT JOIN ideas i ON i.id = q.idea_id
+LEFT JOIN LATERAL (
+    SELECT id, media_job_id, extras FROM contents
+    WHERE content_queue_id = q.id OR job_id = $2
+    ORDER BY (job_id = $2) DESC
+    LIMIT 1
+) c ON true
 WHERE q.id = $1
 """
 MARK_PROCESSING = """
@@ -84,9 +102,9 @@ UPDATE content_queue
 SET status = 'failed', error = $2, error_detail = $3, updated_at = now()
 WHERE job_id = $1 AND status = 'processing'
 """
-EXISTING = """
-SELECT id, media_job_id, extras FROM contents WHERE job_id = $1 OR content_queue_id = $2
-ORDER BY (job_id = $1) DESC LIMIT 1
+# This job's content, for a row that is gone (its content keeps job_id).
+SAVED_BY_JOB = """
+SELECT id AS content_id, media_job_id, extras AS content_extras FROM contents WHERE job_id = $1
 """
 
 
@@ -95,91 +113,153 @@ class ContentJob:
     row_id: uuid.UUID
     provider: str | None
     model: str | None
-    media: Mapping[str, Any] | None
+    media: Mapping[str, str] | None
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> ContentJob:
         row_id = uuid_field(data, "content_queue_id")
         assert row_id is not None
+        check_storable(data)
         return cls(
             row_id=row_id,
             provider=str_field(data, "provider", TEXT_PROVIDERS),
             model=str_field(data, "model"),
-            media=media_request(data.get("media")),
+            media=media_request(data.get("media"), "media"),
         )
 
 
-def media_request(value: Any) -> Mapping[str, Any] | None:
+def media_request(value: Any, where: str) -> dict[str, str] | None:
+    """The follow-up media job's fields, checked now, before anything is paid for."""
     if value is None or value is False:
         return None
     if value is True:
         return {"kind": "image"}
     if isinstance(value, Mapping):
-        return {"kind": "image", **value}
-    raise PermanentError("job data 'media' must be true or an object")
+        return {"kind": "image", **media_fields(value, where)}
+    raise PermanentError(f"job data {where!r} must be true, false or an object")
+
+
+def follow_up_id(job_id: str) -> str:
+    """The media follow-up's id, which must fit the protocol's id limit."""
+    follow_up = f"{job_id}{FOLLOW_UP_SUFFIX}"
+    if len(follow_up) > MAX_ID_LENGTH:
+        raise PermanentError(
+            f"the job id has {len(job_id)} characters: its media follow-up's id would have"
+            f" {len(follow_up)}, over the {MAX_ID_LENGTH}-character limit"
+        )
+    return follow_up
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """A media job recorded with a saved content, pushed at most once."""
+
+    content_id: uuid.UUID
+    job_id: str
+    request: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What one run wrote for a row, ready to be saved."""
+
+    platform: Platform
+    result: Structured[Any]
+    quality: Quality
+    media: Mapping[str, str] | None
+    media_job_id: str | None
 
 
 async def handle(job: Job) -> None:
     services = current_services()
+    row_id = uuid_field(job.data, "content_queue_id")
+    await run_work(lambda: generate_content(job, services), mark_row(MARK_FAILED, row_id))
+
+
+async def on_dead(job: Job, death: Death) -> None:
+    """The engine gave the job up (attempts spent, cancelled at the queue timeout on its
+    last attempt, poison...): the row it left ``processing`` is ``failed``."""
+    await mark_dead(job, death, MARK_FAILED_BY_ENGINE)
+
+
+async def generate_content(job: Job, services: Services) -> None:
     request = ContentJob.parse(job.data)
-
-    async def mark_failed(message: str, detail: dict[str, Any]) -> None:
-        pool = await services.db()
-        await pool.execute(MARK_FAILED, request.row_id, message, detail)
-
-    await run_or_mark_failed(
-        job,
-        services.config,
-        lambda: generate_content(job, request, services),
-        mark_failed,
-        what="mark_content_failed",
-    )
-
-
-fail_rows_the_engine_gives_up_on(
-    f"{__name__}:handle", MARK_FAILED_BY_ENGINE, what="mark_content_failed_by_engine"
-)
+    async with services.paid.piece(job, f"content:{request.row_id}") as piece:
+        db = await piece.db()  # until the provider call: after it, the commit takes its own
+        row = await db.fetchrow(LOAD_ROW, request.row_id, job.id)
+        saved = row if row is not None else await db.fetchrow(SAVED_BY_JOB, job.id)
+        if saved is not None and saved["content_id"] is not None:
+            follow_up = await already_saved(db, request.row_id, saved)
+        elif row is None:
+            raise PermanentError(f"content_queue row {request.row_id} not found")
+        else:
+            follow_up = await write_and_save(piece, db, job, request, row, services)
+    await enqueue_follow_up(services, follow_up)
 
 
-async def generate_content(job: Job, request: ContentJob, services: Services) -> None:
-    pool = await services.db()
-    existing = await pool.fetchrow(EXISTING, job.id, request.row_id)
-    if existing is not None:
-        log.info("content_already_saved", content_id=str(existing["id"]))
-        await pool.execute(MARK_COMPLETED, request.row_id)
-        await enqueue_media_if_missing(services, pool, existing)
-        return
-    row = await pool.fetchrow(LOAD_ROW, request.row_id)
-    if row is None:
-        raise PermanentError(f"content_queue row {request.row_id} not found")
+async def already_saved(db: Any, row_id: uuid.UUID, saved: asyncpg.Record) -> FollowUp:
+    """The row has its content (a run before this one committed it): mark the row completed
+    and return the follow-up the content recorded, to be pushed (at most once)."""
+    log.info("content_already_saved", content_id=str(saved["content_id"]))
+    await db.execute(MARK_COMPLETED, row_id)
+    if not saved["media_job_id"]:
+        return FollowUp(saved["content_id"], "", {})
+    media = (saved["content_extras"] or {}).get("media_request") or {"kind": "image"}
+    return FollowUp(saved["content_id"], saved["media_job_id"], media)
+
+
+async def write_and_save(
+    piece: Piece,
+    db: Any,
+    job: Job,
+    request: ContentJob,
+    row: asyncpg.Record,
+    services: Services,
+) -> FollowUp:
     if row["title"] is None:
         raise PermanentError(f"content_queue row {request.row_id}: its idea is missing")
     platform = platform_for(row["platform"])
     options = row["options"] or {}
-    media = request.media or media_request(options.get("media"))
-    await pool.execute(MARK_PROCESSING, request.row_id, job.id)
+    media = request.media or media_request(options.get("media"), "content_queue options.media")
+    media_job_id = follow_up_id(job.id) if media else None
+    piece.brand_id = row["brand_id"]
+    await db.execute(MARK_PROCESSING, request.row_id, job.id)
 
-    brand, idea = brand_of(row), idea_of(row)
-    result = await write(services, request, row, brand, idea, platform, options)
-    quality = score(result.value, platform, idea, brand)
-    media_job_id = f"{job.id}:media" if media else None
-    content_id = await save(pool, job, row, platform, result, quality, media, media_job_id)
-    log.info("content_saved", content_id=str(content_id), quality=quality.score)
-    if media and media_job_id:
-        await services.producer.enqueue(
-            MEDIA_QUEUE, {**media, "content_id": str(content_id)}, id=media_job_id
-        )
+    brief = Brief(row, brand_of(row), idea_of(row), platform, options)
+    result = await write(piece, services, request, brief)
+    quality = score(result.value, platform, brief.idea, brief.brand)
+    written = Written(platform, result, quality, media, media_job_id)
+    content_id = await save(piece, job, row, written)
+    log.info("content_saved", content_id=str(content_id), quality=written.quality.score)
+    return FollowUp(content_id, media_job_id or "", media or {})
+
+
+async def enqueue_follow_up(services: Services, follow_up: FollowUp) -> None:
+    """Push the media job a saved content recorded, unless it was pushed already: a run
+    after a crash between the commit and the push pushes it; any other run does not."""
+    if not follow_up.job_id:
+        return
+    data = {**follow_up.request, "content_id": str(follow_up.content_id)}
+    pushed = await services.producer.enqueue_once(MEDIA_QUEUE, data, id=follow_up.job_id)
+    if pushed:
+        log.info("media_job_enqueued", media_job_id=follow_up.job_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Brief:
+    """What a draft is written from: the row, its brand and idea, platform and options."""
+
+    row: asyncpg.Record
+    brand: Brand
+    idea: Idea
+    platform: Platform
+    options: Mapping[str, Any]
 
 
 async def write(
-    services: Services,
-    request: ContentJob,
-    row: asyncpg.Record,
-    brand: Brand,
-    idea: Idea,
-    platform: Platform,
-    options: Mapping[str, Any],
+    piece: Piece, services: Services, request: ContentJob, brief: Brief
 ) -> Structured[Any]:
+    row, idea = brief.row, brief.idea
     choice = choose_text(
         [
             ("job", {"provider": request.provider, "model": request.model}),
@@ -188,9 +268,10 @@ async def write(
         ],
         services.config.providers,
     )
-    system, prompt = content_prompt(brand, idea, platform, options)
+    system, prompt = content_prompt(brief.brand, idea, brief.platform, brief.options)
     text_request = TextRequest(system, prompt, ContentDraft, choice.model, subject=idea.title)
-    return await generate_structured(services.providers.text(choice.provider), text_request)
+    provider = piece.text(services.providers.text(choice.provider))
+    return await generate_structured(provider, text_request)
 
 
 def brand_of(row: asyncpg.Record) -> Brand:
@@ -227,67 +308,41 @@ def score(draft: ContentDraft, platform: Platform, idea: Idea, brand: Brand) -> 
     )
 
 
-async def save(
-    pool: asyncpg.Pool,
-    job: Job,
-    row: asyncpg.Record,
-    platform: Platform,
-    result: Structured[Any],
-    quality: Quality,
-    media: Mapping[str, Any] | None,
-    media_job_id: str | None,
-) -> uuid.UUID:
-    """The content and the row's completion, in one transaction."""
+async def save(piece: Piece, job: Job, row: asyncpg.Record, written: Written) -> uuid.UUID:
+    """The content, the row's completion and the follow-up it records, in one
+    transaction, committed only while this run holds the row's lease."""
+    result = written.result
     draft: ContentDraft = result.value
     extras: dict[str, Any] = {
         "hook": draft.hook,
         "image_prompt": draft.image_prompt,
         "repaired": result.repaired,
     }
-    if media:
-        extras["media_request"] = dict(media)
-    async with pool.acquire() as conn, conn.transaction():
+    if written.media:
+        extras["media_request"] = dict(written.media)
+    async with piece.commit() as conn:
         content_id = await conn.fetchval(
             INSERT_CONTENT,
             row["id"],
             row["brand_id"],
             row["idea_id"],
-            platform.name,
+            written.platform.name,
             draft.title,
             draft.body,
             clean_hashtags(draft.hashtags),
             draft.call_to_action,
             extras,
-            quality.score,
-            quality.breakdown,
+            written.quality.score,
+            written.quality.breakdown,
             result.provider,
             result.model,
             result.usage.input_tokens,
             result.usage.output_tokens,
             job.id,
-            media_job_id,
+            written.media_job_id,
         )
-        if content_id is None:  # a concurrent run of the same job or row saved first
-            content_id = await conn.fetchval(EXISTING_ID, job.id, row["id"])
+        if content_id is None:  # the job id was used for another row's content
+            raise PermanentError(f"job {job.id} already saved the content of another row")
         await conn.execute(MARK_COMPLETED, row["id"])
     saved: uuid.UUID = content_id
     return saved
-
-
-EXISTING_ID = "SELECT id FROM contents WHERE job_id = $1 OR content_queue_id = $2 LIMIT 1"
-
-
-async def enqueue_media_if_missing(
-    services: Services, pool: asyncpg.Pool, content: asyncpg.Record
-) -> None:
-    """After a crash between commit and enqueue, the retried job enqueues the media job
-    (same id) unless its media row exists already."""
-    media_job_id = content["media_job_id"]
-    if not media_job_id:
-        return
-    if await pool.fetchval("SELECT 1 FROM media WHERE job_id = $1", media_job_id):
-        return
-    media = (content["extras"] or {}).get("media_request") or {"kind": "image"}
-    await services.producer.enqueue(
-        MEDIA_QUEUE, {**media, "content_id": str(content["id"])}, id=media_job_id
-    )

@@ -11,6 +11,11 @@ Job data (docs/schema.md, "Job data")::
 A thumbnail without a source is generated at the smallest size the model supports. The
 bytes go to the media store (:mod:`alchemy.content.storage`, named by sha256, written
 atomically) and the ``media`` row keyed by the job id records where and what they are.
+
+The piece of paid work is the media row (work key ``media:<job id>``): its lease is held
+from before the row is touched until the row is completed, and the image call goes through
+the ledger (:mod:`alchemy.paid`), so a run that finds the row completed, or held by a live
+runner, pays nothing.
 """
 
 from __future__ import annotations
@@ -25,29 +30,35 @@ from typing import Any, Final
 import asyncpg
 import structlog
 
-from alchemy.content.storage import dimensions_sync, downscale_sync, store_bytes
-from alchemy.errors import PermanentError
+from alchemy.content.storage import Stored, dimensions_sync, downscale_sync, store_bytes
+from alchemy.errors import PermanentError, RetryableError
 from alchemy.handlers.common import (
-    fail_rows_the_engine_gives_up_on,
-    run_or_mark_failed,
+    check_storable,
+    mark_dead,
+    mark_row,
+    run_work,
     str_field,
     uuid_field,
 )
+from alchemy.paid.piece import Piece
 from alchemy.providers.base import ImageRequest, ImageResult
-from alchemy.providers.image_models import image_family
-from alchemy.queue.job import Job
+from alchemy.providers.image_models import image_family, image_option_problem
+from alchemy.queue.job import Death, Job
 from alchemy.services import Services, current_services
 
 log = structlog.get_logger("alchemy.handlers.media")
 
+REQUIRES: Final = ("postgres",)
 KINDS: Final = ("image", "thumbnail")
 OPTIONS: Final = ("size", "quality", "style", "model")
+REQUEST_FIELDS: Final = ("kind", "prompt", *OPTIONS)  # what a content job's `media` may set
 
 UPSERT_PROCESSING = """
 INSERT INTO media (content_id, brand_id, source_media_id, kind, prompt, job_id, status)
 VALUES ($1, $2, $3, $4, $5, $6, 'processing')
 ON CONFLICT (job_id) DO UPDATE
 SET status = 'processing', error = NULL, error_detail = NULL, updated_at = now()
+WHERE media.status <> 'completed'
 RETURNING id
 """
 MARK_COMPLETED = """
@@ -62,11 +73,20 @@ MARK_FAILED = """
 UPDATE media SET status = 'failed', error = $2, error_detail = $3, updated_at = now()
 WHERE job_id = $1 AND status <> 'completed'
 """
-
 MARK_FAILED_BY_ENGINE = """
 UPDATE media SET status = 'failed', error = $2, error_detail = $3, updated_at = now()
 WHERE job_id = $1 AND status = 'processing'
 """
+
+
+def media_fields(data: Mapping[str, Any], where: str = "") -> dict[str, str]:
+    """The media request's string fields (kind, prompt, size, quality, style, model),
+    checked: each a string, ``kind`` one of :data:`KINDS`."""
+    fields = {key: value for key in REQUEST_FIELDS if (value := str_field(data, key, where=where))}
+    if "kind" in fields and fields["kind"] not in KINDS:
+        name = f"{where}.kind" if where else "kind"
+        raise PermanentError(f"job data {name!r} must be one of {', '.join(KINDS)}")
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,18 +100,20 @@ class MediaJob:
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> MediaJob:
+        check_storable(data)
         content_id = uuid_field(data, "content_id", required=False)
         brand_id = uuid_field(data, "brand_id", required=False)
         if content_id is None and brand_id is None:
             raise PermanentError("job data needs 'content_id' or 'brand_id' (a UUID)")
-        prompt = str_field(data, "prompt")
+        fields = media_fields(data)
+        prompt = fields.get("prompt")
         if content_id is None and not prompt:
             raise PermanentError("job data needs a 'prompt' for a brand image")
         source = uuid_field(data, "source_media_id", required=False)
-        kind = str_field(data, "kind", KINDS) or "image"
+        kind = fields.get("kind", "image")
         if source is not None and kind != "thumbnail":
             raise PermanentError("'source_media_id' is for kind 'thumbnail' only")
-        options = {key: value for key in OPTIONS if (value := str_field(data, key))}
+        options: dict[str, str] = {key: fields[key] for key in OPTIONS if key in fields}
         return cls(content_id, brand_id, kind, prompt, source, options)
 
 
@@ -104,70 +126,71 @@ class Owner:
 
 async def handle(job: Job) -> None:
     services = current_services()
+    await run_work(lambda: make_media(job, services), mark_row(MARK_FAILED, job.id))
+
+
+async def on_dead(job: Job, death: Death) -> None:
+    """The engine gave the job up (attempts spent, cancelled at the queue timeout on its
+    last attempt, poison...): a media row it left ``processing`` is ``failed``."""
+    await mark_dead(job, death, MARK_FAILED_BY_ENGINE)
+
+
+async def make_media(job: Job, services: Services) -> None:
     request = MediaJob.parse(job.data)
-
-    async def mark_failed(message: str, detail: dict[str, Any]) -> None:
-        pool = await services.db()
-        await pool.execute(MARK_FAILED, job.id, message, detail)
-
-    await run_or_mark_failed(
-        job,
-        services.config,
-        lambda: make_media(job, request, services),
-        mark_failed,
-        what="mark_media_failed",
-    )
-
-
-fail_rows_the_engine_gives_up_on(
-    f"{__name__}:handle", MARK_FAILED_BY_ENGINE, what="mark_media_failed_by_engine"
-)
-
-
-async def make_media(job: Job, request: MediaJob, services: Services) -> None:
-    pool = await services.db()
-    status = await pool.fetchval("SELECT status FROM media WHERE job_id = $1", job.id)
-    if status == "completed":
-        log.info("media_already_saved")
-        return
-    owner = await load_owner(pool, request)
-    media_id = await pool.fetchval(
-        UPSERT_PROCESSING,
-        owner.content_id,
-        owner.brand_id,
-        request.source_media_id,
-        request.kind,
-        owner.prompt,
-        job.id,
-    )
-    directory = Path(services.config.media.directory)
-    if request.source_media_id is not None:
-        result = await downscaled(pool, request.source_media_id, directory, services)
-    else:
-        result = await services.providers.images().generate(image_request(request, owner, services))
-    stored = await store_bytes(directory, result.data, result.mime_type)
-    width, height = await asyncio.to_thread(dimensions_sync, result.data) or (None, None)
-    await pool.execute(
-        MARK_COMPLETED,
-        media_id,
-        result.provider,
-        result.model,
-        result.size,
-        result.quality or None,
-        result.revised_prompt,
-        result.mime_type,
-        stored.bytes,
-        width,
-        height,
-        stored.sha256,
-        stored.path,
-    )
+    async with services.paid.piece(job, f"media:{job.id}") as piece:
+        db = await piece.db()  # until the provider call: after it, the commit takes its own
+        status = await db.fetchval("SELECT status FROM media WHERE job_id = $1", job.id)
+        if status == "completed":
+            log.info("media_already_saved")
+            return
+        owner = await load_owner(db, request)
+        piece.brand_id = owner.brand_id
+        directory = Path(services.config.media.directory)
+        media_id = await db.fetchval(
+            UPSERT_PROCESSING,
+            owner.content_id,
+            owner.brand_id,
+            request.source_media_id,
+            request.kind,
+            owner.prompt,
+            job.id,
+        )
+        if media_id is None:  # completed meanwhile (a run before our lease)
+            log.info("media_already_saved")
+            return
+        if request.source_media_id is not None:
+            result, stored = await downscaled(db, request.source_media_id, directory, services)
+        else:
+            image = image_request(request, owner, services)
+            paid = await piece.image(services.providers.images(), image)
+            result, stored = paid.result, paid.stored
+        await complete(piece, media_id, result, stored)
     log.info("media_saved", media_id=str(media_id), sha256=stored.sha256, bytes=stored.bytes)
 
 
-async def load_owner(pool: asyncpg.Pool, request: MediaJob) -> Owner:
+async def complete(piece: Piece, media_id: uuid.UUID, result: ImageResult, stored: Stored) -> None:
+    width, height = await asyncio.to_thread(dimensions_sync, result.data) or (None, None)
+    async with piece.commit() as conn:
+        await conn.execute(
+            MARK_COMPLETED,
+            media_id,
+            result.provider,
+            result.model,
+            result.size,
+            result.quality or None,
+            result.revised_prompt,
+            result.mime_type,
+            stored.bytes,
+            width,
+            height,
+            stored.sha256,
+            stored.path,
+        )
+
+
+async def load_owner(db: asyncpg.Connection, request: MediaJob) -> Owner:
     if request.content_id is not None:
-        row = await pool.fetchrow(
+        row = await db.fetchrow(
             "SELECT brand_id, title, extras FROM contents WHERE id = $1", request.content_id
         )
         if row is None:
@@ -177,12 +200,13 @@ async def load_owner(pool: asyncpg.Pool, request: MediaJob) -> Owner:
         return Owner(request.content_id, row["brand_id"], str(prompt))
     assert request.brand_id is not None
     assert request.prompt is not None
-    if not await pool.fetchval("SELECT 1 FROM brands WHERE id = $1", request.brand_id):
+    if not await db.fetchval("SELECT 1 FROM brands WHERE id = $1", request.brand_id):
         raise PermanentError(f"brand {request.brand_id} not found")
     return Owner(None, request.brand_id, request.prompt)
 
 
 def image_request(request: MediaJob, owner: Owner, services: Services) -> ImageRequest:
+    """The image to ask for; options the model does not take fail before any call."""
     cfg = services.config.providers
     model = request.options.get("model") or cfg.image_model
     family = image_family(model)
@@ -192,19 +216,28 @@ def image_request(request: MediaJob, owner: Owner, services: Services) -> ImageR
         size = size or family.smallest_size
         quality = quality or ("low" if "low" in family.qualities else "")
     same_model = model == cfg.image_model
-    return ImageRequest(
+    image = ImageRequest(
         prompt=owner.prompt,
         model=model,
         size=size or (cfg.image_size if same_model else ""),
         quality=quality if quality is not None else (cfg.image_quality if same_model else ""),
         style=request.options.get("style") or (cfg.image_style if same_model else ""),
     )
+    for option, value in (
+        ("image_size", image.size),
+        ("image_quality", image.quality),
+        ("image_style", image.style),
+    ):
+        problem = image_option_problem(model, option, value)
+        if problem:
+            raise PermanentError(f"image request: {problem}")
+    return image
 
 
 async def downscaled(
-    pool: asyncpg.Pool, source_id: uuid.UUID, directory: Path, services: Services
-) -> ImageResult:
-    source = await pool.fetchrow(
+    db: asyncpg.Connection, source_id: uuid.UUID, directory: Path, services: Services
+) -> tuple[ImageResult, Stored]:
+    source = await db.fetchrow(
         "SELECT storage_path, status, model FROM media WHERE id = $1", source_id
     )
     if source is None or source["status"] != "completed":
@@ -213,6 +246,13 @@ async def downscaled(
         data = await asyncio.to_thread((directory / source["storage_path"]).read_bytes)
     except FileNotFoundError:
         raise PermanentError(f"source media file {source['storage_path']} is missing") from None
+    except OSError as exc:
+        raise RetryableError(f"media store: cannot read {source['storage_path']}: {exc}") from None
     edge = services.config.media.thumbnail_size
     png, width, height = await asyncio.to_thread(downscale_sync, data, edge)
-    return ImageResult(png, "image/png", "local", source["model"] or "", f"{width}x{height}", "")
+    result = ImageResult(png, "image/png", "local", source["model"] or "", f"{width}x{height}", "")
+    try:
+        stored = await store_bytes(directory, result.data, result.mime_type)
+    except OSError as exc:
+        raise RetryableError(f"media store: cannot write the thumbnail: {exc}") from None
+    return result, stored

@@ -10,6 +10,12 @@ The result is merged into ``ideas.research`` section by section (a later ``trend
 keeps the ``keywords`` section), the scores are recomputed from the merged research
 (:mod:`alchemy.content.research_scores`), and the run itself is kept in ``research_runs``
 keyed by the job id, which is what makes a retried job finish without a second call.
+
+The piece of paid work is the idea's research of one type (work key
+``research:<idea id>:<type>``): one runner at a time, its call through the ledger
+(:mod:`alchemy.paid`). The idea records the job in progress (``research_job_id``), so
+every way the job can end in failure, the engine's included (``on_dead``), leaves the idea
+``failed`` with the reason; a failure never touches earlier research or scores.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import asyncpg
 import structlog
 
 from alchemy.content.prompts import Brand, Idea, research_prompt
@@ -28,18 +33,23 @@ from alchemy.content.research_scores import ResearchScores, research_scores
 from alchemy.content.schemas import RESEARCH_MODELS
 from alchemy.errors import PermanentError
 from alchemy.handlers.common import (
-    run_or_mark_failed,
+    check_storable,
+    mark_dead,
+    mark_row,
+    run_work,
     str_field,
     uuid_field,
 )
+from alchemy.paid.piece import Piece
 from alchemy.providers.base import TEXT_PROVIDERS, TextRequest
 from alchemy.providers.registry import choose_text
 from alchemy.providers.structured import Structured, generate_structured
-from alchemy.queue.job import Job
+from alchemy.queue.job import Death, Job
 from alchemy.services import Services, current_services
 
 log = structlog.get_logger("alchemy.handlers.research")
 
+REQUIRES: Final = ("postgres",)
 TYPES: Final = ("keywords", "competitors", "trends", "full")
 SECTIONS: Final = {
     "keywords": ("keywords",),
@@ -48,20 +58,27 @@ SECTIONS: Final = {
 }
 
 LOAD_IDEA = """
-SELECT i.id, i.title, i.description, i.keywords, i.research,
+SELECT i.id, i.brand_id, i.title, i.description, i.keywords, i.research,
        b.name, b.voice, b.tone, b.audience, b.guidelines, b.banned_phrases,
        b.default_provider, b.default_model
 FROM ideas i JOIN brands b ON b.id = i.brand_id
 WHERE i.id = $1
 """
-MARK_RESEARCHING = (
-    "UPDATE ideas SET status = 'researching', error = NULL, error_detail = NULL,"
-    " updated_at = now() WHERE id = $1"
-)
-MARK_FAILED = (
-    "UPDATE ideas SET status = 'failed', error = $2, error_detail = $3, updated_at = now()"
-    " WHERE id = $1"
-)
+MARK_RESEARCHING = """
+UPDATE ideas SET status = 'researching', research_job_id = $2, error = NULL,
+    error_detail = NULL, updated_at = now()
+WHERE id = $1
+"""
+# A failure of this job: not over another job's run in progress.
+MARK_FAILED = """
+UPDATE ideas SET status = 'failed', error = $2, error_detail = $3, updated_at = now()
+WHERE id = $1
+  AND (status <> 'researching' OR research_job_id IS NULL OR research_job_id = $4)
+"""
+MARK_FAILED_BY_ENGINE = """
+UPDATE ideas SET status = 'failed', error = $2, error_detail = $3, updated_at = now()
+WHERE research_job_id = $1 AND status = 'researching'
+"""
 INSERT_RUN = """
 INSERT INTO research_runs (idea_id, research_type, result, scores, provider, model,
                            input_tokens, output_tokens, job_id)
@@ -88,6 +105,7 @@ class ResearchJob:
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> ResearchJob:
         idea_id = uuid_field(data, "idea_id")
+        check_storable(data)
         research_type = str_field(data, "type", TYPES)
         if idea_id is None or research_type is None:
             raise PermanentError(f"job data needs 'type': one of {', '.join(TYPES)}")
@@ -101,52 +119,52 @@ class ResearchJob:
 
 async def handle(job: Job) -> None:
     services = current_services()
+    idea_id = uuid_field(job.data, "idea_id")
+    await run_work(lambda: run_research(job, services), mark_row(MARK_FAILED, idea_id, job.id))
+
+
+async def on_dead(job: Job, death: Death) -> None:
+    """The engine gave the job up (attempts spent, cancelled at the queue timeout on its
+    last attempt, poison...): the idea it left ``researching`` is ``failed``."""
+    await mark_dead(job, death, MARK_FAILED_BY_ENGINE)
+
+
+async def run_research(job: Job, services: Services) -> None:
     request = ResearchJob.parse(job.data)
-
-    async def mark_failed(message: str, detail: dict[str, Any]) -> None:
-        pool = await services.db()
-        await pool.execute(MARK_FAILED, request.idea_id, message, detail)
-
-    await run_or_mark_failed(
-        job,
-        services.config,
-        lambda: run_research(job, request, services),
-        mark_failed,
-        what="mark_idea_failed",
-    )
-
-
-async def run_research(job: Job, request: ResearchJob, services: Services) -> None:
-    pool = await services.db()
-    if await pool.fetchval("SELECT 1 FROM research_runs WHERE job_id = $1", job.id):
-        log.info("research_already_saved", idea_id=str(request.idea_id))
-        return
-    row = await pool.fetchrow(LOAD_IDEA, request.idea_id)
-    if row is None:
-        raise PermanentError(f"idea {request.idea_id} not found")
-    await pool.execute(MARK_RESEARCHING, request.idea_id)
-    choice = choose_text(
-        [
-            ("job", {"provider": request.provider, "model": request.model}),
-            ("brand", {"provider": row["default_provider"], "model": row["default_model"]}),
-        ],
-        services.config.providers,
-    )
-    brand = Brand(
-        row["name"],
-        row["voice"],
-        row["tone"],
-        row["audience"],
-        row["guidelines"],
-        tuple(row["banned_phrases"] or ()),
-    )
-    idea = Idea(row["title"], row["description"], tuple(row["keywords"] or ()))
-    system, prompt = research_prompt(brand, idea, request.type)
-    text_request = TextRequest(
-        system, prompt, RESEARCH_MODELS[request.type], choice.model, subject=idea.title
-    )
-    result = await generate_structured(services.providers.text(choice.provider), text_request)
-    scores = await save(pool, job, request, result, idea.keywords)
+    work_key = f"research:{request.idea_id}:{request.type}"
+    async with services.paid.piece(job, work_key) as piece:
+        db = await piece.db()  # until the provider call: after it, the commit takes its own
+        if await db.fetchval("SELECT 1 FROM research_runs WHERE job_id = $1", job.id):
+            log.info("research_already_saved", idea_id=str(request.idea_id))
+            return
+        row = await db.fetchrow(LOAD_IDEA, request.idea_id)
+        if row is None:
+            raise PermanentError(f"idea {request.idea_id} not found")
+        piece.brand_id = row["brand_id"]
+        await db.execute(MARK_RESEARCHING, request.idea_id, job.id)
+        choice = choose_text(
+            [
+                ("job", {"provider": request.provider, "model": request.model}),
+                ("brand", {"provider": row["default_provider"], "model": row["default_model"]}),
+            ],
+            services.config.providers,
+        )
+        brand = Brand(
+            row["name"],
+            row["voice"],
+            row["tone"],
+            row["audience"],
+            row["guidelines"],
+            tuple(row["banned_phrases"] or ()),
+        )
+        idea = Idea(row["title"], row["description"], tuple(row["keywords"] or ()))
+        system, prompt = research_prompt(brand, idea, request.type)
+        text_request = TextRequest(
+            system, prompt, RESEARCH_MODELS[request.type], choice.model, subject=idea.title
+        )
+        provider = piece.text(services.providers.text(choice.provider))
+        result = await generate_structured(provider, text_request)
+        scores = await save(piece, job, request, result, idea.keywords)
     log.info("research_saved", idea_id=str(request.idea_id), **scores.to_json())
 
 
@@ -169,7 +187,7 @@ def merge_research(
 
 
 async def save(
-    pool: asyncpg.Pool,
+    piece: Piece,
     job: Job,
     request: ResearchJob,
     result: Structured[Any],
@@ -182,7 +200,7 @@ async def save(
         "model": result.model,
         "job_id": job.id,
     }
-    async with pool.acquire() as conn, conn.transaction():
+    async with piece.commit() as conn:
         current = await conn.fetchval(
             "SELECT research FROM ideas WHERE id = $1 FOR UPDATE", request.idea_id
         )

@@ -5,14 +5,10 @@ reports them (an integer increment or a bucket count each, no I/O, no lock). Que
 are read from Redis when ``/metrics`` is scraped, through a cache that asks Redis at most
 once a second however often it is scraped (:mod:`alchemy.http.overview`).
 
-Provider code reports its calls through two module functions that do nothing until a
-:class:`Metrics` is installed in the process (``python -m alchemy run`` installs one)::
-
-    from alchemy.ops import metrics
-
-    metrics.record_provider_call("anthropic", "claude-sonnet-5-5", "ok",
-                                 input_tokens=812, output_tokens=1404)
-    metrics.record_image("gpt-image-1.5")
+Provider calls and leases of paid work are counted as the ledger records them: a
+:class:`Metrics` is also the services' :class:`~alchemy.paid.observe.PaidObserver`, set
+when the process is assembled (``python -m alchemy run``), so handlers and providers never
+import this module.
 
 Every metric is listed in docs/operations.md ("Metrics").
 """
@@ -42,6 +38,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from alchemy.logs import dropped_lines
+from alchemy.paid.observe import OUTCOMES, ProviderCall
 from alchemy.queue.admin import QueueStatus
 from alchemy.worker.observer import JobEvent, Transition
 
@@ -55,7 +52,6 @@ PICKUP_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     10.0, 30.0, 60.0, 300.0,
 )  # fmt: skip
-PROVIDER_OUTCOMES: Final = ("ok", "rate_limited", "timeout", "error")
 PAUSED_SLEEP_MS: Final = 1000  # a paused consumer looks again after at most this
 
 
@@ -228,7 +224,8 @@ class Metrics:
         )
         self.provider_calls = Counter(
             "alchemy_provider_calls",
-            "Calls to AI providers, by outcome (ok, rate_limited, timeout, error)",
+            "Calls to AI providers, by outcome (ok, refused, rate_limited, timeout, error,"
+            " interrupted), as the ledger recorded them",
             ["provider", "model", "outcome"],
             registry=r,
         )
@@ -239,6 +236,20 @@ class Metrics:
             registry=r,
         )
         self.images = Counter("alchemy_images_generated", "Images generated", ["model"], registry=r)
+        self.provider_cost = Counter(
+            "alchemy_provider_cost_usd",
+            "Cost of provider calls in US dollars, from the price table (alchemy/providers/"
+            "prices.toml); calls of a model without a price are not in it",
+            ["provider", "model", "outcome"],
+            registry=r,
+        )
+        self.lease_events = Counter(
+            "alchemy_work_lease_events",
+            "Leases of paid work: taken_over (expired or its owner dead), deferred (held by"
+            " a live runner), lost (a result fenced out and discarded)",
+            ["queue", "event"],
+            registry=r,
+        )
         self._collector: QueueCollector | None = None
 
     @classmethod
@@ -297,65 +308,27 @@ class Metrics:
             slept = min(slept, PAUSED_SLEEP_MS)
         self.held_back_seconds.labels(queue, why).inc(slept / 1000)
 
-    # -- providers --------------------------------------------------------------------------
-    def provider_call(
-        self, provider: str, model: str, outcome: str, input_tokens: int, output_tokens: int
-    ) -> None:
-        if outcome not in PROVIDER_OUTCOMES:
-            outcome = "error"
-        self.provider_calls.labels(provider, model, outcome).inc()
-        if input_tokens > 0:
-            self.provider_tokens.labels(provider, model, "input").inc(input_tokens)
-        if output_tokens > 0:
-            self.provider_tokens.labels(provider, model, "output").inc(output_tokens)
+    # -- PaidObserver: the ledger of provider calls and the leases of paid work -----------
+    def on_provider_call(self, call: ProviderCall) -> None:
+        """One provider call as the ledger recorded it (alchemy.paid): counted by outcome,
+        with its tokens, images and cost. Never raises (metrics must never fail a job)."""
+        try:
+            provider, model = call.provider, call.model
+            outcome = call.outcome if call.outcome in OUTCOMES else "error"
+            self.provider_calls.labels(provider, model, outcome).inc()
+            if call.input_tokens > 0:
+                self.provider_tokens.labels(provider, model, "input").inc(call.input_tokens)
+            if call.output_tokens > 0:
+                self.provider_tokens.labels(provider, model, "output").inc(call.output_tokens)
+            if call.images > 0 and outcome == "ok":
+                self.images.labels(model).inc(call.images)
+            if call.cost_usd is not None:
+                self.provider_cost.labels(provider, model, outcome).inc(float(call.cost_usd))
+        except Exception as exc:
+            log.error("metrics_failed", error=repr(exc))
 
-
-# -- the process's installed metrics, for code that has no handle on them -------------------
-_installed: Metrics | None = None
-
-
-def install(metrics: Metrics | None) -> Metrics | None:
-    """Make ``metrics`` the process's metrics (None: none). Returns the one it replaces."""
-    global _installed
-    previous, _installed = _installed, metrics
-    return previous
-
-
-def installed() -> Metrics | None:
-    return _installed
-
-
-def record_provider_call(
-    provider: str,
-    model: str,
-    outcome: str,
-    *,
-    input_tokens: int = 0,
-    output_tokens: int = 0,
-) -> None:
-    """Count one call to an AI provider and the tokens it used; a no-op without metrics.
-
-    ``provider``: "anthropic", "openai", "offline"; ``model``: the model name sent;
-    ``outcome``: "ok", "rate_limited", "timeout" or "error" (anything else counts as
-    "error"). Never raises."""
-    metrics = _installed
-    if metrics is None:
-        return
-    try:
-        metrics.provider_call(provider, model, outcome, input_tokens, output_tokens)
-    except Exception as exc:  # metrics must never fail a job
-        log.error("metrics_failed", error=repr(exc))
-
-
-def record_image(model: str, count: int = 1) -> None:
-    """Count ``count`` images generated with ``model``; a no-op without metrics."""
-    metrics = _installed
-    if metrics is None or count <= 0:
-        return
-    try:
-        metrics.images.labels(model).inc(count)
-    except Exception as exc:
-        log.error("metrics_failed", error=repr(exc))
+    def on_lease(self, queue: str, event: str) -> None:
+        self.lease_events.labels(queue, event).inc()
 
 
 # -- queue depths, read from Redis at scrape time ------------------------------------------

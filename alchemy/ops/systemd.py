@@ -32,6 +32,8 @@ from typing import Any, Final
 
 import structlog
 
+from alchemy.config import WorkerConfig
+from alchemy.errors import ConfigError
 from alchemy.logs import redact
 from alchemy.worker.supervisor import Running
 
@@ -67,6 +69,32 @@ class NotifySettings:
     def watchdog_interval(self) -> float:
         """Seconds between ``WATCHDOG=1`` pings (half the period); 0 without a watchdog."""
         return self.watchdog_usec / 2_000_000
+
+
+def check_watchdog(environ: Mapping[str, str], pid: int, worker: WorkerConfig) -> None:
+    """Refuse (:class:`ConfigError` naming ``worker.heartbeat_ttl``) a watchdog too slow
+    for the heartbeat: a process whose event loop is blocked must be killed by the watchdog
+    before its heartbeat expires and other processes recover its jobs.
+
+    The loop blocks at moment 0. Its last heartbeat went out up to one
+    ``heartbeat_interval`` earlier, so it can expire as soon as ``heartbeat_ttl -
+    heartbeat_interval``; its last ``WATCHDOG=1`` may have gone out just before 0, so the
+    watchdog fires by ``WatchdogSec`` at the latest. Hence ``WatchdogSec < heartbeat_ttl -
+    heartbeat_interval`` (the shipped units: 5 s < 8 s - 2 s)."""
+    usec = _watchdog_usec(environ, pid)
+    if not usec:
+        return
+    period = usec / 1_000_000
+    margin = worker.heartbeat_ttl - worker.heartbeat_interval
+    if period >= margin:
+        raise ConfigError(
+            "worker.heartbeat_ttl",
+            f"must be more than the systemd watchdog period (WatchdogSec={period:g}s) plus"
+            f" worker.heartbeat_interval ({worker.heartbeat_interval:g}s), got"
+            f" {worker.heartbeat_ttl:g}: a process whose event loop is blocked must be killed"
+            " by the watchdog before its jobs are recovered elsewhere (lower WatchdogSec, or"
+            " raise heartbeat_ttl; docs/operations.md, The watchdog)",
+        )
 
 
 def _watchdog_usec(environ: Mapping[str, str], pid: int) -> int:

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from alchemy.config import Config
-from alchemy.ops import metrics as metrics_module
 from alchemy.ops.events import EventHooks, EventStream, hooks
 from alchemy.ops.metrics import Metrics
 from alchemy.ops.records import JobRecords
+from alchemy.paid.observe import PaidObserver
 from alchemy.worker.observer import JobObserver
 from alchemy.worker.supervisor import Extension
 
@@ -20,6 +20,7 @@ class Operations:
     metrics: Metrics
     observers: list[JobObserver] = field(default_factory=list)
     extensions: list[Extension] = field(default_factory=list)
+    paid_observer: PaidObserver | None = None  # hears of provider calls and leases
 
 
 def operations(
@@ -30,11 +31,15 @@ def operations(
 ) -> Operations:
     """Build the observers and extensions for one worker process.
 
-    The metrics are always collected (and installed for :func:`record_provider_call`)."""
+    The metrics are always collected, and with ``install_metrics`` also hear of the
+    services' provider calls and leases (``paid_observer``)."""
     metrics = Metrics.for_process()
-    if install_metrics:
-        metrics_module.install(metrics)
-    ops = Operations(metrics, observers=[metrics, event_hooks], extensions=[event_hooks])
+    ops = Operations(
+        metrics,
+        observers=[metrics, event_hooks],
+        extensions=[event_hooks],
+        paid_observer=metrics if install_metrics else None,
+    )
     prefix = config.redis.prefix
     if config.events.enabled:
         stream = EventStream(

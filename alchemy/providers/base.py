@@ -5,6 +5,11 @@ the reply must match) into a :class:`TextResult` holding the raw text; turning t
 into a validated object, with one repair round, is :mod:`alchemy.providers.structured`.
 An image provider turns an :class:`ImageRequest` into the image's bytes.
 
+Each provider has two calls: ``send`` returns every reply the API answered (and so billed),
+with ``failure`` set when the reply cannot be used (a refusal, a reply cut off, an image
+that could not be read), so the ledger of paid calls (:mod:`alchemy.paid`) sees its usage;
+``generate`` is ``send`` that raises that failure.
+
 Providers raise only :mod:`alchemy.errors` job errors (see :mod:`alchemy.providers.errors`).
 """
 
@@ -15,9 +20,10 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from alchemy.errors import PermanentError
+from alchemy.errors import JobError, PermanentError
 
 TEXT_PROVIDERS = ("anthropic", "openai", "offline")
+CALL_HEADER = "X-Alchemy-Call"
 IMAGE_PROVIDERS = ("openai", "offline")
 
 
@@ -38,6 +44,7 @@ class TextRequest:
     subject: str = ""  # a short label (the idea's title) for offline drafts and logs
     max_tokens: int | None = None
     repair: Repair | None = None
+    call_id: str = ""  # the ledger's id of this call, sent as the X-Alchemy-Call header
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +65,21 @@ class TextResult:
     model: str
     usage: Usage
     stop_reason: str
+    request_id: str | None = None  # the API's id of the request, when it sent one
+    failure: JobError | None = None  # why this (paid) reply cannot be used
 
 
 class TextProvider(Protocol):
     name: str
+    local: bool  # answers in-process, without a network round trip (offline)
 
-    async def generate(self, request: TextRequest) -> TextResult: ...
+    async def send(self, request: TextRequest) -> TextResult:
+        """One API call; a reply that cannot be used comes back with ``failure`` set."""
+        ...
+
+    async def generate(self, request: TextRequest) -> TextResult:
+        """:meth:`send`, raising the failure of a reply that cannot be used."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +89,7 @@ class ImageRequest:
     size: str = ""  # "" = the provider's default
     quality: str = ""
     style: str = ""
+    call_id: str = ""  # the ledger's id of this call, sent as the X-Alchemy-Call header
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +101,33 @@ class ImageResult:
     size: str
     quality: str
     revised_prompt: str | None = None
+    request_id: str | None = None
+    usage: Usage = Usage()  # GPT image models count tokens: text in, image out
+    failure: JobError | None = None  # why this (paid) reply gave no usable image
+    images: int = 1  # images the API made (and billed) for the call
 
 
 class ImageProvider(Protocol):
     name: str
+    local: bool
 
-    async def generate(self, request: ImageRequest) -> ImageResult: ...
+    async def send(self, request: ImageRequest) -> ImageResult:
+        """One API call; a reply without a usable image comes back with ``failure`` set."""
+        ...
+
+    async def generate(self, request: ImageRequest) -> ImageResult:
+        """:meth:`send`, raising the failure of a reply without a usable image."""
+        ...
+
+
+def call_headers(call_id: str) -> dict[str, str] | None:
+    """The extra request header naming the ledger's call (real APIs ignore it)."""
+    return {CALL_HEADER: call_id} if call_id else None
+
+
+def raise_failure(result: TextResult | ImageResult) -> None:
+    if result.failure is not None:
+        raise result.failure
 
 
 class ProviderRefusedError(PermanentError):

@@ -8,12 +8,15 @@ from typing import Any
 
 import anthropic
 
+from alchemy.errors import JobError
 from alchemy.providers.base import (
     OutputInvalidError,
     ProviderRefusedError,
     TextRequest,
     TextResult,
     Usage,
+    call_headers,
+    raise_failure,
 )
 from alchemy.providers.errors import map_provider_error
 from alchemy.providers.structured import repair_prompt, strict_schema
@@ -21,6 +24,7 @@ from alchemy.providers.structured import repair_prompt, strict_schema
 
 class ClaudeText:
     name = "anthropic"
+    local = False
 
     def __init__(
         self, client: anthropic.AsyncAnthropic, *, max_tokens: int, secrets: Sequence[str] = ()
@@ -30,6 +34,11 @@ class ClaudeText:
         self._secrets = tuple(secrets)
 
     async def generate(self, request: TextRequest) -> TextResult:
+        result = await self.send(request)
+        raise_failure(result)
+        return result
+
+    async def send(self, request: TextRequest) -> TextResult:
         messages: list[Any] = [{"role": "user", "content": request.prompt}]
         if request.repair is not None:
             messages.append({"role": "assistant", "content": request.repair.previous_text})
@@ -43,20 +52,23 @@ class ClaudeText:
                 output_config={
                     "format": {"type": "json_schema", "schema": strict_schema(request.output)}
                 },
+                extra_headers=call_headers(request.call_id),
             )
         except anthropic.AnthropicError as exc:
             raise map_provider_error(self.name, exc, self._secrets) from exc
         text = "".join(block.text for block in reply.content if block.type == "text")
         stop = reply.stop_reason or ""
+        failure: JobError | None = None
         if stop == "refusal":
             details = getattr(reply, "stop_details", None)
             why = getattr(details, "explanation", None) or text or "no explanation given"
-            raise ProviderRefusedError(f"anthropic {reply.model} refused: {why}"[:500])
-        if stop == "max_tokens":
-            raise OutputInvalidError(
+            failure = ProviderRefusedError(f"anthropic {reply.model} refused: {why}"[:500])
+        elif stop == "max_tokens":
+            failure = OutputInvalidError(
                 f"anthropic {reply.model}: the reply was cut off at max_tokens"
                 f" ({request.max_tokens or self.max_tokens}); raise providers.max_tokens",
                 raw_text=text,
             )
         usage = Usage(reply.usage.input_tokens, reply.usage.output_tokens)
-        return TextResult(text, self.name, reply.model, usage, stop)
+        request_id = getattr(reply, "_request_id", None)
+        return TextResult(text, self.name, reply.model, usage, stop, request_id, failure)

@@ -87,6 +87,23 @@ def map_provider_error(provider: str, exc: Exception, secrets: Iterable[str] = (
     return type(mapped)(message)
 
 
+def call_outcome(exc: BaseException) -> str:
+    """The ledger's outcome of a call that raised ``exc`` (a mapped job error):
+    ``rate_limited``, ``timeout`` or ``error``."""
+    if isinstance(exc, RateLimitedError):
+        return "rate_limited"
+    cause = exc.__cause__
+    if isinstance(cause, anthropic.APITimeoutError | openai.APITimeoutError):
+        return "timeout"
+    return "error"
+
+
+def answered_with_an_error(exc: BaseException) -> bool:
+    """The API answered the call with an error status (not billed), as opposed to a call
+    that timed out or lost its connection (it may have been processed, and billed)."""
+    return isinstance(exc.__cause__, anthropic.APIStatusError | openai.APIStatusError)
+
+
 def _map(provider: str, exc: Exception) -> JobError:
     if isinstance(exc, anthropic.APIStatusError | openai.APIStatusError):
         return _map_status(provider, exc)

@@ -8,6 +8,7 @@ from typing import Any
 
 import openai
 
+from alchemy.errors import JobError
 from alchemy.providers.base import (
     ContentPolicyError,
     OutputInvalidError,
@@ -15,6 +16,8 @@ from alchemy.providers.base import (
     TextRequest,
     TextResult,
     Usage,
+    call_headers,
+    raise_failure,
 )
 from alchemy.providers.errors import map_provider_error
 from alchemy.providers.structured import repair_prompt, strict_schema
@@ -22,6 +25,7 @@ from alchemy.providers.structured import repair_prompt, strict_schema
 
 class GptText:
     name = "openai"
+    local = False
 
     def __init__(
         self, client: openai.AsyncOpenAI, *, max_tokens: int, secrets: Sequence[str] = ()
@@ -31,6 +35,11 @@ class GptText:
         self._secrets = tuple(secrets)
 
     async def generate(self, request: TextRequest) -> TextResult:
+        result = await self.send(request)
+        raise_failure(result)
+        return result
+
+    async def send(self, request: TextRequest) -> TextResult:
         messages: list[Any] = [
             {"role": "system", "content": request.system},
             {"role": "user", "content": request.prompt},
@@ -52,24 +61,40 @@ class GptText:
                         "strict": True,
                     },
                 },
+                extra_headers=call_headers(request.call_id),
             )
         except openai.OpenAIError as exc:
             raise map_provider_error(self.name, exc, self._secrets) from exc
-        if not reply.choices:
-            raise OutputInvalidError(f"openai {reply.model}: the reply had no choices", raw_text="")
-        choice = reply.choices[0]
-        text = choice.message.content or ""
-        if choice.message.refusal:
-            raise ProviderRefusedError(f"openai {reply.model} refused: {choice.message.refusal}")
-        if choice.finish_reason == "content_filter":
-            raise ContentPolicyError(f"openai {reply.model}: the reply was stopped by the filter")
-        if choice.finish_reason == "length":
-            raise OutputInvalidError(
-                f"openai {reply.model}: the reply was cut off at max_completion_tokens"
-                f" ({request.max_tokens or self.max_tokens}); raise providers.max_tokens",
-                raw_text=text,
-            )
         usage = Usage()
         if reply.usage is not None:
             usage = Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens)
-        return TextResult(text, self.name, reply.model, usage, choice.finish_reason)
+        request_id = getattr(reply, "_request_id", None)
+        if not reply.choices:
+            problem = f"openai {reply.model}: the reply had no choices"
+            failure = OutputInvalidError(problem, raw_text="")
+            return TextResult("", self.name, reply.model, usage, "", request_id, failure)
+        choice = reply.choices[0]
+        text = choice.message.content or ""
+        return TextResult(
+            text,
+            self.name,
+            reply.model,
+            usage,
+            choice.finish_reason,
+            request_id,
+            self._failure(reply.model, choice, text, request),
+        )
+
+    def _failure(self, model: str, choice: Any, text: str, request: TextRequest) -> JobError | None:
+        """Why a reply cannot be used: a refusal, the content filter, a cut-off reply."""
+        if choice.message.refusal:
+            return ProviderRefusedError(f"openai {model} refused: {choice.message.refusal}")
+        if choice.finish_reason == "content_filter":
+            return ContentPolicyError(f"openai {model}: the reply was stopped by the filter")
+        if choice.finish_reason == "length":
+            return OutputInvalidError(
+                f"openai {model}: the reply was cut off at max_completion_tokens"
+                f" ({request.max_tokens or self.max_tokens}); raise providers.max_tokens",
+                raw_text=text,
+            )
+        return None

@@ -12,14 +12,15 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import openai
 
 from alchemy.config import MediaConfig
-from alchemy.errors import PermanentError, RetryableError
-from alchemy.providers.base import ImageRequest, ImageResult
+from alchemy.errors import JobError, PermanentError, RetryableError
+from alchemy.providers.base import ImageRequest, ImageResult, Usage, call_headers, raise_failure
 from alchemy.providers.download import download
 from alchemy.providers.errors import map_provider_error
 from alchemy.providers.image_models import image_family, image_option_problem
@@ -61,6 +62,7 @@ def image_params(request: ImageRequest) -> dict[str, Any]:
 
 class OpenAIImages:
     name = "openai"
+    local = False
 
     def __init__(
         self,
@@ -76,20 +78,55 @@ class OpenAIImages:
         self._secrets = tuple(secrets)
 
     async def generate(self, request: ImageRequest) -> ImageResult:
+        result = await self.send(request)
+        raise_failure(result)
+        return result
+
+    async def send(self, request: ImageRequest) -> ImageResult:
         params = image_params(request)
         try:
-            reply = await self.client.images.generate(**params)
+            reply = await self.client.images.generate(
+                **params, extra_headers=call_headers(request.call_id)
+            )
         except openai.OpenAIError as exc:
             raise map_provider_error(self.name, exc, self._secrets) from exc
+        size = reply.size or request.size or image_family(request.model).smallest_size
+        usage = Usage()
+        if reply.usage is not None:
+            usage = Usage(reply.usage.input_tokens, reply.usage.output_tokens)
+        paid = ImageResult(
+            data=b"",
+            mime_type="",
+            provider=self.name,
+            model=request.model,
+            size=size,
+            quality=reply.quality or request.quality,
+            revised_prompt=reply.data[0].revised_prompt if reply.data else None,
+            request_id=getattr(reply, "_request_id", None),
+            usage=usage,
+            images=len(reply.data or ()),
+        )
+        try:
+            data = await self._image_bytes(reply, request)
+        except JobError as exc:  # paid for, and no image to show for it
+            return replace(paid, failure=exc)
+        mime = sniff_mime(data)
+        if mime is None:
+            problem = f"openai {request.model}: the image bytes are not PNG/JPEG/WebP"
+            failure = RetryableError(problem)
+            return replace(paid, failure=failure)
+        return replace(paid, data=data, mime_type=mime)
+
+    async def _image_bytes(self, reply: Any, request: ImageRequest) -> bytes:
         if not reply.data:
             raise RetryableError(f"openai {request.model}: the reply held no image")
         image = reply.data[0]
         if image.b64_json:
             try:
-                data = base64.b64decode(image.b64_json, validate=True)
+                return base64.b64decode(image.b64_json, validate=True)
             except (binascii.Error, ValueError):
                 raise RetryableError("openai: the image was not valid base64") from None
-        elif image.url:
+        if image.url:
             data, _ = await download(
                 self.session,
                 image.url,
@@ -97,18 +134,5 @@ class OpenAIImages:
                 max_bytes=self.media.max_download_bytes,
                 deadline=self.media.download_timeout,
             )
-        else:
-            raise RetryableError(f"openai {request.model}: the reply held no image")
-        mime = sniff_mime(data)
-        if mime is None:
-            raise RetryableError(f"openai {request.model}: the image bytes are not PNG/JPEG/WebP")
-        size = reply.size or request.size or image_family(request.model).smallest_size
-        return ImageResult(
-            data=data,
-            mime_type=mime,
-            provider=self.name,
-            model=request.model,
-            size=size,
-            quality=reply.quality or request.quality,
-            revised_prompt=image.revised_prompt,
-        )
+            return data
+        raise RetryableError(f"openai {request.model}: the reply held no image")

@@ -28,8 +28,12 @@ def _seed(*parts: str) -> int:
 
 class OfflineText:
     name = "offline"
+    local = True
 
     async def generate(self, request: TextRequest) -> TextResult:
+        return await self.send(request)
+
+    async def send(self, request: TextRequest) -> TextResult:
         schema = request.output.model_json_schema()
         maker = _Instance(schema.get("$defs", {}), request.subject or "this idea")
         value = maker.make(schema, "reply", _seed(request.system, request.prompt))
@@ -89,8 +93,12 @@ class _Instance:
 
 class OfflineImages:
     name = "offline"
+    local = True
 
     async def generate(self, request: ImageRequest) -> ImageResult:
+        return await self.send(request)
+
+    async def send(self, request: ImageRequest) -> ImageResult:
         size = request.size if request.size and request.size != "auto" else ""
         size = size or image_family(request.model).smallest_size
         width, height = (int(v) for v in size.split("x"))

@@ -17,6 +17,7 @@ from typing import Any, Final, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from alchemy.providers.base import OutputInvalidError, Repair, TextProvider, TextRequest, Usage
+from alchemy.storable import storable
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -70,18 +71,25 @@ def _strict(node: Any) -> Any:
     return out
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_output(model: type[T], text: str) -> T:
-    """The reply as a validated ``model``, or :class:`ValueError` saying what is wrong."""
+    """The reply as a validated ``model`` (its strings cleaned of what PostgreSQL cannot
+    store), or :class:`ValueError` saying what is wrong."""
     stripped = text.strip()
     fenced = _FENCE.match(stripped)
     if fenced:
         stripped = fenced.group(1)
     try:
-        value = json.loads(stripped)
-    except json.JSONDecodeError as exc:
+        value = json.loads(stripped, parse_constant=_no_constant)
+    except ValueError as exc:  # JSONDecodeError, or NaN / Infinity
         raise ValueError(f"not valid JSON: {exc}") from None
     try:
-        return model.model_validate(value)
+        # What PostgreSQL refuses (a NUL character, a lone surrogate) is taken out here, so
+        # a reply that was paid for is never lost to the write that stores it.
+        return model.model_validate(storable(value))
     except ValidationError as exc:
         problems = [
             f"{'.'.join(str(p) for p in error['loc']) or '(top)'}: {error['msg']}"

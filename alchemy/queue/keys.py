@@ -28,6 +28,9 @@ KEY_TEMPLATES: Final = {
     "throughput": "{prefix}:{{{queue}}}:throughput",
     "records": "{prefix}:{{{queue}}}:records",
     "records_old": "{prefix}:{{{queue}}}:records:old",
+    # Written by a handler's enqueue-once step (Producer.enqueue_once): the job with this
+    # id was pushed onto this queue; pushing it again does nothing while the marker lives.
+    "enqueued": "{prefix}:{{{queue}}}:enqueued:{job_id}",
 }
 
 # Keys of a worker identity rather than of a queue.
@@ -36,6 +39,19 @@ IDENTITY_TEMPLATES: Final = {
     # TTL renewed with its heartbeats.
     "claim": "{prefix}:identity:{{{identity}}}:claim",
 }
+
+
+# Keys of a piece of paid work (alchemy.paid), named by its work key.
+WORK_TEMPLATES: Final = {
+    # Hash of provider call id -> JSON of a paid reply that could not be written to the
+    # ledger (PostgreSQL was away), with a TTL of days; the next run of the work writes it.
+    "replies": "{prefix}:paid:{{{work_key}}}:replies",
+}
+
+
+def paid_replies_key(prefix: str, work_key: str) -> str:
+    """Where paid replies wait for the ledger while PostgreSQL is away."""
+    return WORK_TEMPLATES["replies"].format(prefix=prefix, work_key=work_key)
 
 
 def identity_claim_key(prefix: str, identity: str) -> str:
@@ -50,8 +66,10 @@ class QueueKeys:
     prefix: str
     queue: str
 
-    def _key(self, name: str, identity: str = "") -> str:
-        return KEY_TEMPLATES[name].format(prefix=self.prefix, queue=self.queue, identity=identity)
+    def _key(self, name: str, identity: str = "", job_id: str = "") -> str:
+        return KEY_TEMPLATES[name].format(
+            prefix=self.prefix, queue=self.queue, identity=identity, job_id=job_id
+        )
 
     @property
     def wait(self) -> str:
@@ -116,3 +134,7 @@ class QueueKeys:
 
     def heartbeat(self, identity: str) -> str:
         return self._key("heartbeat", identity)
+
+    def enqueued(self, job_id: str) -> str:
+        """The marker of a job pushed once onto this queue (:meth:`Producer.enqueue_once`)."""
+        return self._key("enqueued", job_id=job_id)

@@ -12,17 +12,21 @@ from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterPipeline
 
 from alchemy.errors import NotReplicatedError
+from alchemy.queue import scripts
 from alchemy.queue.job import encode_job
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.topology import RedisClient, same_node
 
 REDIRECTED_TRIES: Final = 3  # pushes re-sent after a Cluster said the slot moved
 
+ONCE_TTL: Final = 7 * 86_400.0  # seconds a job pushed once is remembered
+
 
 class Producer:
     def __init__(self, redis: RedisClient, *, prefix: str = "alchemy") -> None:
         self.redis = redis
         self.prefix = prefix
+        self._enqueue_once = redis.register_script(scripts.ENQUEUE_ONCE)
 
     async def enqueue(
         self,
@@ -61,6 +65,20 @@ class Producer:
                 job_id, wanted=replicas, acknowledged=acknowledged, timeout=replication_timeout
             )
         return job_id
+
+    async def enqueue_once(
+        self, queue: str, data: Mapping[str, Any], id: str, *, remember: float = ONCE_TTL
+    ) -> bool:
+        """Push the job ``id`` onto ``queue`` unless it was pushed there in the last
+        ``remember`` seconds; True when this call pushed it. One atomic step, safe to send
+        again after a lost reply: a job is pushed at most once however often it is asked
+        for (a follow-up job of work that ran twice, say)."""
+        keys = QueueKeys(self.prefix, queue)
+        payload = encode_job(data, job_id=id, enqueued_at=round(time.time() * 1000, 3))
+        pushed = await self._enqueue_once(
+            keys=[keys.enqueued(id), keys.wait], args=[payload, max(1, round(remember * 1000))]
+        )
+        return bool(pushed)
 
     async def _push_and_wait(self, key: str, payload: bytes, replicas: int, wait_ms: int) -> int:
         """LPUSH and WAIT in one pipeline, on one connection to the key's node; how many

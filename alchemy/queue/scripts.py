@@ -548,3 +548,17 @@ if size == 0 then
 end
 return #batch
 """
+
+# -- for handlers: follow-up jobs pushed at most once (alchemy.queue.producer) -----------
+
+# KEYS: the job's enqueued marker, wait   ARGV: job, marker ttl_ms
+# Push the job unless its marker exists; the marker and the push are one step, so a job is
+# pushed at most once per marker lifetime however often this is sent (a re-send after a
+# lost reply finds the marker and pushes nothing). Returns 1 pushed, 0 already pushed.
+ENQUEUE_ONCE: Final = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', tonumber(ARGV[2])) then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""

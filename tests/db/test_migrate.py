@@ -29,6 +29,8 @@ EXPECTED_TABLES = {
     "contents",
     "research_runs",
     "media",
+    "work_leases",
+    "provider_calls",
 }
 
 
@@ -65,11 +67,11 @@ async def test_a_fresh_database_is_migrated_and_a_second_run_does_nothing(
     assert second.current_version == first.current_version
     conn = await asyncpg.connect(empty_database)
     try:
-        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations ORDER BY 1")
     finally:
         await conn.close()
-    assert [(r["version"], r["name"]) for r in rows] == [(1, "initial")]
-    assert rows[0]["checksum"] == load_migrations()[0].checksum
+    assert [(r["version"], r["name"]) for r in rows] == [(1, "initial"), (2, "paid_work")]
+    assert [r["checksum"] for r in rows] == [m.checksum for m in load_migrations()]
 
 
 async def test_concurrent_starts_apply_each_migration_once(empty_database: str) -> None:
@@ -103,7 +105,7 @@ async def test_a_failing_migration_leaves_nothing_behind(empty_database: str) ->
         versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")
     finally:
         await conn.close()
-    assert [v["version"] for v in versions] == [1]  # 0001 kept, 999 rolled back
+    assert [v["version"] for v in versions] == [1, 2]  # 0001 and 0002 kept, 999 rolled back
 
 
 def run_cli(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
@@ -122,7 +124,7 @@ def run_cli(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
 async def test_migrate_command(empty_database: str) -> None:
     done = await asyncio.to_thread(run_cli, "migrate", database_url=empty_database)
     assert done.returncode == 0, done.stderr
-    assert "applied now: 0001_initial" in done.stdout
+    assert "applied now: 0001_initial, 0002_paid_work" in done.stdout
     again = await asyncio.to_thread(run_cli, "migrate", database_url=empty_database)
     assert again.returncode == 0, again.stderr
     assert "applied now: none" in again.stdout

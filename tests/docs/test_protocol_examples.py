@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from alchemy.queue.job import DeadReason
-from alchemy.queue.keys import IDENTITY_TEMPLATES, KEY_TEMPLATES, QueueKeys
+from alchemy.queue.keys import IDENTITY_TEMPLATES, KEY_TEMPLATES, WORK_TEMPLATES, QueueKeys
 from alchemy.queue.producer import Producer
 from tests.conftest import REDIS_URL, REPO, queue_table, wait_for
 from tests.fakes.redis_topologies import LocalSentinel
@@ -202,8 +202,14 @@ def test_key_table_matches_the_key_templates() -> None:
     text = PROTOCOL.read_text()
     documented = set(re.findall(r"^\| `(PREFIX:[^`]+)` \|", text, re.MULTILINE))
     in_code = {
-        template.format(prefix="PREFIX", queue="QUEUE", identity="IDENTITY")
-        for template in [*KEY_TEMPLATES.values(), *IDENTITY_TEMPLATES.values()]
+        template.format(
+            prefix="PREFIX", queue="QUEUE", identity="IDENTITY", job_id="ID", work_key="WORK_KEY"
+        )
+        for template in [
+            *KEY_TEMPLATES.values(),
+            *IDENTITY_TEMPLATES.values(),
+            *WORK_TEMPLATES.values(),
+        ]
     }
     assert documented == in_code
 

@@ -8,7 +8,10 @@ structured-output schema shape, each image model's sizes and options) and answer
 anything else, recording the problem in :attr:`FakeAI.problems`. Each test scripts its
 answers per endpoint (``fake.script("messages", Reply.status(529), Reply.good())``); an
 endpoint with nothing scripted answers with a good reply whose JSON is built from the
-schema in the request. Every call is recorded for counting.
+schema in the request. Every call is recorded for counting, with the ledger id alchemy
+sends in ``X-Alchemy-Call`` (:meth:`FakeAI.call_ids`); ``delay`` makes every reply that
+is not scripted otherwise take that long, and ``on_call`` runs (awaited) before a reply is
+sent, for tests that break something at that moment.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import itertools
 import json
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -28,6 +32,7 @@ from aiohttp import web
 from tests.fakes.wire import check_chat, check_image, check_messages, schema_instance
 
 ENDPOINTS: Final = ("messages", "chat", "images")
+CALL_HEADER: Final = "X-Alchemy-Call"
 _ids = itertools.count(1)
 
 
@@ -111,6 +116,8 @@ class FakeAI:
         self._files: dict[str, bytes] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.delay = 0.0  # seconds before every reply (on top of a scripted slow one)
+        self.on_call: Callable[[Call], Awaitable[None]] | None = None
 
     # -- scripting and inspection ------------------------------------------------------
     def script(self, endpoint: str, *replies: Reply) -> None:
@@ -121,6 +128,14 @@ class FakeAI:
 
     def bodies(self, endpoint: str) -> list[Any]:
         return [call.body for call in self.calls if call.endpoint == endpoint]
+
+    def call_ids(self, endpoint: str | None = None) -> list[str]:
+        """The ``X-Alchemy-Call`` header of each call (the ledger row's id), in order."""
+        return [
+            next((v for k, v in call.headers.items() if k.lower() == CALL_HEADER.lower()), "")
+            for call in self.calls
+            if endpoint is None or call.endpoint == endpoint
+        ]
 
     @property
     def origin(self) -> str:
@@ -164,12 +179,17 @@ class FakeAI:
             body = await request.json()
         except json.JSONDecodeError:
             body = None
-        self.calls.append(Call(endpoint, dict(request.headers), body, time.monotonic()))
+        call = Call(endpoint, dict(request.headers), body, time.monotonic())
+        self.calls.append(call)
         script = self._scripts[endpoint]
         reply = script.popleft() if script else Reply.good()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if reply.kind == "slow":
             await asyncio.sleep(reply.delay)
             reply = reply.payload
+        if self.on_call is not None:
+            await self.on_call(call)
         return body, reply
 
     def _invalid(self, flavour: str, problem: str) -> web.Response:

@@ -24,7 +24,16 @@ import asyncpg
 ADMIN_URL: Final = os.environ.get(
     "ALCHEMY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-TABLES: Final = ("media", "research_runs", "contents", "content_queue", "ideas", "brands")
+TABLES: Final = (
+    "provider_calls",
+    "work_leases",
+    "media",
+    "research_runs",
+    "contents",
+    "content_queue",
+    "ideas",
+    "brands",
+)
 
 
 def with_database(url: str, name: str) -> str:

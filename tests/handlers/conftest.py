@@ -13,30 +13,9 @@ from alchemy.config import Config, parse_config
 from tests.conftest import build_config_dict
 from tests.fakes.ai_server import FakeAI
 from tests.fakes.fixtures import database_url, db, fake_ai, provider_settings, sdk_env
+from tests.handlers.support import queue_tables
 
 __all__ = ["database_url", "db", "fake_ai", "sdk_env"]
-
-HANDLERS = {
-    "content-generation": "alchemy.handlers.content:handle",
-    "research": "alchemy.handlers.research:handle",
-    "media-generation": "alchemy.handlers.media:handle",
-}
-
-
-def queue_tables(**overrides: Any) -> dict[str, Any]:
-    return {
-        name: {
-            "handler": handler,
-            "concurrency": 1,
-            "max_attempts": 3,
-            "backoff_initial": 0.05,
-            "backoff_max": 0.2,
-            "backoff_jitter": 0.0,
-            "timeout": 20.0,
-            **overrides,
-        }
-        for name, handler in HANDLERS.items()
-    }
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -11,6 +12,32 @@ from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import wait_for
+from tests.fakes.ai_server import FakeAI
+from tests.fakes.fixtures import provider_settings
+
+HANDLERS = {
+    "content-generation": "alchemy.handlers.content:handle",
+    "research": "alchemy.handlers.research:handle",
+    "media-generation": "alchemy.handlers.media:handle",
+}
+
+
+def queue_tables(**overrides: Any) -> dict[str, Any]:
+    """Every queue with its real handler, quick retries, one job at a time per process."""
+    return {
+        name: {
+            "handler": handler,
+            "concurrency": 1,
+            "max_attempts": 3,
+            "backoff_initial": 0.05,
+            "backoff_max": 0.2,
+            "backoff_jitter": 0.0,
+            "timeout": 20.0,
+            **overrides,
+        }
+        for name, handler in HANDLERS.items()
+    }
+
 
 CONTENT_REPLY = {
     "title": "Heat pumps keep working at -20 °C",
@@ -82,6 +109,13 @@ async def create_request(
     return row_id
 
 
+async def create_content_request(db: asyncpg.Pool, **request: Any) -> uuid.UUID:
+    """A brand, an idea and a content_queue row for it."""
+    brand_id = await create_brand(db)
+    idea_id = await create_idea(db, brand_id)
+    return await create_request(db, brand_id, idea_id, **request)
+
+
 async def push(redis: Redis, prefix: str, queue: str, job_id: str, **data: Any) -> None:
     """LPUSH a job exactly as docs/protocol.md tells producers to."""
     await redis.lpush(QueueKeys(prefix, queue).wait, json.dumps({"id": job_id, **data}))
@@ -102,6 +136,29 @@ async def wait_status(
 
     row: asyncpg.Record = await wait_for(done, within=within, interval=0.05)
     return row
+
+
+async def drained(redis: Redis, prefix: str, *queues: str) -> bool:
+    """Nothing waiting, delayed or being processed in ``queues`` (default: all three)."""
+    for queue in queues or tuple(HANDLERS):
+        keys = QueueKeys(prefix, queue)
+        if await redis.llen(keys.wait) or await redis.zcard(keys.delayed):
+            return False
+        async for key in redis.scan_iter(match=keys.processing("*")):
+            if await redis.llen(key):
+                return False
+    return True
+
+
+def worker_sections(
+    fake: FakeAI, database_url: str, media: Path, **providers: Any
+) -> dict[str, Any]:
+    """The config sections of a worker process running the real handlers on the fake."""
+    return {
+        "database": {"url": database_url, "pool_size": 4},
+        "providers": provider_settings(fake, **providers),
+        "media": {"directory": str(media), "allowed_hosts": [fake.origin]},
+    }
 
 
 async def dead_entries(redis: Redis, prefix: str, queue: str) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from alchemy.ops.events import hooks
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import plant_dying_job, wait_for
 from tests.fakes.ai_server import FakeAI, Reply
@@ -382,14 +381,14 @@ async def test_a_last_attempt_past_the_queue_timeout_fails_the_row(
     make_app_config: Any,
     run_worker: Any,
 ) -> None:
-    """The engine cancels the handler, which never sees a failure to record: the hook the
-    content module registers marks the row instead."""
+    """The engine cancels the handler, which never sees a failure to record: the content
+    module's end hook (``on_dead``), which the engine calls, marks the row instead."""
     row_id = await seed(db)
     fake_ai.script("messages", Reply.slow(3.0))
     config = make_app_config(
         providers={"timeout": 10.0}, queues={"timeout": 0.5, "max_attempts": 1}
     )
-    run_worker(config, observers=[hooks], extensions=[hooks])
+    run_worker(config)
     await push(redis, prefix, Q, "job-slow", content_queue_id=str(row_id))
     row = await wait_status(db, "content_queue", row_id, ("completed", "failed"))
     assert row["status"] == "failed"
@@ -423,7 +422,7 @@ async def test_a_job_whose_processes_keep_dying_fails_its_row(
         "UPDATE content_queue SET status = 'processing', job_id = 'job-other' WHERE id = $1",
         other,
     )
-    run_worker(config, observers=[hooks], extensions=[hooks])
+    run_worker(config)
     row = await wait_status(db, "content_queue", row_id, ("completed", "failed"))
     assert row["error"] == f"the process running this job died {deaths + 1} times (limit {deaths})"
     assert row["error_detail"] == {"type": "ProcessDied", "reason": "poison", "attempt": 1}

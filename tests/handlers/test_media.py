@@ -12,7 +12,6 @@ import asyncpg
 from PIL import Image
 from redis.asyncio import Redis
 
-from alchemy.ops.events import hooks
 from tests.conftest import plant_dying_job
 from tests.fakes.ai_server import FakeAI, Reply, png_bytes
 from tests.handlers.support import create_brand, push, wait_dead, wait_status
@@ -233,7 +232,7 @@ async def test_a_media_job_whose_processes_keep_dying_fails_its_row(
     config = make_app_config()
     job = {"id": "media-killer", "brand_id": str(brand_id), "prompt": "a heat pump"}
     await plant_dying_job(redis, config, Q, job, attempt=2)
-    run_worker(config, observers=[hooks], extensions=[hooks])
+    run_worker(config)
     row = await wait_status(db, "media", "media-killer", ("completed", "failed"))
     assert row["status"] == "failed"
     assert row["error_detail"] == {"type": "ProcessDied", "reason": "poison", "attempt": 2}

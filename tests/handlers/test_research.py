@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
+from tests.conftest import plant_dying_job
 from tests.fakes.ai_server import FakeAI, Reply
 from tests.handlers.support import create_brand, create_idea, push, wait_dead, wait_status
 
@@ -164,3 +165,95 @@ async def test_a_failed_research_marks_the_idea(
         "r-bad": "permanent_error",
         "r-type": "permanent_error",
     }
+
+
+async def test_a_research_job_whose_processes_keep_dying_fails_its_idea(
+    db: asyncpg.Pool,
+    redis: Redis,
+    prefix: str,
+    fake_ai: FakeAI,
+    make_app_config: Any,
+    run_worker: Any,
+) -> None:
+    brand_id = await create_brand(db)
+    idea_id = await create_idea(db, brand_id)
+    # The idea as a process left it when it died in the middle of the job ...
+    await db.execute(
+        "UPDATE ideas SET status = 'researching', research_job_id = 'r-killer' WHERE id = $1",
+        idea_id,
+    )
+    # ... for the last time it may: the next recovery dead-letters the job as poison.
+    config = make_app_config()
+    job = {"id": "r-killer", "idea_id": str(idea_id), "type": "trends"}
+    deaths = await plant_dying_job(redis, config, Q, job)
+    # An idea another job is researching now is left alone.
+    other = await create_idea(db, brand_id, title="Another idea")
+    await db.execute(
+        "UPDATE ideas SET status = 'researching', research_job_id = 'r-other' WHERE id = $1",
+        other,
+    )
+    run_worker(config)
+    idea = await wait_status(db, "ideas", idea_id, ("failed",))
+    assert idea["error"] == f"the process running this job died {deaths + 1} times (limit {deaths})"
+    assert idea["error_detail"] == {"type": "ProcessDied", "reason": "poison", "attempt": 1}
+    [entry] = await wait_dead(redis, prefix, Q)
+    assert entry["reason"] == "poison"
+    assert fake_ai.count("messages") == 0
+    assert await db.fetchval("SELECT status FROM ideas WHERE id = $1", other) == "researching"
+
+
+async def test_a_last_research_attempt_past_the_queue_timeout_fails_the_idea(
+    db: asyncpg.Pool,
+    redis: Redis,
+    prefix: str,
+    fake_ai: FakeAI,
+    make_app_config: Any,
+    run_worker: Any,
+) -> None:
+    brand_id = await create_brand(db)
+    idea_id = await create_idea(db, brand_id)
+    fake_ai.script("messages", Reply.slow(3.0))
+    config = make_app_config(
+        providers={"timeout": 10.0}, queues={"timeout": 0.5, "max_attempts": 1}
+    )
+    run_worker(config)
+    await push(redis, prefix, Q, "r-slow", idea_id=str(idea_id), type="keywords")
+    idea = await wait_status(db, "ideas", idea_id, ("failed", "researched"))
+    assert idea["status"] == "failed"
+    assert idea["error"] == "handler ran past the queue timeout of 0.5s"
+    assert idea["error_detail"] == {"type": "JobTimeout", "reason": "max_attempts", "attempt": 1}
+    assert idea["research_job_id"] == "r-slow"
+    # The call it was waiting for is in the ledger as interrupted: it may have been paid.
+    [call] = await db.fetch("SELECT outcome FROM provider_calls")
+    assert call["outcome"] == "interrupted"
+
+
+async def test_a_failed_re_research_keeps_the_earlier_research_and_scores(
+    db: asyncpg.Pool,
+    redis: Redis,
+    prefix: str,
+    fake_ai: FakeAI,
+    make_app_config: Any,
+    run_worker: Any,
+) -> None:
+    brand_id = await create_brand(db)
+    idea_id = await create_idea(db, brand_id)
+    fake_ai.script(
+        "messages",
+        Reply.good(KEYWORDS),
+        Reply.error(500, "api_error", "Internal server error"),
+        Reply.error(500, "api_error", "Internal server error"),
+    )
+    run_worker(make_app_config(queues={"max_attempts": 2}))
+    await push(redis, prefix, Q, "r-first", idea_id=str(idea_id), type="keywords")
+    before = await until_researched(db, idea_id, "r-first")
+    # Researched again with a new job id: it pays anew (the first reply was used up) and
+    # fails for good.
+    await push(redis, prefix, Q, "r-again", idea_id=str(idea_id), type="keywords")
+    after = await wait_status(db, "ideas", idea_id, ("failed",))
+    assert after["error"] == "anthropic 500 api_error: Internal server error"
+    assert after["error_detail"]["reason"] == "max_attempts"
+    assert after["research"] == before["research"]
+    scores = ("virality_score", "relevance_score", "competition_score", "researched_at")
+    assert [after[s] for s in scores] == [before[s] for s in scores]
+    assert fake_ai.count("messages") == 3

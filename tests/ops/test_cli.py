@@ -111,6 +111,7 @@ HELP_PATHS = [
     ["resume"],
     ["check-config"],
     ["migrate"],
+    ["spend"],
 ]
 
 

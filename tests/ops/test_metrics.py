@@ -3,14 +3,14 @@ lines dropped."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from alchemy.logs import dropped_lines
-from alchemy.ops import metrics as metrics_module
 from alchemy.ops.metrics import LogCollector, Metrics, QueueCollector
+from alchemy.paid.observe import ProviderCall
 from alchemy.queue.admin import ConsumerStatus, QueueStatus
 from alchemy.queue.job import ErrorInfo
 from alchemy.worker.observer import JobEvent, Transition
@@ -20,14 +20,6 @@ ERROR = ErrorInfo("ValueError", "no")
 
 def value(m: Metrics, name: str, **labels: str) -> float | None:
     return m.registry.get_sample_value(name, labels)
-
-
-@pytest.fixture
-def installed() -> Iterator[Metrics]:
-    m = Metrics()
-    previous = metrics_module.install(m)
-    yield m
-    metrics_module.install(previous)
 
 
 def test_each_transition_counts_once() -> None:
@@ -72,33 +64,38 @@ def test_each_transition_counts_once() -> None:
     assert value(m, "alchemy_queue_held_back_seconds_total", queue="q", why="paused") == 2.0
 
 
-def test_provider_calls_are_a_no_op_until_metrics_are_installed() -> None:
-    previous = metrics_module.install(None)
-    try:
-        metrics_module.record_provider_call("anthropic", "m", "ok", input_tokens=5)
-        metrics_module.record_image("gpt-image-1.5")
-    finally:
-        metrics_module.install(previous)
-
-
-def test_provider_calls_tokens_and_images(installed: Metrics) -> None:
-    m = installed
-    metrics_module.record_provider_call(
-        "anthropic", "claude", "ok", input_tokens=100, output_tokens=40
-    )
-    metrics_module.record_provider_call("anthropic", "claude", "ok", input_tokens=1)
-    metrics_module.record_provider_call("openai", "gpt", "teapot")  # unknown outcome: error
-    metrics_module.record_image("gpt-image-1.5", 2)
-    metrics_module.record_image("gpt-image-1.5", 0)
+def test_provider_calls_tokens_images_and_cost() -> None:
+    m = Metrics()
+    m.on_provider_call(ProviderCall("anthropic", "claude", "ok", 100, 40, 0, Decimal("0.0009")))
+    m.on_provider_call(ProviderCall("anthropic", "claude", "ok", 1, cost_usd=Decimal("0.0001")))
+    m.on_provider_call(ProviderCall("openai", "gpt", "teapot"))  # unknown outcome: error
+    m.on_provider_call(ProviderCall("openai", "gpt-image-1.5", "ok", images=2))
+    m.on_provider_call(ProviderCall("openai", "gpt-image-1.5", "error", images=0))
+    m.on_provider_call(ProviderCall("openai", "gpt", "interrupted"))
     calls = "alchemy_provider_calls_total"
     assert value(m, calls, provider="anthropic", model="claude", outcome="ok") == 2
     assert value(m, calls, provider="openai", model="gpt", outcome="error") == 1
+    assert value(m, calls, provider="openai", model="gpt", outcome="interrupted") == 1
     tokens = "alchemy_provider_tokens_total"
     assert value(m, tokens, provider="anthropic", model="claude", kind="input") == 101
     assert value(m, tokens, provider="anthropic", model="claude", kind="output") == 40
     assert value(m, tokens, provider="openai", model="gpt", kind="input") is None
     assert value(m, "alchemy_images_generated_total", model="gpt-image-1.5") == 2
+    cost = "alchemy_provider_cost_usd_total"
+    assert value(m, cost, provider="anthropic", model="claude", outcome="ok") == pytest.approx(
+        0.001
+    )
+    assert value(m, cost, provider="openai", model="gpt", outcome="error") is None  # no price
     assert b"alchemy_provider_calls_total{" in m.render()
+
+
+def test_lease_events() -> None:
+    m = Metrics()
+    for event in ("taken_over", "deferred", "deferred", "lost"):
+        m.on_lease("content-generation", event)
+    events = "alchemy_work_lease_events_total"
+    assert value(m, events, queue="content-generation", event="deferred") == 2
+    assert value(m, events, queue="content-generation", event="lost") == 1
 
 
 def test_queue_gauges_come_from_the_last_read() -> None:

@@ -187,3 +187,15 @@ async def test_without_notify_socket_nothing_changes(
     names = events(process)
     assert not [n for n in names if n.startswith("systemd")], names
     assert names[-1] == "worker_stopped"
+
+
+async def test_a_watchdog_slower_than_the_heartbeat_stops_startup_with_exit_78(
+    spawn_worker: SpawnWorker, listener: NotifyListener
+) -> None:
+    """The tests' workers beat every 0.5 s with a 2 s TTL: a 1.5 s watchdog could fire only
+    after their jobs were recovered elsewhere."""
+    process = spawn_worker(queue_table(QUEUE), env=notify_env(listener, watchdog_usec=1_500_000))
+    assert await wait_exited(process, within=15) == 78
+    output = process.log_path.read_text()
+    assert "config error: worker.heartbeat_ttl: must be more than the systemd watchdog" in output
+    assert not listener.times("READY")

@@ -10,12 +10,15 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import capture_logs
 
+from alchemy.config import WorkerConfig
+from alchemy.errors import ConfigError
 from alchemy.logs import register_secrets
 from alchemy.ops.systemd import (
     MAX_STATUS,
     Notify,
     NotifySettings,
     SystemdNotifier,
+    check_watchdog,
     socket_address,
     status_field,
 )
@@ -105,3 +108,32 @@ async def test_without_notify_socket_the_extension_does_nothing() -> None:
         await notifier.stopping()
         await notifier.close()
     assert logs == []
+
+
+@pytest.mark.parametrize(
+    ("usec", "ttl", "interval", "refused"),
+    [
+        (5_000_000, 8.0, 2.0, False),  # the shipped units and defaults: 5 < 8 - 2
+        (6_000_000, 8.0, 2.0, True),  # the heartbeat may expire as the watchdog fires
+        (30_000_000, 8.0, 2.0, True),  # the old WatchdogSec=30
+        (30_000_000, 40.0, 5.0, False),
+        (0, 8.0, 2.0, False),  # no watchdog
+    ],
+)
+def test_the_watchdog_must_fire_before_the_heartbeat_can_expire(
+    usec: int, ttl: float, interval: float, refused: bool
+) -> None:
+    worker = WorkerConfig(heartbeat_ttl=ttl, heartbeat_interval=interval)
+    environ = {"WATCHDOG_USEC": str(usec)}
+    if not refused:
+        check_watchdog(environ, PID, worker)
+        return
+    with pytest.raises(ConfigError) as caught:
+        check_watchdog(environ, PID, worker)
+    assert caught.value.key == "worker.heartbeat_ttl"
+    assert f"WatchdogSec={usec / 1_000_000:g}s" in str(caught.value)
+
+
+def test_a_watchdog_meant_for_another_process_is_not_checked() -> None:
+    environ = {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}
+    check_watchdog(environ, PID, WorkerConfig())

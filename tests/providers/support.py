@@ -39,4 +39,6 @@ def request(model: str, output: type[BaseModel] = Pitch, **kwargs: Any) -> TextR
     )
 
 
+ENDPOINT = {"anthropic": "messages", "openai": "chat"}
+MODEL = {"anthropic": "claude-sonnet-5-5", "openai": "gpt-5.5"}
 GOOD = {"headline": "Warm homes, small bills", "score": 80, "tags": ["energy", "home"]}

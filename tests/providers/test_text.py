@@ -4,7 +4,6 @@ output with one repair, refusals, and every error kind mapped into the engine's 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,23 +14,7 @@ from alchemy.providers.registry import Providers
 from alchemy.providers.structured import generate_structured
 from tests.fakes.ai_server import FakeAI, Reply
 from tests.fakes.fixtures import ANTHROPIC_KEY, OPENAI_KEY
-from tests.providers.support import GOOD, Pitch, providers_for, request
-
-ENDPOINT = {"anthropic": "messages", "openai": "chat"}
-MODEL = {"anthropic": "claude-sonnet-5-5", "openai": "gpt-5.5"}
-
-
-@pytest.fixture
-async def providers(fake_ai: FakeAI) -> AsyncIterator[Providers]:
-    registry = providers_for(fake_ai)
-    yield registry
-    await registry.aclose()
-
-
-@pytest.fixture(params=["anthropic", "openai"])
-def name(request: pytest.FixtureRequest) -> str:
-    value: str = request.param
-    return value
+from tests.providers.support import ENDPOINT, GOOD, MODEL, Pitch, providers_for, request
 
 
 async def generate(providers: Providers, name: str) -> Pitch:

@@ -1,7 +1,10 @@
-"""Producer.enqueue(replicas=N) on a Redis Cluster: WAIT goes to the queue's node on the
-push's own connection, a push the replicas did not confirm raises NotReplicatedError (it
-was pushed all the same), and a push that meets MOVED is sent again to the new node, once.
-(The single-server and Sentinel cases run through docs/protocol.md's examples.)"""
+"""The producer on a Redis Cluster.
+
+Producer.enqueue(replicas=N): WAIT goes to the queue's node on the push's own connection, a
+push the replicas did not confirm raises NotReplicatedError (it was pushed all the same),
+and a push that meets MOVED is sent again to the new node, once. (The single-server and
+Sentinel cases run through docs/protocol.md's examples.) Producer.enqueue_once: its marker
+and the push are one script on the queue's node."""
 
 from __future__ import annotations
 
@@ -64,3 +67,24 @@ async def test_a_push_that_meets_moved_goes_to_the_new_master_once(
     finally:
         await client.aclose()
     assert [json.loads(item)["id"] for item in items] == ["after", "before"]
+
+
+async def test_enqueue_once_pushes_a_job_once_on_a_cluster(
+    redis_cluster: LocalCluster, prefix: str
+) -> None:
+    client = cluster_client(redis_cluster.seeds)
+    keys = [QueueKeys(prefix, queue) for queue in ("follow-up", "other")]
+    try:
+        producer = Producer(client, prefix=prefix)
+        pushes = [await producer.enqueue_once("follow-up", {"n": 1}, "f-1") for _ in range(3)]
+        assert pushes == [True, False, False]
+        assert await producer.enqueue_once("other", {"n": 1}, "f-1")  # another queue's marker
+        for k in keys:
+            [item] = await client.lrange(k.wait, 0, -1)
+            assert json.loads(item)["id"] == "f-1"
+            assert await client.pttl(k.enqueued("f-1")) > 0
+    finally:
+        for k in keys:
+            await client.delete(k.wait)
+            await client.delete(k.enqueued("f-1"))
+        await client.aclose()

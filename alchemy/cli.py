@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
 from alchemy.config import (
     DEFAULT_CONFIG_PATH,
@@ -31,7 +30,8 @@ from alchemy.logs import configure_logging, flush_logs, redact, register_secrets
 from alchemy.ops.systemd import SystemdNotifier, check_watchdog
 from alchemy.queue.admin import TRUNCATED_NOTE, QueueAdmin
 from alchemy.queue.producer import Producer
-from alchemy.worker.connections import shared_client
+from alchemy.queue.topology import RedisClient
+from alchemy.worker.connections import RedisClients, describe_target
 from alchemy.worker.handlers import Unavailable, load_handler
 from alchemy.worker.supervisor import Extension
 
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     except (redis_errors.AuthenticationError, redis_errors.AuthorizationError) as exc:
         print(
-            f"alchemy: config error: redis.url: Redis refused the credentials: {exc}",
+            f"alchemy: config error: redis.url: RedisClient refused the credentials: {exc}",
             file=sys.stderr,
         )
         return EX_CONFIG
@@ -270,15 +270,12 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(worker.run())
 
 
-def _with_redis(config: Config, action: Callable[[Redis], Awaitable[int]]) -> int:
+def _with_redis(config: Config, action: Callable[[RedisClient], Awaitable[int]]) -> int:
     async def go() -> int:
-        redis = shared_client(config.redis)
-        try:
-            return await action(redis)
-        finally:
-            await redis.aclose()
+        async with RedisClients(config.redis) as clients:
+            return await action(clients.shared)
 
-    where = mask_url(config.redis.url.reveal())
+    where = describe_target(config.redis)
     try:
         return asyncio.run(go())
     except BrokenPipeError:
@@ -299,7 +296,7 @@ def _with_redis(config: Config, action: Callable[[Redis], Awaitable[int]]) -> in
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    async def action(redis: Redis) -> int:
+    async def action(redis: RedisClient) -> int:
         admin = QueueAdmin(redis, prefix=config.redis.prefix)
         statuses = [await admin.status(q.name) for q in config.queues]
         if args.json:
@@ -338,7 +335,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 def _dead(config: Config, args: argparse.Namespace) -> int:
     _known_queue(config, args.queue)
 
-    async def action(redis: Redis) -> int:
+    async def action(redis: RedisClient) -> int:
         admin = QueueAdmin(redis, prefix=config.redis.prefix)
         if args.dead_command == "list":
             entries = await admin.dead_list(args.queue, offset=args.offset, limit=args.limit)
@@ -428,7 +425,7 @@ def _enqueue(config: Config, args: argparse.Namespace) -> int:
         print("alchemy: data must be a JSON object", file=sys.stderr)
         return 2
 
-    async def action(redis: Redis) -> int:
+    async def action(redis: RedisClient) -> int:
         try:
             job_id = await Producer(redis, prefix=config.redis.prefix).enqueue(
                 args.queue, data, id=args.id
@@ -445,7 +442,7 @@ def _enqueue(config: Config, args: argparse.Namespace) -> int:
 def _job(config: Config, args: argparse.Namespace) -> int:
     _known_queue(config, args.queue)
 
-    async def action(redis: Redis) -> int:
+    async def action(redis: RedisClient) -> int:
         admin = QueueAdmin(redis, prefix=config.redis.prefix)
         record = await admin.record(args.queue, args.id)
         if record is None:
@@ -529,7 +526,7 @@ def _utc(ms: int) -> str:
 def _pause_resume(config: Config, args: argparse.Namespace) -> int:
     _known_queue(config, args.queue)
 
-    async def action(redis: Redis) -> int:
+    async def action(redis: RedisClient) -> int:
         admin = QueueAdmin(redis, prefix=config.redis.prefix)
         pause = args.command == "pause"
         await (admin.pause(args.queue) if pause else admin.resume(args.queue))

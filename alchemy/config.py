@@ -38,6 +38,7 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "ALCHEMY_HTTP_HOST": "http.host",
     "ALCHEMY_HTTP_PORT": "http.port",
     "ALCHEMY_ADMIN_TOKEN": "http.admin_token",
+    "ALCHEMY_REDIS_SENTINEL_PASSWORD": "redis.sentinel_password",
 }
 # Overrides whose value is parsed as an integer.
 ENV_INTEGERS: Final = frozenset({"ALCHEMY_HTTP_PORT"})
@@ -148,13 +149,34 @@ def _spec(default: Any = dataclasses.MISSING, **checks: Any) -> Any:
     return field(default=default, metadata=checks)
 
 
+# host:port, the host a name, an IPv4 address or a bracketed IPv6 address.
+NODE_ADDRESS_PATTERN: Final = r"^(?:[A-Za-z0-9_.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):\d{1,5}$"
+TOPOLOGIES: Final = ("single", "cluster", "sentinel")
+
+
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
+    """Where Redis is: one server (``url``), a Cluster (``cluster_nodes``, seeds) or a
+    master watched by Sentinel (``sentinels`` + ``sentinel_master``). With a Cluster or
+    Sentinel, ``url`` still gives the data nodes' scheme (TLS), user, password and (for
+    Sentinel) database; its host and port are not used."""
+
     url: Secret = _spec(Secret("redis://127.0.0.1:6379/0"), url=("redis", "rediss", "unix"))
     prefix: str = _spec("alchemy", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     block_timeout: float = _spec(1.0, min=0.1, max=10.0)
     socket_timeout: float = _spec(5.0, min=0.5, max=120.0)
     max_connections: int = _spec(32, min=4, max=10_000)
+    topology: str = _spec("single", choices=TOPOLOGIES)
+    cluster_nodes: tuple[str, ...] = _spec((), item_pattern=NODE_ADDRESS_PATTERN)
+    sentinels: tuple[str, ...] = _spec((), item_pattern=NODE_ADDRESS_PATTERN)
+    sentinel_master: str = _spec("", pattern=r"^[A-Za-z0-9_.:-]{0,128}$")
+    sentinel_password: Secret = _spec(Secret(""))
+
+
+def node_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) as (host, port); the pattern was checked already."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,6 +497,7 @@ def _check_relations(config: Config) -> None:
         )
     if worker.recovery_interval > worker.heartbeat_ttl:
         raise ConfigError("worker.recovery_interval", "must be at most worker.heartbeat_ttl")
+    _check_topology(config.redis)
     for queue in config.queues:
         path = f"queues.{queue.name}"
         if queue.backoff_max < queue.backoff_initial:
@@ -483,6 +506,47 @@ def _check_relations(config: Config) -> None:
             raise ConfigError(f"{path}.rate_burst", "needs rate_limit > 0")
     _check_providers(config.providers)
     _check_http(config.http)
+
+
+def _check_topology(redis: RedisConfig) -> None:
+    """Each topology has what it needs, and nothing of another's."""
+    used_by = {
+        "cluster_nodes": "cluster",
+        "sentinels": "sentinel",
+        "sentinel_master": "sentinel",
+        "sentinel_password": "sentinel",
+    }
+    for key, topology in used_by.items():
+        if getattr(redis, key) and redis.topology != topology:
+            raise ConfigError(f"redis.{key}", f'only used with redis.topology = "{topology}"')
+    for key in ("cluster_nodes", "sentinels"):
+        for address in getattr(redis, key):
+            if not 0 < node_address(address)[1] < 65536:
+                raise ConfigError(f"redis.{key}", f"{address!r}: the port must be 1-65535")
+    needs = {
+        "cluster": [("cluster_nodes", "must list at least one node (host:port)")],
+        "sentinel": [
+            ("sentinels", "must list at least one sentinel (host:port)"),
+            ("sentinel_master", "must name the master the sentinels watch"),
+        ],
+    }
+    for key, problem in needs.get(redis.topology, []):
+        if not getattr(redis, key):
+            raise ConfigError(f"redis.{key}", problem)
+    if redis.topology != "single":
+        _check_data_node_url(redis)
+
+
+def _check_data_node_url(redis: RedisConfig) -> None:
+    url = urlsplit(redis.url.reveal())
+    if url.scheme == "unix":
+        raise ConfigError(
+            "redis.url",
+            f"must start with redis:// or rediss:// with redis.topology = {redis.topology!r}"
+            " (it gives the data nodes' user, password and TLS)",
+        )
+    if redis.topology == "cluster" and url.path.strip("/") not in ("", "0"):
+        raise ConfigError("redis.url", "a Redis Cluster has only database 0: end the URL in /0")
 
 
 def is_loopback_host(host: str) -> bool:

@@ -3,6 +3,9 @@
     AlchemyError
     ├── ConfigError            bad configuration; the process exits 78 (EX_CONFIG)
     ├── IdentityInUseError     another live process runs with this worker identity
+    ├── NotReplicatedError     a job was pushed, but not copied to as many replicas as the
+    │                          producer asked for in time (``Producer.enqueue(replicas=)``):
+    │                          push it again with the same id
     └── JobError               raised by handlers; the consumer decides from the type alone
         ├── PermanentError     never retried: straight to the dead-letter list
         └── RetryableError     retried with backoff, or after ``delay`` seconds when given
@@ -45,6 +48,22 @@ class ConfigError(AlchemyError):
 
 class IdentityInUseError(AlchemyError):
     """Another live process already runs with this worker identity."""
+
+
+class NotReplicatedError(AlchemyError):
+    """A push reached the master but only ``acknowledged`` of the ``wanted`` replicas
+    confirmed it within the timeout, so a failover now could lose it. The job may still
+    run (the master has it): push it again with the same id, and let the handler's
+    idempotency by id absorb a second delivery."""
+
+    def __init__(self, job_id: str, *, wanted: int, acknowledged: int, timeout: float) -> None:
+        super().__init__(
+            f"job {job_id!r} was pushed, but {acknowledged} of {wanted} replica(s)"
+            f" acknowledged it within {timeout:g}s: push it again with the same id"
+        )
+        self.job_id = job_id
+        self.wanted = wanted
+        self.acknowledged = acknowledged
 
 
 class JobError(AlchemyError):

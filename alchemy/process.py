@@ -15,7 +15,7 @@ import structlog
 from alchemy.config import Config
 from alchemy.paid.observe import PaidObserver
 from alchemy.services import open_services
-from alchemy.worker.connections import shared_client
+from alchemy.worker.connections import RedisClients
 from alchemy.worker.handlers import HandlerModule, Unavailable, load_handler
 from alchemy.worker.observer import JobObserver
 from alchemy.worker.supervisor import Extension, Supervisor, select_queues
@@ -61,8 +61,8 @@ class Worker:
                 "migrations_checked", applied=len(report.applied), version=report.current_version
             )
         async with contextlib.AsyncExitStack() as stack:
-            redis = shared_client(cfg.redis)
-            stack.push_async_callback(redis.aclose)
+            clients = await stack.enter_async_context(RedisClients(cfg.redis))
+            redis = clients.shared
             services = await stack.enter_async_context(
                 open_services(cfg, redis, paid_observer=self.paid_observer)
             )
@@ -71,6 +71,7 @@ class Worker:
                 cfg,
                 self.queues,
                 redis=redis,
+                blocking=clients.blocking,
                 handlers=handlers,
                 stop_requested=self.stop_requested,
                 probes={"postgres": services.ping_database},

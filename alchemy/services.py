@@ -16,7 +16,6 @@ from contextvars import ContextVar
 from typing import Any, Final
 
 import structlog
-from redis.asyncio import Redis
 
 from alchemy.config import Config
 from alchemy.paid.leases import worst_call_seconds
@@ -24,6 +23,7 @@ from alchemy.paid.observe import PaidObserver
 from alchemy.paid.piece import PaidWork
 from alchemy.providers.registry import Providers
 from alchemy.queue.producer import Producer
+from alchemy.queue.topology import RedisClient
 
 log = structlog.get_logger("alchemy.services")
 
@@ -33,7 +33,7 @@ PING_TIMEOUT: Final = 3.0  # seconds for the database to answer a probe
 
 class Services:
     def __init__(
-        self, config: Config, redis: Redis, *, paid_observer: PaidObserver | None = None
+        self, config: Config, redis: RedisClient, *, paid_observer: PaidObserver | None = None
     ) -> None:
         self.config = config
         self.redis = redis
@@ -106,7 +106,7 @@ def warn_if_the_lease_is_short(config: Config, lease: float) -> None:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    config: Config, redis: Redis, *, paid_observer: PaidObserver | None = None
+    config: Config, redis: RedisClient, *, paid_observer: PaidObserver | None = None
 ) -> AsyncIterator[Services]:
     services = Services(config, redis, paid_observer=paid_observer)
     warn_if_the_lease_is_short(config, services.paid.lease_seconds)

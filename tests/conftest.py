@@ -1,5 +1,11 @@
 """Fixtures: a real Redis, a private key prefix per test, configs, in-process and
-subprocess workers."""
+subprocess workers.
+
+Tests that take ``redis_topology`` (parametrized indirectly with "single" and "cluster")
+run their queues on the shared Redis or on the session's Redis Cluster
+(:mod:`tests.fakes.redis_topologies`); ``queue_redis`` is a client of wherever the queues
+are, while ``redis`` stays the shared server, where the test handlers record what they
+did."""
 
 from __future__ import annotations
 
@@ -18,14 +24,27 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from alchemy.config import Config, parse_config
+from alchemy.config import Config, node_address, parse_config
 from alchemy.process import Worker
 from alchemy.queue.keys import QueueKeys
+from alchemy.queue.topology import RedisClient
+from alchemy.worker.health import process_health
+from tests.fakes.redis_topologies import LocalCluster, LocalSentinel
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ.setdefault("ALCHEMY_TEST_REDIS_URL", REDIS_URL)
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_health() -> Iterator[None]:
+    """The registry behind /readyz is the process's; a worker a test stopped in the middle
+    of a failure episode (a Redis failover, say) leaves its entry there: clear it."""
+    yield
+    for problem in process_health.problems():
+        process_health.clear(problem.what)
 
 
 @pytest.fixture
@@ -40,6 +59,90 @@ async def redis(prefix: str) -> AsyncIterator[Redis]:
     keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
     if keys:
         await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A 3-master Redis Cluster with one replica, started once for the session (~3 s);
+    tests keep to their own prefix and never kill its nodes (failover tests start their
+    own)."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSentinel]:
+    """A master with one replica and three sentinels, started once for the session
+    (~2 s); tests keep to their own prefix and never kill its nodes (failover tests start
+    their own)."""
+    sentinel = LocalSentinel(tmp_path_factory.mktemp("redis-sentinel"))
+    try:
+        sentinel.start()
+        yield sentinel
+    finally:
+        sentinel.stop()
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A Cluster of this test's own (~3 s), for a test that kills or fails over a node."""
+    cluster = LocalCluster(tmp_path / "cluster")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def own_sentinel(tmp_path: Path) -> Iterator[LocalSentinel]:
+    """A Sentinel set of this test's own (~2 s), for a test that kills its master."""
+    sentinel = LocalSentinel(tmp_path / "sentinel")
+    try:
+        sentinel.start()
+        yield sentinel
+    finally:
+        sentinel.stop()
+
+
+@pytest.fixture
+def redis_topology(request: pytest.FixtureRequest) -> str:
+    """ "single" unless a test parametrizes it (indirect=True) with "cluster"."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+def redis_section(redis_topology: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The ``[redis]`` settings that put a worker's queues on ``redis_topology``."""
+    if redis_topology == "single":
+        return {}
+    cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+    return {"topology": "cluster", "cluster_nodes": cluster.seeds}
+
+
+def cluster_client(seeds: Sequence[str]) -> RedisCluster:
+    return RedisCluster(startup_nodes=[ClusterNode(*node_address(s)) for s in seeds])
+
+
+@pytest.fixture
+async def queue_redis(
+    redis: Redis, redis_section: dict[str, Any], prefix: str
+) -> AsyncIterator[RedisClient]:
+    """A client of where the queues are: ``redis`` itself, or the session's Cluster (its
+    keys under ``prefix`` are deleted afterwards)."""
+    if not redis_section:
+        yield redis
+        return
+    client = cluster_client(redis_section["cluster_nodes"])
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+    for key in keys:
+        await client.delete(key)
     await client.aclose()
 
 
@@ -85,9 +188,9 @@ def to_toml(config: dict[str, Any]) -> str:
 
 
 @pytest.fixture
-def make_config(prefix: str) -> Callable[..., Config]:
+def make_config(prefix: str, redis_section: dict[str, Any]) -> Callable[..., Config]:
     def make(queues: dict[str, Any], worker: dict[str, Any] | None = None) -> Config:
-        return parse_config(build_config_dict(prefix, queues, worker))
+        return parse_config(build_config_dict(prefix, queues, worker, redis=redis_section))
 
     return make
 
@@ -219,7 +322,9 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def spawn_worker(tmp_path: Path, prefix: str) -> Iterator[Callable[..., WorkerProcess]]:
+def spawn_worker(
+    tmp_path: Path, prefix: str, redis_section: dict[str, Any]
+) -> Iterator[Callable[..., WorkerProcess]]:
     """Start worker subprocesses from a config dict; all are killed at teardown."""
     started: list[WorkerProcess] = []
 
@@ -231,6 +336,7 @@ def spawn_worker(tmp_path: Path, prefix: str) -> Iterator[Callable[..., WorkerPr
         **sections: Any,
     ) -> WorkerProcess:
         n = len(started)
+        sections["redis"] = {**redis_section, **sections.get("redis", {})}
         config = build_config_dict(prefix, queues, worker, **sections)
         config_path = tmp_path / f"worker{n}.toml"
         config_path.write_text(to_toml(config))

@@ -102,6 +102,46 @@ def q(**settings: Any) -> dict[str, Any]:
             "rate_limit",
         ),
         ({"queues": "nope"}, "queues", "table"),
+        ({"redis": {"topology": "ring"}}, "redis.topology", "one of single, cluster, sentinel"),
+        ({"redis": {"topology": "cluster"}}, "redis.cluster_nodes", "at least one"),
+        (
+            {"redis": {"topology": "cluster", "cluster_nodes": ["10.0.0.1"]}},
+            "redis.cluster_nodes",
+            "does not match",
+        ),
+        (
+            {"redis": {"topology": "cluster", "cluster_nodes": ["h:70000"]}},
+            "redis.cluster_nodes",
+            "1-65535",
+        ),
+        (
+            {"redis": {"topology": "cluster", "cluster_nodes": "h:7001"}},
+            "redis.cluster_nodes",
+            "list of strings",
+        ),
+        (
+            {"redis": {"topology": "cluster", "cluster_nodes": ["h:7001"], "url": "redis://h/2"}},
+            "redis.url",
+            "only database 0",
+        ),
+        (
+            {"redis": {"topology": "cluster", "cluster_nodes": ["h:1"], "url": "unix:///r.sock"}},
+            "redis.url",
+            "redis:// or rediss://",
+        ),
+        ({"redis": {"cluster_nodes": ["h:7001"]}}, "redis.cluster_nodes", '"cluster"'),
+        ({"redis": {"topology": "sentinel"}}, "redis.sentinels", "at least one"),
+        (
+            {"redis": {"topology": "sentinel", "sentinels": ["h:26379"]}},
+            "redis.sentinel_master",
+            "must name",
+        ),
+        (
+            {"redis": {"topology": "cluster", "cluster_nodes": ["h:1"], "sentinels": ["h:2"]}},
+            "redis.sentinels",
+            '"sentinel"',
+        ),
+        ({"redis": {"sentinel_password": "pw"}}, "redis.sentinel_password", '"sentinel"'),
     ],
 )
 def test_bad_values_name_their_key(raw: dict[str, Any], key: str, words: str) -> None:
@@ -109,6 +149,30 @@ def test_bad_values_name_their_key(raw: dict[str, Any], key: str, words: str) ->
         parse_config(raw)
     assert caught.value.key == key
     assert words in str(caught.value)
+
+
+def test_each_topology_parses_with_what_it_needs() -> None:
+    cluster = parse_config(
+        {"redis": {"topology": "cluster", "cluster_nodes": ["10.0.0.1:7001", "[::1]:7002"]}}
+    ).redis
+    assert cluster.cluster_nodes == ("10.0.0.1:7001", "[::1]:7002")
+    sentinel = parse_config(
+        {
+            "redis": {
+                "topology": "sentinel",
+                "sentinels": ["s1:26379", "s2:26379"],
+                "sentinel_master": "mymaster",
+                "sentinel_password": "sentinel-secret",
+                "url": "rediss://:data-secret@ignored:1/3",
+            }
+        }
+    ).redis
+    assert (sentinel.sentinel_master, sentinel.sentinel_password) == (
+        "mymaster",
+        Secret("sentinel-secret"),
+    )
+    assert "sentinel-secret" not in repr(sentinel)
+    assert parse_config({}).redis.topology == "single"
 
 
 def test_environment_overrides_the_deployment_values(tmp_path: Path) -> None:
@@ -222,3 +286,25 @@ def test_check_config_never_prints_secrets(tmp_path: Path) -> None:
     assert "sk-ant-very-secret" not in out
     assert "db-password-123" not in out
     assert "providers.anthropic_api_key = ***" in out
+
+
+def test_check_config_masks_the_sentinel_password_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[redis]\ntopology = "sentinel"\nsentinels = ["127.0.0.1:26379"]\n'
+        'sentinel_master = "mymaster"\nurl = "redis://:data-pw-456@ignored:6379/2"\n'
+        '[queues.q]\nhandler = "alchemy.handlers.noop:handle"\n'
+    )
+    result = run_cli(
+        "--config",
+        str(path),
+        "check-config",
+        env={"ALCHEMY_REDIS_SENTINEL_PASSWORD": "sentinel-pw-123"},
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    assert "sentinel-pw-123" not in out
+    assert "data-pw-456" not in out
+    assert "redis.sentinel_password = ***" in out
+    assert "redis.topology = sentinel" in out
+    assert 'redis.sentinels = ["127.0.0.1:26379"]' in out

@@ -35,7 +35,7 @@ from alchemy.http.hosts import MALFORMED, HostCheck, host_of
 from alchemy.http.live import LiveFeed
 from alchemy.http.overview import OverviewUnavailable
 from alchemy.http.static import SECURITY_HEADERS, load_static
-from alchemy.worker.connections import blocking_client
+from alchemy.worker.connections import RedisClients
 
 log = structlog.get_logger("alchemy.http")
 
@@ -168,10 +168,11 @@ def _live_feed(deps: Deps) -> LiveFeed:
     async def render(since: float) -> dict[str, Any]:
         return snapshot(await deps.overview.get(since=since), deps)
 
+    connect = deps.blocking or (lambda: RedisClients(config.redis).blocking())
     return LiveFeed(
         prefix=config.redis.prefix,
         queues=[q.name for q in config.queues],
-        connect=lambda: blocking_client(config.redis),
+        connect=connect,
         render=render,
     )
 

@@ -14,11 +14,11 @@ from typing import Any, Final, TypeVar
 
 import orjson
 from aiohttp import web
-from redis.asyncio import Redis
 
 from alchemy.config import Config, is_loopback_host
 from alchemy.http.overview import OverviewCache
 from alchemy.ops.metrics import Metrics
+from alchemy.queue.topology import RedisClient
 
 
 async def _always_ready() -> list[str]:
@@ -30,12 +30,14 @@ class Deps:
     """What the listener serves from. ``readiness`` returns the reasons it is not ready."""
 
     config: Config
-    redis: Redis
+    redis: RedisClient
     identity: str
     overview: OverviewCache
     metrics: Metrics | None = None
     readiness: Callable[[], Awaitable[list[str]]] = _always_ready
     started_at: float = field(default_factory=time.monotonic)
+    # A new client for the live feed's blocking reads (the process's own when it runs).
+    blocking: Callable[[], RedisClient] | None = None
 
     @property
     def queue_names(self) -> frozenset[str]:

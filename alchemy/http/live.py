@@ -28,9 +28,10 @@ from typing import Any, Final
 
 import orjson
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from alchemy.queue.keys import QueueKeys
+from alchemy.queue.topology import RedisClient
 from alchemy.worker.connections import Backoff, describe
 
 log = structlog.get_logger("alchemy.http")
@@ -41,6 +42,7 @@ READ_PAUSE: Final = 0.2  # seconds between two reads that returned entries
 COALESCE: Final = 0.5  # seconds between two pushes at most once
 PUSH_EVERY: Final = 2.0  # seconds without a change before the overview is pushed anyway
 CLIENT_QUEUE: Final = 8  # messages waiting for one client before it is dropped
+CLUSTER_POLL_S: Final = 0.25  # on a Cluster: how often quiet streams are read again
 RETRY_MS: Final = 2000  # the reconnect delay a page is told (the SSE "retry" field)
 
 # The overview, read after ``since`` (a time.monotonic() when something changed).
@@ -76,7 +78,7 @@ class LiveFeed:
         *,
         prefix: str,
         queues: Sequence[str],
-        connect: Callable[[], Redis],
+        connect: Callable[[], RedisClient],
         render: Render,
         coalesce: float = COALESCE,
         push_every: float = PUSH_EVERY,
@@ -94,7 +96,7 @@ class LiveFeed:
         self._changed_at = float("-inf")
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._redis: Redis | None = None
+        self._redis: RedisClient | None = None
         self._closed = False
 
     @property
@@ -144,7 +146,7 @@ class LiveFeed:
             try:
                 if self._redis is None:
                     self._redis = self.connect()
-                reply = await self._redis.xread(ids, count=READ_COUNT, block=READ_BLOCK_MS)  # type: ignore[arg-type]
+                reply = await self._read(self._redis, ids)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -161,6 +163,24 @@ class LiveFeed:
             if reply:
                 self._note(reply, ids)
                 await asyncio.sleep(READ_PAUSE)
+
+    @staticmethod
+    async def _read(redis: RedisClient, ids: dict[str, str]) -> Any:
+        """New entries of every stream: one blocking XREAD, or on a Cluster (each queue's
+        stream in its own slot, so one XREAD cannot name them all) one quick XREAD per
+        stream and a short pause when all were quiet."""
+        if not isinstance(redis, RedisCluster):
+            return await redis.xread(ids, count=READ_COUNT, block=READ_BLOCK_MS)  # type: ignore[arg-type]
+        reply: list[Any] = []
+        for key, last in ids.items():
+            if last == "$":  # "from now on" means nothing to a read that does not block
+                newest = await redis.xrevrange(key, count=1)
+                newest_id = newest[0][0] if newest else None
+                last = ids[key] = _text(newest_id) if newest_id is not None else "0-0"
+            reply.extend(await redis.xread({key: last}, count=READ_COUNT) or [])
+        if not reply:
+            await asyncio.sleep(CLUSTER_POLL_S)
+        return reply
 
     def _note(self, reply: Any, ids: dict[str, str]) -> None:
         for raw_key, entries in reply:

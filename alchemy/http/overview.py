@@ -13,10 +13,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
 from alchemy.queue.admin import QueueAdmin, QueueStatus, Throughput
 from alchemy.queue.browse import PerMinute, QueueBrowser
+from alchemy.queue.topology import RedisClient
 
 
 class OverviewUnavailable(Exception):
@@ -34,7 +33,7 @@ class Overview:
 class OverviewCache:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         prefix: str,
         queues: Sequence[str],
         *,

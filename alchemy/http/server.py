@@ -68,7 +68,15 @@ class HttpServer:
         )
         if self.metrics is not None:
             self.metrics.watch_queues(self._collector(overview, running))
-        deps = Deps(cfg, running.redis, running.identity, overview, self.metrics, self.readiness)
+        deps = Deps(
+            cfg,
+            running.redis,
+            running.identity,
+            overview,
+            self.metrics,
+            self.readiness,
+            blocking=running.blocking,
+        )
         runner = web.AppRunner(create_app(deps), handle_signals=False, access_log=None)
         await runner.setup()
         try:

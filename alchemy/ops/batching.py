@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from typing import Final, Generic, TypeVar
 
 import structlog
-from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
+from alchemy.queue.topology import RedisClient
 from alchemy.worker.connections import Backoff, Episode
 from alchemy.worker.supervisor import Running
 
@@ -55,12 +55,12 @@ class BatchWriter(Generic[T]):
         self.dropped = 0
         self.batches = 0
         self._pending: deque[T] = deque()
-        self._redis: Redis | None = None
+        self._redis: RedisClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- what subclasses provide ------------------------------------------------------------
-    async def write(self, redis: Redis, batch: Sequence[T]) -> None:
+    async def write(self, redis: RedisClient, batch: Sequence[T]) -> None:
         raise NotImplementedError
 
     # -- buffering --------------------------------------------------------------------------
@@ -80,7 +80,7 @@ class BatchWriter(Generic[T]):
     def pending(self) -> int:
         return len(self._pending)
 
-    def attach(self, redis: Redis) -> None:
+    def attach(self, redis: RedisClient) -> None:
         """Start writing (what was buffered before, too) through ``redis``."""
         self._redis = redis
         if self._pending and self._task is None:

@@ -25,11 +25,11 @@ from typing import Any, Final
 
 import orjson
 import structlog
-from redis.asyncio import Redis
 
 from alchemy.ops.batching import QueueBatchWriter
 from alchemy.queue import scripts
 from alchemy.queue.admin import PER_MINUTE_WINDOW, THROUGHPUT_WINDOW_S
+from alchemy.queue.topology import RedisClient
 from alchemy.worker.observer import JobEvent, Transition
 from alchemy.worker.supervisor import Running
 
@@ -100,7 +100,7 @@ class EventStream(QueueBatchWriter[tuple[JobEvent, int]]):
         return None  # a throttled claim is not a job transition; metrics count it
 
     # -- writing ----------------------------------------------------------------------------
-    async def write(self, redis: Redis, batch: Sequence[tuple[JobEvent, int]]) -> None:
+    async def write(self, redis: RedisClient, batch: Sequence[tuple[JobEvent, int]]) -> None:
         if self._script is None:
             self._script = redis.register_script(scripts.EVENTS_APPEND)
         by_queue: dict[str, list[list[str]]] = defaultdict(list)

@@ -23,12 +23,12 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
-from redis.asyncio import Redis
 
 from alchemy.ops.batching import QueueBatchWriter
 from alchemy.queue import scripts
 from alchemy.queue.admin import AttemptJson, ErrorJson, JobRecord
 from alchemy.queue.job import ErrorInfo
+from alchemy.queue.topology import RedisClient
 from alchemy.worker.observer import JobEvent, Transition
 
 FINISHED: Final = frozenset({Transition.COMPLETED, Transition.DEAD})
@@ -187,7 +187,7 @@ class JobRecords(QueueBatchWriter[_Noted]):
         return None
 
     # -- writing ----------------------------------------------------------------------------
-    async def write(self, redis: Redis, batch: Sequence[_Noted]) -> None:
+    async def write(self, redis: RedisClient, batch: Sequence[_Noted]) -> None:
         if self._script is None:
             self._script = redis.register_script(scripts.RECORDS_WRITE)
         by_queue: dict[str, dict[str, list[_Noted]]] = {}

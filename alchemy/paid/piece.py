@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import structlog
-from redis.asyncio import Redis
 
 from alchemy.config import Config
 from alchemy.errors import PermanentError
@@ -38,6 +37,7 @@ from alchemy.providers.base import (
 from alchemy.providers.prices import shipped_prices
 from alchemy.queue.identity import IdentityClaims
 from alchemy.queue.job import Job
+from alchemy.queue.topology import RedisClient
 
 log = structlog.get_logger("alchemy.paid")
 
@@ -65,7 +65,7 @@ class PaidWork:
     def __init__(
         self,
         config: Config,
-        redis: Redis,
+        redis: RedisClient,
         db: Callable[[], Awaitable[Any]],
         observer: PaidObserver | None = None,
     ) -> None:

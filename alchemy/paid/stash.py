@@ -13,16 +13,15 @@ import json
 from collections.abc import Iterable
 from typing import Final
 
-from redis.asyncio import Redis
-
 from alchemy.paid.ledger import CallEnd, CallStart, call_from_json, call_to_json
 from alchemy.queue.keys import paid_replies_key
+from alchemy.queue.topology import RedisClient
 
 STASH_TTL: Final = 7 * 86_400.0  # seconds
 
 
 class ReplyStash:
-    def __init__(self, redis: Redis, *, prefix: str, ttl: float = STASH_TTL) -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str, ttl: float = STASH_TTL) -> None:
         self.redis = redis
         self.prefix = prefix
         self.ttl_ms = round(ttl * 1000)

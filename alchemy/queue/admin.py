@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NotRequired, TypedDict, cast
 
 import orjson
-from redis.asyncio import Redis
 
 from alchemy.queue.job import DEAD_JOB_HEAD, DeadEntry, dead_entry_id_needles, decode_dead_entry
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.store import DeadScan, QueueStore
+from alchemy.queue.topology import RedisClient, same_node
 
 THROUGHPUT_WINDOW_S: Final = 300  # seconds of per-second counts kept in PREFIX:{QUEUE}:throughput
 PER_MINUTE_WINDOW: Final = 60  # minutes of per-minute counts kept in PREFIX:{QUEUE}:per-minute
@@ -168,7 +168,7 @@ def _sendable(job_id: str) -> bool:
 
 
 class QueueAdmin:
-    def __init__(self, redis: Redis, *, prefix: str = "alchemy") -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str = "alchemy") -> None:
         self.redis = redis
         self.prefix = prefix
 
@@ -177,8 +177,10 @@ class QueueAdmin:
 
     async def status(self, queue: str) -> QueueStatus:
         """Depths, pause and processes of ``queue``. A process's heartbeat age is Redis's
-        clock (TIME, read in the same pipeline) minus its score in the consumers set."""
+        clock (TIME, read in the same pipeline from the queue's node) minus its score in the
+        consumers set."""
         k = QueueKeys(self.prefix, queue)
+        queue_node = await same_node(self.redis, k.wait)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.llen(k.wait)
             pipe.zcard(k.delayed)
@@ -186,7 +188,7 @@ class QueueAdmin:
             pipe.exists(k.paused)
             pipe.pttl(k.paused_until)
             pipe.zrange(k.consumers, 0, -1, withscores=True)
-            pipe.time()
+            pipe.execute_command("TIME", **queue_node)
             pipe.get(k.held)
             pipe.pttl(k.held)
             pipe.get(k.dead_trimmed)
@@ -291,7 +293,9 @@ class QueueAdmin:
         if job_id is None:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.llen(store.keys.dead)
-                pipe.unlink(store.keys.dead)  # freed by Redis in the background
+                # Freed by Redis in the background. (Sent by name: a Cluster pipeline's
+                # unlink() is a coroutine of its own, outside the transaction.)
+                pipe.execute_command("UNLINK", store.keys.dead)
                 count, _ = await pipe.execute()
             return int(count)
         if not _sendable(job_id):
@@ -347,9 +351,13 @@ class QueueAdmin:
     # -- what alchemy.ops writes next to a queue -------------------------------------------
     async def throughput(self, queues: Sequence[str]) -> dict[str, Throughput]:
         """Completed and failed attempts per queue over the last 60 and 300 whole seconds,
-        summed from the per-second counts of ``PREFIX:{QUEUE}:throughput`` (Redis clock)."""
+        summed from the per-second counts of ``PREFIX:{QUEUE}:throughput`` (Redis clock: on a
+        Cluster, the clock of the first queue's node)."""
+        if not queues:
+            return {}
+        first_node = await same_node(self.redis, QueueKeys(self.prefix, queues[0]).throughput)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.time()
+            pipe.execute_command("TIME", **first_node)
             for queue in queues:
                 pipe.hgetall(QueueKeys(self.prefix, queue).throughput)
             (now, _), *hashes = await pipe.execute()

@@ -13,13 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from redis.asyncio import Redis
-
 from alchemy.queue import scripts
 from alchemy.queue.admin import PER_MINUTE_WINDOW
 from alchemy.queue.job import DeadEntry, dead_entry_id_needles, decode_dead_entry
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.store import QueueStore
+from alchemy.queue.topology import RedisClient, same_node
 
 GROUP_ENTRIES: Final = 1000  # the newest dead-letter entries counted by reason and type
 GROUP_BYTES: Final = 4 * 1024 * 1024  # ... and at most so many bytes of them
@@ -67,7 +66,7 @@ def _text(value: bytes | str) -> str:
 
 
 class QueueBrowser:
-    def __init__(self, redis: Redis, *, prefix: str = "alchemy") -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str = "alchemy") -> None:
         self.redis = redis
         self.prefix = prefix
         self._oldest: Any = None
@@ -94,8 +93,12 @@ class QueueBrowser:
 
     async def per_minute(self, queues: Sequence[str]) -> dict[str, PerMinute]:
         """The per-minute counts each worker writes with its events (Redis clock)."""
+        if not queues:
+            return {}
+        # The clock of the first queue's node (on a Cluster a keyless TIME goes anywhere).
+        node = await same_node(self.redis, QueueKeys(self.prefix, queues[0]).per_minute)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.time()
+            pipe.execute_command("TIME", **node)
             for queue in queues:
                 pipe.hgetall(QueueKeys(self.prefix, queue).per_minute)
             (now, _), *hashes = await pipe.execute()

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from alchemy.queue import scripts
 from alchemy.queue.keys import ended_runs_key, identity_claim_key
+from alchemy.queue.topology import RedisClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ class Holder:
 
 
 class IdentityClaims:
-    def __init__(self, redis: Redis, *, prefix: str) -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
         self._claim = redis.register_script(scripts.CLAIM_IDENTITY)

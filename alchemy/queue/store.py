@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final, cast
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from alchemy.queue import scripts
 from alchemy.queue.keys import QueueKeys
+from alchemy.queue.topology import RedisClient
 
 PROMOTE_BATCH: Final = 100
 DEFAULT_MAX_DEAD: Final = 100_000  # [queues.NAME] max_dead
@@ -120,7 +120,7 @@ class DeadScan:
 class _Scripts:
     """The Lua steps, registered once per Redis client."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.claim = redis.register_script(scripts.CLAIM)
         self.confirm = redis.register_script(scripts.CONFIRM)
         self.hold = redis.register_script(scripts.HOLD)
@@ -150,7 +150,7 @@ class QueueStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         prefix: str,
         queue: str,
@@ -178,7 +178,7 @@ class QueueStore:
         )
         return _claim(reply)
 
-    async def block_fetch(self, connection: Redis, block_seconds: float) -> bytes | None:
+    async def block_fetch(self, connection: RedisClient, block_seconds: float) -> bytes | None:
         """BRPOPLPUSH on a connection of its own, with a server-side timeout."""
         item = await connection.brpoplpush(self.keys.wait, self.processing, block_seconds)
         return cast(bytes | None, item)

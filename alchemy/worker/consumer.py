@@ -17,7 +17,6 @@ from functools import partial
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
 
 from alchemy.config import QueueConfig
 from alchemy.logs import redact
@@ -35,6 +34,7 @@ from alchemy.queue.job import (
     encode_envelope,
 )
 from alchemy.queue.store import QueueStore
+from alchemy.queue.topology import RedisClient
 from alchemy.worker.acks import AckBatcher
 from alchemy.worker.connections import Backoff, Episode, until_done
 from alchemy.worker.dependencies import DependencyMonitor
@@ -73,7 +73,7 @@ class QueueConsumer:
         *,
         config: QueueConfig,
         store: QueueStore,
-        blocking: Redis,
+        blocking: RedisClient,
         handler: HandlerModule | Unavailable,
         block_timeout: float,
         reconcile_interval: float,

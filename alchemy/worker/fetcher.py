@@ -16,15 +16,17 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from redis.asyncio import Redis
-
 from alchemy.config import QueueConfig
 from alchemy.queue.store import Claim, ClaimKind, QueueStore
+from alchemy.queue.topology import RedisClient
 from alchemy.worker.connections import Backoff, Episode, until_done
 from alchemy.worker.observer import Observers
 from alchemy.worker.owned import Owned
 
 PAUSED_LOOK_S = 1.0  # a paused or held queue is looked at again after at most this
+# A fetch that fails (Redis away, failing over) is tried again after 50 ms, doubling up to
+# this: however long the outage, consumers take jobs again within about 2 s of its end.
+FETCH_BACKOFF_MAX_S = 2.0
 THROTTLE_SPREAD_S = 0.002  # random extra sleep, so throttled processes do not all wake at once
 
 
@@ -43,7 +45,7 @@ class Fetcher:
         *,
         config: QueueConfig,
         store: QueueStore,
-        blocking: Redis,
+        blocking: RedisClient,
         block_timeout: float,
         owned: Owned,
         free_slots: Callable[[], int],
@@ -71,7 +73,7 @@ class Fetcher:
 
     async def run(self) -> None:
         stopping = self.stopping
-        backoff = Backoff()
+        backoff = Backoff(maximum=FETCH_BACKOFF_MAX_S)
         episode = Episode(f"fetch:{self.name}")
         while not stopping.is_set():
             free = self.free_slots()

@@ -300,14 +300,35 @@ class Membership:
                 )
 
     async def beat(self) -> None:
-        if not await self.claims.renew(
-            self.identity, self.claim_value(), self.incarnation, self._claim_ttl_ms
-        ):
+        """Renew our identity's claim, then each queue's heartbeat.
+
+        On a Cluster the claim and each queue live in slots of their own, often on other
+        nodes: one node failing over must not stop the heartbeats the others keep, or the
+        processes that still reach them would take us for dead and run our jobs a second
+        time. So a failed renewal of the claim still renews the heartbeats, and every queue
+        is tried; the first error is raised after."""
+        try:
+            renewed = await self.claims.renew(
+                self.identity, self.claim_value(), self.incarnation, self._claim_ttl_ms
+            )
+        except Exception:
+            await self._beat_queues()
+            raise
+        if not renewed:
             self._identity_lost()
             return
+        await self._beat_queues()
+
+    async def _beat_queues(self) -> None:
         value = self.heartbeat_value()
+        first_error: Exception | None = None
         for store in self.stores:
-            await store.heartbeat(value, self.config.heartbeat_ttl)
+            try:
+                await store.heartbeat(value, self.config.heartbeat_ttl)
+            except Exception as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
 
     def _identity_lost(self) -> None:
         if self.identity_lost:

@@ -10,19 +10,19 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
-from redis.asyncio import Redis
 
 from alchemy.config import Config, QueueConfig
 from alchemy.errors import ConfigError
 from alchemy.logs import flush_logs
 from alchemy.queue.identity import IdentityClaims
 from alchemy.queue.store import QueueStore, RateLimit
-from alchemy.worker.connections import blocking_client, until_done
+from alchemy.queue.topology import RedisClient
+from alchemy.worker.connections import until_done
 from alchemy.worker.consumer import QueueConsumer
 from alchemy.worker.dependencies import DependencyMonitor, Probe
 from alchemy.worker.handlers import HandlerModule, Unavailable
@@ -55,10 +55,11 @@ class Running:
     """What an extension may look at while the worker runs."""
 
     config: Config
-    redis: Redis
+    redis: RedisClient
     identity: str
     consumers: Sequence[QueueConsumer]
     stop_requested: asyncio.Event
+    blocking: Callable[[], RedisClient] | None = None  # a new client for one blocking reader
 
     def in_flight(self) -> int:
         return sum(c.in_flight for c in self.consumers)
@@ -93,7 +94,8 @@ class Supervisor:
         config: Config,
         queues: Sequence[QueueConfig],
         *,
-        redis: Redis,
+        redis: RedisClient,
+        blocking: Callable[[], RedisClient],
         handlers: Mapping[str, HandlerModule | Unavailable],
         stop_requested: asyncio.Event,
         probes: Mapping[str, Probe] | None = None,
@@ -105,6 +107,7 @@ class Supervisor:
         self.observers = Observers(observers)
         self.config = config
         self.redis = redis
+        self.blocking = blocking  # a new client for one consumer's blocking fetches
         self.handlers = handlers
         self.probes = probes or {}
         self.dependencies: DependencyMonitor | None = None
@@ -169,8 +172,7 @@ class Supervisor:
             stack.push_async_callback(dependencies.close)
             consumers: list[QueueConsumer] = []
             for queue, store in zip(self.queues, stores, strict=True):
-                blocking = blocking_client(cfg.redis)
-                stack.push_async_callback(blocking.aclose)
+                blocking = self.blocking()  # closed by its owner, with the shared one
                 handler = self.handlers[queue.name]
                 if isinstance(handler, Unavailable):
                     log.error("handler_unavailable", queue=queue.name, reason=handler.reason)
@@ -194,7 +196,9 @@ class Supervisor:
                 return 0
             for extension in reversed(self.extensions):
                 stack.push_async_callback(extension.close)
-            running = Running(cfg, redis, identity, consumers, self.stop_requested)
+            running = Running(
+                cfg, redis, identity, consumers, self.stop_requested, blocking=self.blocking
+            )
             return await self._serve(membership, consumers, running)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from alchemy.queue.job import DeadReason
 from alchemy.queue.keys import IDENTITY_TEMPLATES, KEY_TEMPLATES, WORK_TEMPLATES, QueueKeys
 from alchemy.queue.producer import Producer
 from tests.conftest import REDIS_URL, REPO, build_config_dict, queue_table, wait_for
+from tests.fakes.redis_topologies import LocalSentinel
 from tests.support import handlers
 
 PROTOCOL = REPO / "docs" / "protocol.md"
@@ -34,16 +36,35 @@ EXAMPLE_DATA = {"topic": "heat pumps in cold climates", "words": 800}
 def example(name: str) -> str:
     """The fenced block of docs/protocol.md whose first line is ``# protocol-example: NAME``."""
     marker = f"# protocol-example: {name}"
-    blocks = [body for _, body in FENCE.findall(PROTOCOL.read_text()) if body.startswith(marker)]
+    blocks = [
+        body
+        for _, body in FENCE.findall(PROTOCOL.read_text())
+        if body.split("\n", 1)[0] == marker  # "python" is not "python-wait"
+    ]
     assert len(blocks) == 1, f"expected one block marked {marker!r}, found {len(blocks)}"
     return blocks[0]
 
 
-async def run_example(argv: list[str], prefix: str) -> str:
-    """Run an example with the test's Redis and private prefix; its stdout."""
+async def run_example(argv: list[str], prefix: str, url: str = REDIS_URL) -> str:
+    """Run an example with the test's Redis (or ``url``) and private prefix; its stdout."""
+    completed = await run_example_status(argv, prefix, url)
+    assert completed.status == 0, f"{argv[0]} exited {completed.status}: {completed.err}"
+    return completed.out
+
+
+@dataclass(frozen=True)
+class Completed:
+    status: int
+    out: str
+    err: str
+
+
+async def run_example_status(argv: list[str], prefix: str, url: str = REDIS_URL) -> Completed:
+    """Run an example with ``url`` and the test's private prefix; its exit status and
+    output."""
     env = {
         **os.environ,
-        "REDIS_URL": REDIS_URL,
+        "REDIS_URL": url,
         "ALCHEMY_REDIS_PREFIX": prefix,
         "PYTHONPATH": str(REPO),
     }
@@ -55,8 +76,8 @@ async def run_example(argv: list[str], prefix: str) -> str:
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, f"{argv[0]} exited {proc.returncode}: {err.decode()}"
-    return out.decode()
+    assert proc.returncode is not None
+    return Completed(proc.returncode, out.decode(), err.decode())
 
 
 async def only_waiting_job(redis: Redis, prefix: str) -> tuple[bytes, dict]:
@@ -101,6 +122,54 @@ async def test_python_example_pushes_the_documented_job(redis: Redis, prefix: st
     _, pushed = await only_waiting_job(redis, prefix)
     assert pushed == {"id": "brief-0042", "enqueued_at": pushed["enqueued_at"], **EXAMPLE_DATA}
     assert before_ms <= pushed["enqueued_at"] <= time.time() * 1000
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
+async def test_redis_cli_wait_example_counts_a_push_once_a_replica_has_it(
+    redis: Redis, prefix: str, redis_sentinel: LocalSentinel
+) -> None:
+    master_url = f"redis://{redis_sentinel.master.address}/0"
+    done = await run_example_status(["sh", "-c", example("redis-cli-wait")], prefix, master_url)
+    assert (done.status, done.out.strip()) == (0, "brief-0042 pushed and replicated"), done.err
+    wait_key = QueueKeys(prefix, "research").wait
+    async with Redis.from_url(f"redis://{redis_sentinel.replica.address}/0") as replica:
+        [pushed] = await replica.lrange(wait_key, 0, -1)  # on the replica already
+    assert json.loads(pushed)["id"] == "brief-0042"
+    async with Redis.from_url(master_url) as master:
+        await master.delete(wait_key)
+    # The shared test server has no replica: WAIT answers 0 after 200 ms, and the example
+    # says to push again.
+    alone = await run_example_status(["sh", "-c", example("redis-cli-wait")], prefix)
+    assert alone.status == 1
+    assert "not replicated yet: push it again with the same id" in alone.err
+    _, still_pushed = await only_waiting_job(redis, prefix)  # pushed all the same
+    assert still_pushed["id"] == "brief-0042"
+
+
+async def test_python_wait_example_pushes_once_a_replica_has_it(
+    redis: Redis, prefix: str, redis_sentinel: LocalSentinel
+) -> None:
+    master_url = f"redis://{redis_sentinel.master.address}/0"
+    out = await run_example([sys.executable, "-c", example("python-wait")], prefix, master_url)
+    assert out.strip() == "enqueued and replicated brief-0042"
+    wait_key = QueueKeys(prefix, "research").wait
+    async with Redis.from_url(f"redis://{redis_sentinel.replica.address}/0") as replica:
+        [pushed] = await replica.lrange(wait_key, 0, -1)
+    async with Redis.from_url(master_url) as master:
+        await master.delete(wait_key)
+    assert json.loads(pushed) == {
+        "id": "brief-0042",
+        "enqueued_at": json.loads(pushed)["enqueued_at"],
+        **EXAMPLE_DATA,
+    }
+    # Without a replica every attempt says so, with the same id each time, then it stops.
+    alone = await run_example_status([sys.executable, "-c", example("python-wait")], prefix)
+    assert alone.status == 1
+    attempts = alone.out.strip().splitlines()
+    assert len(attempts) == 5
+    assert all("'brief-0042' was pushed, but 0 of 1 replica(s)" in line for line in attempts)
+    assert "no replica confirmed it" in alone.err
+    assert await redis.llen(QueueKeys(prefix, "research").wait) == 5  # idempotency by id
 
 
 async def test_producer_writes_the_documented_shape(redis: Redis, prefix: str) -> None:

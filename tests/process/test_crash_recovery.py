@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.producer import Producer
+from alchemy.queue.topology import RedisClient
 from tests.conftest import (
     WorkerProcess,
     queue_table,
@@ -30,6 +31,7 @@ from tests.conftest import (
 
 QUEUE = "crash"
 HOST = socket.gethostname()
+pytestmark = pytest.mark.parametrize("redis_topology", ["single", "cluster"], indirect=True)
 
 SpawnWorker = Callable[..., WorkerProcess]
 
@@ -38,22 +40,22 @@ def identity(name: str) -> str:
     return f"{HOST}:{name}"
 
 
-async def llen_at_least(redis: Redis, key: str, n: int) -> bool:
+async def llen_at_least(redis: RedisClient, key: str, n: int) -> bool:
     return await redis.llen(key) >= n
 
 
-async def is_empty(redis: Redis, key: str) -> bool:
+async def is_empty(redis: RedisClient, key: str) -> bool:
     return await redis.exists(key) == 0
 
 
-async def enqueue_sleepers(redis: Redis, prefix: str, record: str, n: int) -> list[str]:
+async def enqueue_sleepers(redis: RedisClient, prefix: str, record: str, n: int) -> list[str]:
     """``n`` jobs that sleep 30 s on their first run and finish at once when recovered."""
     producer = Producer(redis, prefix=prefix)
     data: dict[str, Any] = {"record": record, "sleep": 30, "sleep_first_run_only": True}
     return [await producer.enqueue(QUEUE, {**data, "n": i}, id=f"job-{i}") for i in range(n)]
 
 
-async def assert_queue_drained(redis: Redis, keys: QueueKeys, *identities: str) -> None:
+async def assert_queue_drained(redis: RedisClient, keys: QueueKeys, *identities: str) -> None:
     """Nothing waiting, delayed, dead or held by any of ``identities``."""
     for name in identities:
         await wait_for(lambda name=name: is_empty(redis, keys.processing(name)), within=5)
@@ -67,7 +69,7 @@ def events_named(process: WorkerProcess, name: str) -> list[dict[str, Any]]:
 
 
 async def test_kill9_then_same_identity_recovers_its_jobs_at_once(
-    redis: Redis, prefix: str, spawn_worker: SpawnWorker
+    redis: Redis, queue_redis: RedisClient, prefix: str, spawn_worker: SpawnWorker
 ) -> None:
     keys = QueueKeys(prefix, QUEUE)
     record = f"{prefix}:rec"
@@ -78,9 +80,9 @@ async def test_kill9_then_same_identity_recovers_its_jobs_at_once(
     queues = queue_table(QUEUE, concurrency=3)
     first = spawn_worker(queues, worker)
     await wait_started(first)
-    ids = await enqueue_sleepers(redis, prefix, record, 3)
+    ids = await enqueue_sleepers(queue_redis, prefix, record, 3)
     await wait_for(lambda: llen_at_least(redis, record, 3))
-    assert await redis.llen(keys.processing(me)) == 3
+    assert await queue_redis.llen(keys.processing(me)) == 3
 
     killed_at = time.monotonic()
     first.kill()  # SIGKILL, then reaped (as systemd would)
@@ -101,7 +103,7 @@ async def test_kill9_then_same_identity_recovers_its_jobs_at_once(
     assert sorted((d["recoveries"], d["attempt"], d["data"]["n"]) for d in done) == [
         (1, 1, n) for n in range(3)
     ]
-    await assert_queue_drained(redis, keys, me)
+    await assert_queue_drained(queue_redis, keys, me)
     # The job id survives the recovery envelope.
     assert sorted(d["id"] for d in done) == ids, f"recovered jobs ran as {done}"
 
@@ -124,6 +126,7 @@ async def test_kill9_then_same_identity_recovers_its_jobs_at_once(
 )
 async def test_kill9_another_process_recovers_after_heartbeat_expires(
     redis: Redis,
+    queue_redis: RedisClient,
     prefix: str,
     spawn_worker: SpawnWorker,
     timings: dict[str, float],
@@ -135,11 +138,11 @@ async def test_kill9_another_process_recovers_after_heartbeat_expires(
     queues = queue_table(QUEUE, concurrency=3)
     victim = spawn_worker(queues, {**timings, "name": "w1"})
     await wait_started(victim)
-    ids = await enqueue_sleepers(redis, prefix, record, 3)
+    ids = await enqueue_sleepers(queue_redis, prefix, record, 3)
     await wait_for(lambda: llen_at_least(redis, record, 3))
     rescuer = spawn_worker(queues, {**timings, "name": "w2"})
     await wait_started(rescuer)
-    assert set(await redis.zrange(keys.consumers, 0, -1)) == {
+    assert set(await queue_redis.zrange(keys.consumers, 0, -1)) == {
         victim_id.encode(),
         rescuer_id.encode(),
     }
@@ -160,15 +163,15 @@ async def test_kill9_another_process_recovers_after_heartbeat_expires(
     assert sorted((d["pid"], d["recoveries"], d["data"]["n"]) for d in done) == [
         (rescuer.pid, 1, n) for n in range(3)
     ]
-    await assert_queue_drained(redis, keys, victim_id, rescuer_id)
-    assert await redis.zrange(keys.consumers, 0, -1) == [rescuer_id.encode()]
-    assert await redis.exists(keys.heartbeat(victim_id)) == 0
+    await assert_queue_drained(queue_redis, keys, victim_id, rescuer_id)
+    assert await queue_redis.zrange(keys.consumers, 0, -1) == [rescuer_id.encode()]
+    assert await queue_redis.exists(keys.heartbeat(victim_id)) == 0
     assert rescuer.proc.poll() is None
     assert sorted(d["id"] for d in done) == ids, f"recovered jobs ran as {done}"
 
 
 async def test_poison_job_is_dead_lettered_after_max_recoveries(
-    redis: Redis, prefix: str, spawn_worker: SpawnWorker
+    redis: Redis, queue_redis: RedisClient, prefix: str, spawn_worker: SpawnWorker
 ) -> None:
     keys = QueueKeys(prefix, QUEUE)
     record = f"{prefix}:rec"
@@ -180,8 +183,8 @@ async def test_poison_job_is_dead_lettered_after_max_recoveries(
         f'{{"id": "poison-1", "record": "{record}", "crash_while_recoveries_below": 99, '
         '"note": "café / naïve ☃ \\u00e9"}'
     ).encode()
-    await redis.lpush(keys.wait, poison)
-    producer = Producer(redis, prefix=prefix)
+    await queue_redis.lpush(keys.wait, poison)
+    producer = Producer(queue_redis, prefix=prefix)
     others = [
         await producer.enqueue(QUEUE, {"record": record, "n": i}, id=f"ok-{i}") for i in range(3)
     ]
@@ -193,7 +196,7 @@ async def test_poison_job_is_dead_lettered_after_max_recoveries(
         status = await wait_exited(process, within=20)
         assert status == -signal.SIGKILL, f"run {run}: exit {status}: {process.events()}"
         crashed.append(process)
-        assert await redis.llen(keys.dead) == 0
+        assert await queue_redis.llen(keys.dead) == 0
 
     survivor = spawn_worker(queues, worker)
     await wait_started(survivor)
@@ -209,7 +212,7 @@ async def test_poison_job_is_dead_lettered_after_max_recoveries(
     ]
     recovered = events_named(survivor, "recovered_own_jobs")
     assert [(e["recovered"], e["poisoned"]) for e in recovered] == [(0, 1)]
-    dead = await redis.lrange(keys.dead, 0, -1)
+    dead = await queue_redis.lrange(keys.dead, 0, -1)
     assert len(dead) == 1
     entry: dict[str, Any] = json.loads(dead[0])
     assert entry["reason"] == "poison"
@@ -222,25 +225,25 @@ async def test_poison_job_is_dead_lettered_after_max_recoveries(
     assert sorted((d["id"], d["recoveries"], d["pid"]) for d in done) == [
         (job_id, 0, survivor.pid) for job_id in sorted([*others, late])
     ]
-    await assert_queue_drained_except_dead(redis, keys, me)
+    await assert_queue_drained_except_dead(queue_redis, keys, me)
     assert entry["id"] == "poison-1", f"dead entry lost the job id: {entry}"
 
 
-async def assert_queue_drained_except_dead(redis: Redis, keys: QueueKeys, me: str) -> None:
+async def assert_queue_drained_except_dead(redis: RedisClient, keys: QueueKeys, me: str) -> None:
     await wait_for(lambda: is_empty(redis, keys.processing(me)), within=5)
     assert await redis.llen(keys.wait) == 0
     assert await redis.zcard(keys.delayed) == 0
 
 
 async def test_a_job_without_an_id_keeps_its_id_through_recovery_and_retry(
-    redis: Redis, prefix: str, spawn_worker: SpawnWorker
+    redis: Redis, queue_redis: RedisClient, prefix: str, spawn_worker: SpawnWorker
 ) -> None:
     """Pushed without an id, a job is named by its bytes: the id its handler sees is the
     same after its process was killed (a recovery) and after a failed attempt (a retry)."""
     record = f"{prefix}:rec"
     keys = QueueKeys(prefix, QUEUE)
     raw = json.dumps({"record": record, "crash_while_recoveries_below": 1, "fail_until_attempt": 2})
-    await redis.lpush(keys.wait, raw)
+    await queue_redis.lpush(keys.wait, raw)
     queues = queue_table(QUEUE, backoff_initial=0.1, backoff_jitter=0.0)
     first = spawn_worker(queues, worker={"name": "idless"})
     assert await wait_exited(first, within=20) == -signal.SIGKILL  # the handler killed it

@@ -13,11 +13,13 @@ import signal
 import time
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from alchemy.queue.job import encode_job
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.producer import Producer
+from alchemy.queue.topology import RedisClient
 from tests.conftest import WorkerProcess, queue_table, wait_for, wait_started
 
 RATE_LIMIT = 20
@@ -52,13 +54,19 @@ RUN_S = 30.0  # seconds each fleet runs with a backlog
 
 
 async def _run_fleet(
-    redis: Redis, prefix: str, spawn_worker: Any, *, burst: int | None, label: str
+    redis: Redis,
+    queue_redis: RedisClient,
+    prefix: str,
+    spawn_worker: Any,
+    *,
+    burst: int | None,
+    label: str,
 ) -> list[dict[str, Any]]:
     """Three worker processes on one queue with a 200-job backlog for RUN_S seconds; the
     starts their handler recorded. ``burst`` None: the defaults (no rate_burst key)."""
     queue = f"q{label}"
     record = f"{prefix}:starts:{label}"
-    producer = Producer(redis, prefix=prefix)
+    producer = Producer(queue_redis, prefix=prefix)
     for i in range(200):
         await producer.enqueue(queue, {"record": record, "n": i})
     settings: dict[str, Any] = {
@@ -77,7 +85,7 @@ async def _run_fleet(
     starts = await read_records(redis, record)
     assert {s["pid"] for s in starts} == {w.pid for w in workers}, "one budget, every process"
     assert max(s["in_flight"] for s in starts) <= 4
-    assert await redis.llen(QueueKeys(prefix, queue).wait) > 0, "the backlog ran dry"
+    assert await queue_redis.llen(QueueKeys(prefix, queue).wait) > 0, "the backlog ran dry"
     return starts
 
 
@@ -87,15 +95,16 @@ def steady_rate(times: list[float], skip: int) -> float:
     return (len(steady) - 1) / (steady[-1] - steady[0])
 
 
+@pytest.mark.parametrize("redis_topology", ["single", "cluster"], indirect=True)
 async def test_rate_limit_is_a_ceiling_in_every_window_across_processes(
-    redis: Redis, prefix: str, spawn_worker: Any
+    redis: Redis, queue_redis: RedisClient, prefix: str, spawn_worker: Any
 ) -> None:
     """rate_limit = 20 per 5 s: no sliding 5 s window holds more than 20 starts (with
     rate_burst = 5: 25), and a backlog runs at ≥ 95% of 4 starts/s, one start every 250 ms.
     The two fleets (defaults, and rate_burst = 5) run side by side on queues of their own."""
     exact, bursty = await asyncio.gather(
-        _run_fleet(redis, prefix, spawn_worker, burst=None, label="exact"),
-        _run_fleet(redis, prefix, spawn_worker, burst=RATE_BURST, label="burst"),
+        _run_fleet(redis, queue_redis, prefix, spawn_worker, burst=None, label="exact"),
+        _run_fleet(redis, queue_redis, prefix, spawn_worker, burst=RATE_BURST, label="burst"),
     )
     limit_per_s = RATE_LIMIT / RATE_PERIOD
     for starts, burst in ((exact, 0), (bursty, RATE_BURST)):

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from alchemy.config import Secret
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.producer import Producer
 from tests.conftest import WorkerProcess, queue_table, read_records, wait_for, wait_started
@@ -99,9 +102,12 @@ async def test_workers_survive_a_redis_restart(
     assert await private.llen(keys.wait) == 0
     assert await private.zcard(keys.delayed) == 0
     assert await private.lrange(keys.dead, 0, -1) == []
+    # Each failing step is logged once when its episode starts and once when it ends: a
+    # reconcile pass that failed ends its episode at its next pass (reconcile_interval, 7 s),
+    # which may come after the last job.
+    await wait_for(lambda: _episodes_ended(processes), within=15, interval=0.2)
     events = [e for p in processes for e in p.events()]
     counts = Counter(e.get("event") for e in events)
-    # Each failing step is logged once when its episode starts and once when it ends.
     failing = [e for e in events if e.get("event") == "redis_step_failing"]
     assert "fetch" in {e.get("step") for e in failing}, counts
     assert counts["redis_step_recovered"] >= len(failing) > 0, counts
@@ -122,6 +128,11 @@ async def test_workers_survive_a_redis_restart(
 _OUTAGE_EVENTS = frozenset({"redis_step_failing"})
 
 
+def _episodes_ended(processes: list[WorkerProcess]) -> bool:
+    events = Counter(e.get("event") for p in processes for e in p.events())
+    return events["redis_step_recovered"] >= events["redis_step_failing"]
+
+
 async def _count_at_least(redis: Redis, key: str, n: int) -> bool:
     return await redis.llen(key) >= n
 
@@ -135,3 +146,34 @@ async def _gone(client: Redis, key: str) -> bool:
     with contextlib.suppress(Exception):
         return await client.exists(key) == 0
     return False
+
+
+async def test_consumers_take_jobs_within_2s_of_a_long_outage_ending(
+    private_redis: PrivateRedis,  # first: it stops after the worker
+    private: Redis,
+    redis: Redis,
+    prefix: str,
+    make_config: Any,
+    run_worker: Any,
+) -> None:
+    """However long Redis was away (8 s here: the backoff of other steps reaches 5 s), a
+    consumer looks again within 2 s, so a job pushed as Redis comes back starts at once."""
+    config = make_config(queue_table(QUEUE))
+    config = dataclasses.replace(
+        config, redis=dataclasses.replace(config.redis, url=Secret(private_redis.url))
+    )
+    run_worker(config)
+    record = f"{prefix}:rec"
+    producer = Producer(private, prefix=prefix)
+    await producer.enqueue(QUEUE, {"record": record}, id="before")
+    await wait_for(lambda: _count_at_least(redis, f"{record}:done", 1), within=10)
+    private_redis.stop()
+    await asyncio.sleep(8.0)  # the outage itself, not an assertion
+    private_redis.start()
+    await private_redis.wait_ready(private)
+    back = time.monotonic()
+    await producer.enqueue(QUEUE, {"record": record}, id="after")
+    await wait_for(lambda: _count_at_least(redis, f"{record}:done", 2), within=10)
+    waited = time.monotonic() - back
+    print(f"a job pushed as Redis came back ran {waited:.2f}s later")
+    assert waited < 2.5

@@ -1,5 +1,5 @@
 """Acceptance 1: jobs LPUSHed with redis-cli are each handled exactly once, in FIFO order
-for a single consumer."""
+for a single consumer; on a single Redis and on a Redis Cluster (issue 10, acceptance 3)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,25 @@ import pytest
 from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
+from alchemy.queue.topology import RedisClient
 from tests.conftest import REDIS_URL, wait_for
 
 JOBS = 10_000
+pytestmark = pytest.mark.parametrize("redis_topology", ["single", "cluster"], indirect=True)
 
 
-def lpush_with_redis_cli(tmp_path: Path, key: str, prefix: str, count: int) -> list[str]:
+def redis_cli_target(redis_section: dict[str, Any]) -> list[str]:
+    """redis-cli's arguments to reach the queues: the URL, or a Cluster node with -c (it
+    follows MOVED to the node of the queue's slot)."""
+    if not redis_section:
+        return ["-u", REDIS_URL]
+    host, _, port = redis_section["cluster_nodes"][0].rpartition(":")
+    return ["-c", "-h", host, "-p", port]
+
+
+def lpush_with_redis_cli(
+    tmp_path: Path, key: str, prefix: str, count: int, target: list[str]
+) -> list[str]:
     if shutil.which("redis-cli") is None:
         pytest.fail("redis-cli is not installed (Debian: apt-get install redis-tools)")
     ids = [f"job-{n:05d}" for n in range(count)]
@@ -30,7 +43,7 @@ def lpush_with_redis_cli(tmp_path: Path, key: str, prefix: str, count: int) -> l
             out.write(f"LPUSH {key} '{body}'\n")
     with script.open("rb") as stdin:
         subprocess.run(
-            ["redis-cli", "-u", REDIS_URL],
+            ["redis-cli", *target],
             stdin=stdin,
             stdout=subprocess.DEVNULL,
             check=True,
@@ -44,26 +57,39 @@ def handler_table(concurrency: int) -> dict[str, Any]:
 
 
 async def test_single_consumer_handles_each_job_once_in_fifo_order(
-    redis: Redis, prefix: str, tmp_path: Path, make_config: Any, run_worker: Any
+    redis: Redis,
+    queue_redis: RedisClient,
+    redis_section: dict[str, Any],
+    prefix: str,
+    tmp_path: Path,
+    make_config: Any,
+    run_worker: Any,
 ) -> None:
     keys = QueueKeys(prefix, "q")
-    ids = lpush_with_redis_cli(tmp_path, keys.wait, prefix, JOBS)
-    assert await redis.llen(keys.wait) == JOBS
+    target = redis_cli_target(redis_section)
+    ids = lpush_with_redis_cli(tmp_path, keys.wait, prefix, JOBS, target)
+    assert await queue_redis.llen(keys.wait) == JOBS
     config = make_config(handler_table(concurrency=1))
     run_worker(config)
     await wait_for(lambda: _at_least(redis, f"{prefix}:seen", JOBS), within=90, interval=0.2)
     seen = [x.decode() for x in await redis.lrange(f"{prefix}:seen", 0, -1)]
     assert seen == ids  # each once, in the order they were pushed
-    await wait_for(lambda: _empty(redis, keys.processing(config.worker.identity)))
-    assert await redis.llen(keys.wait) == 0
-    assert await redis.llen(keys.dead) == 0
+    await wait_for(lambda: _empty(queue_redis, keys.processing(config.worker.identity)))
+    assert await queue_redis.llen(keys.wait) == 0
+    assert await queue_redis.llen(keys.dead) == 0
 
 
 async def test_competing_consumers_handle_each_job_exactly_once(
-    redis: Redis, prefix: str, tmp_path: Path, make_config: Any, run_worker: Any
+    redis: Redis,
+    queue_redis: RedisClient,
+    redis_section: dict[str, Any],
+    prefix: str,
+    tmp_path: Path,
+    make_config: Any,
+    run_worker: Any,
 ) -> None:
     keys = QueueKeys(prefix, "q")
-    ids = lpush_with_redis_cli(tmp_path, keys.wait, prefix, JOBS)
+    ids = lpush_with_redis_cli(tmp_path, keys.wait, prefix, JOBS, redis_cli_target(redis_section))
     first = make_config(handler_table(concurrency=8), worker={"name": "a"})
     second = make_config(handler_table(concurrency=8), worker={"name": "b"})
     run_worker(first)
@@ -73,12 +99,12 @@ async def test_competing_consumers_handle_each_job_exactly_once(
     assert set(seen) == set(ids)
     assert max(seen.values()) == 1
     for config in (first, second):
-        await wait_for(lambda c=config: _empty(redis, keys.processing(c.worker.identity)))
+        await wait_for(lambda c=config: _empty(queue_redis, keys.processing(c.worker.identity)))
 
 
-async def _at_least(redis: Redis, key: str, n: int) -> bool:
+async def _at_least(redis: RedisClient, key: str, n: int) -> bool:
     return int(await redis.llen(key)) >= n
 
 
-async def _empty(redis: Redis, key: str) -> bool:
+async def _empty(redis: RedisClient, key: str) -> bool:
     return int(await redis.llen(key)) == 0

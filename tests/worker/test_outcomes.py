@@ -14,17 +14,21 @@ from redis.asyncio import Redis
 
 from alchemy.config import Config, parse_config
 from alchemy.queue.keys import QueueKeys
+from alchemy.queue.topology import RedisClient
 from alchemy.worker import consumer as consumer_module
 from tests.conftest import build_config_dict, queue_table, wait_for
 
+# Retries and dead letters on a single Redis and on a Redis Cluster (issue 10).
+ON_BOTH = pytest.mark.parametrize("redis_topology", ["single", "cluster"], indirect=True)
 
-async def push(redis: Redis, prefix: str, queue: str, raw: bytes | str) -> bytes:
+
+async def push(redis: RedisClient, prefix: str, queue: str, raw: bytes | str) -> bytes:
     data = raw.encode() if isinstance(raw, str) else raw
     await redis.lpush(QueueKeys(prefix, queue).wait, data)
     return data
 
 
-async def dead_entries(redis: Redis, prefix: str, queue: str) -> list[dict[str, Any]]:
+async def dead_entries(redis: RedisClient, prefix: str, queue: str) -> list[dict[str, Any]]:
     return [json.loads(e) for e in await redis.lrange(QueueKeys(prefix, queue).dead, 0, -1)]
 
 
@@ -36,29 +40,31 @@ def job(prefix: str, job_id: str, **data: Any) -> str:
     return json.dumps({"id": job_id, "record": f"{prefix}:rec", **data})
 
 
+@ON_BOTH
 async def test_failing_job_is_retried_with_backoff_then_dead_lettered(
-    redis: Redis, prefix: str, make_config: Any, run_worker: Any
+    redis: Redis, queue_redis: RedisClient, prefix: str, make_config: Any, run_worker: Any
 ) -> None:
     config: Config = make_config(
         queue_table(
             "q", max_attempts=3, backoff_initial=0.3, backoff_multiplier=2.0, backoff_jitter=0.0
         )
     )
-    raw = await push(redis, prefix, "q", job(prefix, "j1", fail_until_attempt=-1, extra=[1, 2]))
+    failing = job(prefix, "j1", fail_until_attempt=-1, extra=[1, 2])
+    raw = await push(queue_redis, prefix, "q", failing)
     run_worker(config)
     keys = QueueKeys(prefix, "q")
 
     # After the first failure the job waits in the delayed set as an envelope.
-    await wait_for(lambda: redis.zcard(keys.delayed))
-    [(member, due)] = await redis.zrange(keys.delayed, 0, -1, withscores=True)
+    await wait_for(lambda: queue_redis.zcard(keys.delayed))
+    [(member, due)] = await queue_redis.zrange(keys.delayed, 0, -1, withscores=True)
     envelope = json.loads(member)
     assert envelope["job"].encode() == raw
     assert envelope["_alchemy"]["attempt"] == 2
     assert envelope["_alchemy"]["last_error"] == {"type": "ValueError", "message": "told to fail"}
     assert due > time.time() * 1000 - 1000
 
-    await wait_for(lambda: redis.llen(keys.dead), within=10)
-    [entry] = await dead_entries(redis, prefix, "q")
+    await wait_for(lambda: queue_redis.llen(keys.dead), within=10)
+    [entry] = await dead_entries(queue_redis, prefix, "q")
     assert entry["reason"] == "max_attempts"
     assert entry["attempts"] == 3
     assert entry["id"] == "j1"
@@ -72,20 +78,21 @@ async def test_failing_job_is_retried_with_backoff_then_dead_lettered(
     gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(starts)]
     assert gaps[0] >= 0.3 - 0.02  # backoff_initial
     assert gaps[1] >= 0.6 - 0.02  # backoff_initial * multiplier
-    assert await redis.zcard(keys.delayed) == 0
-    assert await redis.llen(keys.wait) == 0
+    assert await queue_redis.zcard(keys.delayed) == 0
+    assert await queue_redis.llen(keys.wait) == 0
 
 
+@ON_BOTH
 async def test_permanent_error_goes_straight_to_dead_letter(
-    redis: Redis, prefix: str, make_config: Any, run_worker: Any
+    redis: Redis, queue_redis: RedisClient, prefix: str, make_config: Any, run_worker: Any
 ) -> None:
     config = make_config(queue_table("q", max_attempts=5))
     raw = await push(
-        redis, prefix, "q", job(prefix, "p1", fail_until_attempt=-1, error="permanent")
+        queue_redis, prefix, "q", job(prefix, "p1", fail_until_attempt=-1, error="permanent")
     )
     run_worker(config)
-    await wait_for(lambda: redis.llen(QueueKeys(prefix, "q").dead))
-    [entry] = await dead_entries(redis, prefix, "q")
+    await wait_for(lambda: queue_redis.llen(QueueKeys(prefix, "q").dead))
+    [entry] = await dead_entries(queue_redis, prefix, "q")
     assert entry["reason"] == "permanent_error"
     assert entry["attempts"] == 1
     assert entry["error"]["type"] == "PermanentError"

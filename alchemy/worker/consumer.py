@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from alchemy.config import QueueConfig
-from alchemy.logs import redact
+from alchemy.logs import fast_info, redact
 from alchemy.queue.job import (
     BadJob,
     DeadReason,
@@ -397,7 +397,8 @@ class QueueConsumer:
         if outcome.reason is not None:
             fields["reason"] = str(outcome.reason)
         if outcome.name == "completed":
-            log.info("job_finished", **fields)
+            if not fast_info("job_finished", fields):
+                log.info("job_finished", **fields)
         else:
             log.warning("job_finished", **fields)
 

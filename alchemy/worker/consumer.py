@@ -48,10 +48,11 @@ from alchemy.worker.progress import ProgressThrottle, encode_result
 log = structlog.get_logger("alchemy.consumer")
 
 DEAD_HOOK_TIMEOUT = 10.0  # seconds a handler module's on_dead may take
-# Jobs are claimed one batch ahead (up to ``concurrency`` more than the free slots) while the
+# Jobs are claimed ahead (up to twice ``concurrency`` more than the free slots) while the
 # queue's recent jobs took less than this in their handler and it has no rate limit: with
 # quick jobs the next batch is then already here when slots free, instead of a round trip
-# away. Slow jobs claim only for free slots, so other processes get the rest.
+# away, and claims are larger (fewer round trips a job). Slow jobs claim only for free
+# slots, so other processes get the rest.
 PREFETCH_JOB_S = 0.01
 RECENT_WEIGHT = 0.1  # the weight of the latest job in the recent handler time
 OFF_LOOP_BYTES = 1_048_576  # a too_large job longer than this is encoded in a thread
@@ -113,12 +114,13 @@ class QueueConsumer:
         # Claimed while every slot was busy (see PREFETCH_JOB_S): item, claim time in ms.
         # Owned and in the processing list; started in order as slots free.
         self._ready: deque[tuple[bytes, float]] = deque()
-        self._prefetch = 0 if config.rate_limit else config.concurrency
+        self._prefetch = 0 if config.rate_limit else 2 * config.concurrency
         # The recent handler time of this queue's jobs (weighted); no claiming ahead until
         # jobs have shown to be quick.
         self._recent_s = PREFETCH_JOB_S
         self._timed_out: set[asyncio.Task[None]] = set()  # cancelled by the queue timeout
         self._slot_free = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one running the jobs
         self._runs = itertools.count(1)
 
     @property
@@ -165,8 +167,13 @@ class QueueConsumer:
         self._run_task(item, picked_ms, after_s)
 
     def _run_task(self, item: bytes, picked_ms: float, after_s: float = 0.0) -> None:
+        # The loop, looked up once: asyncio.get_running_loop() (inside create_task() and
+        # current_task()) makes a getpid() system call each time.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         run = self._run_job(item, picked_ms)
-        task = asyncio.create_task(_after(after_s, run) if after_s > 0 else run)
+        task = loop.create_task(_after(after_s, run) if after_s > 0 else run)
         self._running[task] = item
         task.add_done_callback(self._on_done)
 
@@ -270,9 +277,10 @@ class QueueConsumer:
             )
         # The queue timeout: a timer that cancels this task (a plain loop timer costs a third
         # of asyncio.timeout(), which matters at thousands of jobs a second).
-        task = asyncio.current_task()
+        loop = self._loop
+        assert loop is not None
+        task = asyncio.current_task(loop)
         assert task is not None
-        loop = task.get_loop()
         timer = loop.call_at(loop.time() + self.config.timeout, self._time_out, task)
         timed_out, other_cancels = False, 0
         try:

@@ -48,11 +48,12 @@ from alchemy.worker.progress import ProgressThrottle, encode_result
 log = structlog.get_logger("alchemy.consumer")
 
 DEAD_HOOK_TIMEOUT = 10.0  # seconds a handler module's on_dead may take
-# Jobs are claimed ahead (up to twice ``concurrency`` more than the free slots) while the
+# Jobs are claimed ahead (up to four times ``concurrency`` beyond the free slots) while the
 # queue's recent jobs took less than this in their handler and it has no rate limit: with
-# quick jobs the next batch is then already here when slots free, instead of a round trip
-# away, and claims are larger (fewer round trips a job). Slow jobs claim only for free
-# slots, so other processes get the rest.
+# quick jobs the next ones are already here when slots free, instead of a round trip away;
+# and once some are here, the next claim waits until twice ``concurrency`` fit, so each
+# round trip brings many (a claim in flight takes as long as a loaded Redis answers). Slow
+# jobs claim only for free slots, so other processes get the rest.
 PREFETCH_JOB_S = 0.01
 RECENT_WEIGHT = 0.1  # the weight of the latest job in the recent handler time
 OFF_LOOP_BYTES = 1_048_576  # a too_large job longer than this is encoded in a thread
@@ -114,7 +115,7 @@ class QueueConsumer:
         # Claimed while every slot was busy (see PREFETCH_JOB_S): item, claim time in ms.
         # Owned and in the processing list; started in order as slots free.
         self._ready: deque[tuple[bytes, float]] = deque()
-        self._prefetch = 0 if config.rate_limit else 2 * config.concurrency
+        self._prefetch = 0 if config.rate_limit else 4 * config.concurrency
         # The recent handler time of this queue's jobs (weighted); no claiming ahead until
         # jobs have shown to be quick.
         self._recent_s = PREFETCH_JOB_S
@@ -135,8 +136,12 @@ class QueueConsumer:
     def _free_slots(self) -> int:
         """How many jobs the next claim may take: the free slots, and (quick jobs) a batch
         ahead of them."""
+        concurrency = self.config.concurrency
         ahead = self._prefetch if self._recent_s < PREFETCH_JOB_S else 0
-        return self.config.concurrency + ahead - len(self._running) - len(self._ready)
+        room = concurrency + ahead - len(self._running) - len(self._ready)
+        if self._ready and room < 2 * concurrency:
+            return 0  # enough here to go on with: claim again once a batch fits
+        return room
 
     async def _wait_for_slot(self) -> None:
         self._slot_free.clear()

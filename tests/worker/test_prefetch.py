@@ -27,16 +27,19 @@ async def test_jobs_claimed_ahead_wait_for_a_slot_and_a_stop_returns_them_unstar
     await wait_for(lambda: _count(redis, f"{quick}:done", 20))
 
     slow = f"{prefix}:slow"
-    ids = [await producer.enqueue("q", {"record": slow, "sleep": 1.0}) for _ in range(8)]
-    # Two run; four more (twice the concurrency) are claimed ahead, not started; two wait.
-    await wait_for(lambda: _count(redis, processing, 6))
+    await redis.set(keys.paused, 1)  # all of them there before the next claim
+    ids = [await producer.enqueue("q", {"record": slow, "sleep": 1.0}) for _ in range(12)]
+    await redis.delete(keys.paused)
+    # Two run; eight more (four times the concurrency) are claimed ahead, not started; two
+    # wait.
+    await wait_for(lambda: _count(redis, processing, 10))
     await wait_for(lambda: _count(redis, slow, 2))
     assert await redis.llen(keys.wait) == 2
-    assert await redis.llen(processing) == 6
+    assert await redis.llen(processing) == 10
 
     worker.request_stop("test")
     await wait_for(lambda: _count(redis, f"{slow}:done", 2), within=10)
-    await wait_for(lambda: _count(redis, keys.wait, 6), within=10)
+    await wait_for(lambda: _count(redis, keys.wait, 10), within=10)
     started = [entry["id"] for entry in await read_records(redis, slow)]
     assert started == ids[:2]  # the ones claimed ahead never started
     assert await redis.llen(processing) == 0

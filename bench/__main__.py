@@ -1,23 +1,27 @@
-"""``python -m bench [--jobs N] [--concurrency N] [--rate R] [--seconds S] [--rounds N]``
+"""``python -m bench [--only LINES] [--without-bullmq] [--jobs N] [--concurrency N] [--rate R]
+[--seconds S] [--rounds N]``
 
-1. ``--rounds`` times, alternating:
+1. ``--rounds`` times, in turn (line ``drain``):
    floor drain: N prefilled items taken by the bare BRPOPLPUSH + LREM loop (bench/floor.py)
-   with ``concurrency`` coroutines, in a process of its own; and
+   with ``concurrency`` coroutines, in a process of its own;
    engine drain: N prefilled no-op jobs run by one ``python -m alchemy run`` process at
-   ``concurrency`` (the same process every round);
-2. floor pickup (a control): the bare loop, idle, fed R jobs/s for S seconds;
-3. engine pickup: the worker, idle, fed R jobs/s for S seconds by alchemy's Producer;
-   then its peak RSS;
-4. the rate limit: three workers share a queue limited to 50 starts per 2 s, with a
-   backlog, for 12 s (bench/limiter.py): the worst window and the throughput, as % of the
-   limit;
-5. the handler line (bench/handler.py): content jobs/s through the real content handler
-   with the offline provider and a PostgreSQL database of its own, ``--rounds`` drains of
-   ``--handler-jobs`` jobs (``--handler-jobs 0`` leaves it out);
-6. dashboards (bench/dashboards.py): the engine drain with 10 dashboards live vs none, and
-   the Redis work of one page refresh with 1,000 and 1,000,000 dead entries.
+   ``concurrency`` (the same process every round); and, when ``node`` and ``npm`` are
+   there, BullMQ drain: N no-op jobs through one long-lived BullMQ worker at
+   ``concurrency`` (bench/bullmq.py, installed with ``npm ci`` from the committed lockfile);
+2. pickup (line ``pickup``): the floor (a control), the engine and BullMQ, each idle, fed
+   R jobs/s for S seconds; then each worker's peak RSS;
+3. the rate limit (line ``limiter``): three workers share a queue limited to 50 starts per
+   2 s, with a backlog, for 12 s (bench/limiter.py): the worst window and the throughput, as
+   % of the limit;
+4. the handler line (``handler``, bench/handler.py): content jobs/s through the real content
+   handler with the offline provider and a PostgreSQL database of its own, ``--rounds``
+   drains of ``--handler-jobs`` jobs (``--handler-jobs 0`` leaves it out);
+5. dashboards (``dashboards``, bench/dashboards.py): the engine drain with 10 dashboards live
+   vs none, and the Redis work of one page refresh with 1,000 and 1,000,000 dead entries.
 
-Prints a table, then one JSON line, the last line of the output. See bench/README.md.
+``--only drain,pickup`` measures only those lines. Prints the measures, then the table of
+bench/README.md (one row per system), then one JSON line, the last line of the output.
+See bench/README.md.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from alchemy.config import (
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
 from alchemy.logs import configure_logging, flush_logs, redact, register_secrets
 from alchemy.ops.systemd import SystemdNotifier, check_watchdog
+from alchemy.paid.spend import GROUPINGS
 from alchemy.queue.admin import TRUNCATED_NOTE, QueueAdmin
 from alchemy.queue.producer import Producer
 from alchemy.queue.topology import RedisClient
@@ -50,6 +51,7 @@ COMMANDS: Final = (
     "check-config",
     "migrate",
     "spend",
+    "budget",
 )
 
 
@@ -161,7 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     spend.add_argument("--job", help="one job's calls (its id)")
     spend.add_argument("--brand", type=_uuid, help="one brand's calls (its UUID)")
-    spend.add_argument("--day", type=_day, help="one day's calls, YYYY-MM-DD (UTC)")
+    spend.add_argument(
+        "--day", type=_day, help="one day's calls, YYYY-MM-DD ([budgets] time_zone, default UTC)"
+    )
+    spend.add_argument("--provider", help="one provider's calls (anthropic, openai, offline)")
+    spend.add_argument("--model", help="one model's calls")
+    spend.add_argument(
+        "--by", choices=GROUPINGS, default="model", help="one line per (default: model)"
+    )
+    from alchemy.cli_budget import add_parser as add_budget_parser
+
+    add_budget_parser(sub, [common, as_json], _uuid)
     return parser
 
 
@@ -641,7 +653,15 @@ def _spend(config: Config, args: argparse.Namespace) -> int:
     from alchemy.paid.spend import Filters, Spend, render, spend
     from alchemy.providers.prices import shipped_prices
 
-    filters = Filters(job_id=args.job, brand_id=args.brand, day=args.day)
+    filters = Filters(
+        job_id=args.job,
+        brand_id=args.brand,
+        day=args.day,
+        provider=args.provider,
+        model=args.model,
+        time_zone=config.budgets.time_zone,
+        by=args.by,
+    )
 
     async def read(url: str) -> Spend:
         conn = await asyncpg.connect(url)
@@ -654,6 +674,16 @@ def _spend(config: Config, args: argparse.Namespace) -> int:
     if isinstance(report, int):
         return report
     print(json.dumps(report.to_json(), indent=2) if args.json else render(report))
+    return 0
+
+
+def _budget(config: Config, args: argparse.Namespace) -> int:
+    from alchemy.cli_budget import budget_action, print_budget
+
+    result = _with_database(config, lambda url: budget_action(config, args, url))
+    if isinstance(result, int):
+        return result
+    print_budget(args, *result)
     return 0
 
 
@@ -673,4 +703,5 @@ COMMAND_TABLE: Final[dict[str, Callable[[Config, argparse.Namespace], int]]] = {
     "check-config": _check_config,
     "migrate": _migrate,
     "spend": _spend,
+    "budget": _budget,
 }

@@ -275,16 +275,16 @@ local function each_budget_held(delayed, needle, visit)
 end
 """
 
-# KEYS: delayed   ARGV: scope ("brand <uuid>", "provider <name>" or "" for every one)
-# An operator raised a budget: its held jobs are due now. Returns how many.
+# KEYS: delayed, wait   ARGV: scope ("brand <uuid>", "provider <name>" or "" for every one)
+# An operator raised a budget: its held jobs go onto the wait list now, as a due retry
+# would (a consumer blocked on the list wakes at once). Returns how many.
 RELEASE_BUDGET_HOLDS: Final = (
-    _NOW
-    + _BUDGET_HELD
+    _BUDGET_HELD
     + """
 local moved = 0
 each_budget_held(KEYS[1], ARGV[1], function(member, score, message)
-  if score > now then
-    redis.call('ZADD', KEYS[1], 'XX', now, member)
+  if redis.call('ZREM', KEYS[1], member) == 1 then
+    redis.call('LPUSH', KEYS[2], member)
     moved = moved + 1
   end
 end)

@@ -241,7 +241,8 @@ class QueueStore:
     async def release_budget_holds(self, scope: str) -> int:
         """The delayed jobs held for ``scope``'s budget (``brand <uuid>``, ``provider
         <name>``) are due now: its operator raised the budget. Returns how many."""
-        return int(await _run(self._s.release_budget_holds, [self.keys.delayed], [scope]))
+        keys = [self.keys.delayed, self.keys.wait]
+        return int(await _run(self._s.release_budget_holds, keys, [scope]))
 
     async def budget_holds(self) -> dict[str, int]:
         """Delayed jobs held for a budget, per scope (``brand:<uuid>``, ``provider:<name>``).

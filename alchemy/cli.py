@@ -322,7 +322,10 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 else ("yes" if s.paused_for_ms < 0 else f"{s.paused_for_ms / 1000:.1f}s")
             )
             if s.held is not None:
-                paused += f"; held: {s.held.get('dependency')} is down ({s.held.get('reason')})"
+                paused += _held_text(s.held)
+            held_for_budget = sum(s.budget_held.values())
+            if held_for_budget:
+                paused += f"; {held_for_budget} job(s) held: budget_exhausted"
             print(f"{s.queue:<24}{s.wait:>8}{s.processing:>12}{s.delayed:>9}{s.dead:>8}  {paused}")
         print("\nprocesses:")
         seen = False
@@ -342,6 +345,14 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         return 0
 
     return _with_redis(config, action)
+
+
+def _held_text(held: Mapping[str, Any]) -> str:
+    dependency = str(held.get("dependency"))
+    if dependency.startswith("provider:"):
+        left = f"{int(held.get('left_ms', 0)) / 1000:.0f}s"
+        return f"; held: {dependency} spend limit ({held.get('reason')}); resume, or {left}"
+    return f"; held: {dependency} is down ({held.get('reason')})"
 
 
 def _dead(config: Config, args: argparse.Namespace) -> int:

@@ -533,8 +533,22 @@ def _check_relations(config: Config) -> None:
         if queue.rate_limit == 0 and queue.rate_burst:
             raise ConfigError(f"{path}.rate_burst", "needs rate_limit > 0")
     _check_providers(config.providers)
-    _check_time_zone(config.budgets.time_zone)
+    _check_budgets(config)
     _check_http(config.http)
+
+
+def _check_budgets(config: Config) -> None:
+    _check_time_zone(config.budgets.time_zone)
+    bound = config.budgets.reservation_timeout
+    providers = config.providers
+    longest = (providers.max_retries + 1) * providers.timeout
+    if bound and bound < longest:
+        raise ConfigError(
+            "budgets.reservation_timeout",
+            f"must be at least the longest a provider call can take ({longest:g}s: providers"
+            " timeout x (max_retries + 1)), or 0 for the lease's time: a reservation that"
+            " ends before its call would let the budget be overspent",
+        )
 
 
 def _check_time_zone(name: str) -> None:

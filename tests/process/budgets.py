@@ -57,10 +57,14 @@ def sections(
     return {**kw, "budgets": budgets}
 
 
-def cli_config(tmp_path: Path, prefix: str, database_url: str, budgets: dict[str, Any]) -> Path:
+def cli_config(
+    tmp_path: Path, prefix: str, database_url: str, budgets: dict[str, Any], **sections: Any
+) -> Path:
     path = tmp_path / "cli.toml"
     queues = {QUEUE: {"handler": "alchemy.handlers.content:handle"}}
-    raw = build_config_dict(prefix, queues, database={"url": database_url}, budgets=budgets)
+    raw = build_config_dict(
+        prefix, queues, database={"url": database_url}, budgets=budgets, **sections
+    )
     path.write_text(to_toml(raw))
     return path
 

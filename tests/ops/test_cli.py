@@ -112,6 +112,9 @@ HELP_PATHS = [
     ["check-config"],
     ["migrate"],
     ["spend"],
+    ["budget"],
+    ["budget", "show"],
+    ["budget", "set"],
 ]
 
 

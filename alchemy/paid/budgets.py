@@ -188,18 +188,22 @@ class Budgets:
         ``worst`` (None: the model has no price, nothing to reserve); otherwise raise
         :class:`BudgetExhaustedError` or :class:`OverBudgetError`. Returns the windows as
         they are with this reservation."""
+        reserve = (BEGIN_RESERVED, *start_args(start), worst, self.reservation_seconds)
+        limits = await self.limits(conn, start.brand_id, start.provider)
+        if not limits.any or worst is None:  # nothing to check: no lock, no transaction
+            await conn.execute(*reserve)
+            return []
         async with conn.transaction():
+            # Read again inside: the windows are those of the transaction's clock.
             limits = await self.limits(conn, start.brand_id, start.provider)
-            windows: list[Window] = []
-            if limits.any and worst is not None:
-                if start.brand_id is not None and (limits.daily or limits.monthly):
-                    await conn.execute(LOCK, f"alchemy:budget:brand:{start.brand_id}")
-                if limits.provider_daily:
-                    await conn.execute(LOCK, f"alchemy:budget:provider:{start.provider}")
-                windows = await self.windows(conn, limits, start.brand_id, start.provider)
-                for window in windows:
-                    self._check(window, worst, start, limits.now)
-            await conn.execute(BEGIN_RESERVED, *start_args(start), worst, self.reservation_seconds)
+            if start.brand_id is not None and (limits.daily or limits.monthly):
+                await conn.execute(LOCK, f"alchemy:budget:brand:{start.brand_id}")
+            if limits.provider_daily:
+                await conn.execute(LOCK, f"alchemy:budget:provider:{start.provider}")
+            windows = await self.windows(conn, limits, start.brand_id, start.provider)
+            for window in windows:
+                self._check(window, worst, start, limits.now)
+            await conn.execute(*reserve)
         return [
             Window(
                 w.scope,

@@ -253,10 +253,11 @@ return redis.call('DEL', KEYS[1])
 
 # Delayed jobs waiting for a budget (their last error a BudgetExhaustedError, whose message
 # names the scope: "brand <uuid>" or "provider <name>"). A cheap plain-text test first, then
-# the envelope decoded. Needs `delayed` (key), `needle` (the scope, "" = any) and `visit`.
+# the envelope decoded. Needs `delayed` (key), `needle` (the scope, "" = any), `last` (the
+# last rank to look at, -1 = all) and `visit`.
 _BUDGET_HELD: Final = """
-local function each_budget_held(delayed, needle, visit)
-  local members = redis.call('ZRANGE', delayed, 0, -1, 'WITHSCORES')
+local function each_budget_held(delayed, needle, last, visit)
+  local members = redis.call('ZRANGE', delayed, 0, last, 'WITHSCORES')
   for i = 1, #members, 2 do
     local member = members[i]
     if string.find(member, 'BudgetExhaustedError', 1, true)
@@ -282,7 +283,7 @@ RELEASE_BUDGET_HOLDS: Final = (
     _BUDGET_HELD
     + """
 local moved = 0
-each_budget_held(KEYS[1], ARGV[1], function(member, score, message)
+each_budget_held(KEYS[1], ARGV[1], -1, function(member, score, message)
   if redis.call('ZREM', KEYS[1], member) == 1 then
     redis.call('LPUSH', KEYS[2], member)
     moved = moved + 1
@@ -292,12 +293,14 @@ return moved
 """
 )
 
-# KEYS: delayed   Returns {scope, count, ...}: the jobs held per budget scope.
+# KEYS: delayed   ARGV: how many of the soonest due to look at
+# Returns {scope, count, ...}: the jobs held per budget scope among them (a held job is due
+# within [budgets] recheck, so it is among the soonest unless many retries come first).
 COUNT_BUDGET_HOLDS: Final = (
     _BUDGET_HELD
     + """
 local counts, order = {}, {}
-each_budget_held(KEYS[1], '', function(member, score, message)
+each_budget_held(KEYS[1], '', tonumber(ARGV[1]) - 1, function(member, score, message)
   local scope = string.match(message, '^budget_exhausted: (%a+ [^ ]+)') or 'unknown'
   if not counts[scope] then counts[scope] = 0; table.insert(order, scope) end
   counts[scope] = counts[scope] + 1

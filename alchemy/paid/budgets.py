@@ -41,7 +41,6 @@ from alchemy.paid.ledger import BEGIN_RESERVED, CallStart, start_args
 
 log = structlog.get_logger("alchemy.paid.budgets")
 
-CENT: Final = Decimal("0.01")
 
 # $1 brand (NULL: none), $2 default daily, $3 default monthly, $4 time zone
 BUDGETS: Final = """
@@ -63,8 +62,7 @@ FROM clock LEFT JOIN brand_budgets b ON b.brand_id = $1
 USE: Final = """
 SELECT coalesce(sum(cost_usd), 0) AS spent,
        coalesce(sum(reserved_usd) FILTER (WHERE outcome = 'in_flight'
-                                            AND reserved_until > $5), 0) AS reserved,
-       count(*) FILTER (WHERE outcome = 'in_flight' AND reserved_until > $5) AS in_flight
+                                            AND reserved_until > $5), 0) AS reserved
 FROM provider_calls
 WHERE ($1::uuid IS NULL OR brand_id = $1) AND ($2::text IS NULL OR provider = $2)
   AND started_at >= $3 AND started_at < $4
@@ -83,27 +81,10 @@ class Window:
     end: datetime.datetime
     spent: Decimal
     reserved: Decimal
-    in_flight: int
 
     @property
     def used(self) -> Decimal:
         return self.spent + self.reserved
-
-    @property
-    def remaining(self) -> Decimal:
-        return self.budget - self.used
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "budget_usd": float(self.budget),
-            "spent_usd": float(self.spent),
-            "reserved_usd": float(self.reserved),
-            "remaining_usd": float(self.remaining),
-            "in_flight": self.in_flight,
-            "start": self.start.isoformat(),
-            "end": self.end.isoformat(),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,30 +150,18 @@ class Budgets:
         out = []
         for scope, kind, budget, (start, end), brand, only in wanted:
             row = await conn.fetchrow(USE, brand, only, start, end, limits.now)
-            out.append(
-                Window(
-                    scope,
-                    kind,
-                    budget,
-                    start,
-                    end,
-                    row["spent"],
-                    row["reserved"],
-                    int(row["in_flight"]),
-                )
-            )
+            out.append(Window(scope, kind, budget, start, end, row["spent"], row["reserved"]))
         return out
 
-    async def begin(self, conn: Any, start: CallStart, worst: Decimal | None) -> list[Window]:
+    async def begin(self, conn: Any, start: CallStart, worst: Decimal | None) -> None:
         """Write the call's ledger row with its reservation if every budget has room for
         ``worst`` (None: the model has no price, nothing to reserve); otherwise raise
-        :class:`BudgetExhaustedError` or :class:`OverBudgetError`. Returns the windows as
-        they are with this reservation."""
+        :class:`BudgetExhaustedError` or :class:`OverBudgetError`."""
         reserve = (BEGIN_RESERVED, *start_args(start), worst, self.reservation_seconds)
         limits = await self.limits(conn, start.brand_id, start.provider)
         if not limits.any or worst is None:  # nothing to check: no lock, no transaction
             await conn.execute(*reserve)
-            return []
+            return
         async with conn.transaction():
             # Read again inside: the windows are those of the transaction's clock.
             limits = await self.limits(conn, start.brand_id, start.provider)
@@ -204,19 +173,6 @@ class Budgets:
             for window in windows:
                 self._check(window, worst, start, limits.now)
             await conn.execute(*reserve)
-        return [
-            Window(
-                w.scope,
-                w.kind,
-                w.budget,
-                w.start,
-                w.end,
-                w.spent,
-                w.reserved + (worst or 0),
-                w.in_flight + 1,
-            )
-            for w in windows
-        ]
 
     def _check(
         self, window: Window, worst: Decimal, start: CallStart, now: datetime.datetime

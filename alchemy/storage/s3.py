@@ -152,7 +152,6 @@ class S3Store:
                 Key=self.object_name(key),
                 Body=data,
                 ContentType=mime_type,
-                CacheControl="private, max-age=31536000, immutable",
             )
         except Exception as exc:
             raise StoreError(f"S3 media store: cannot write {key}: {_describe(exc)}") from None

@@ -203,3 +203,24 @@ async def test_copy_to_s3_is_idempotent_and_resumable(
         assert got == (200, data)
     with Image.open(gone_path) as still_local:  # local files are never deleted
         assert still_local.size == (12, 10)
+
+
+async def test_an_s3_host_cuts_a_thumbnail_from_an_old_local_image(
+    db: asyncpg.Pool,
+    redis: Redis,
+    prefix: str,
+    fake_ai: FakeAI,
+    make_app_config: Any,
+    run_worker: Any,
+    media_dir: Path,
+    s3_media: dict[str, Any],
+) -> None:
+    brand_id = await create_brand(db)
+    old_id, _ = await insert_local_row(db, brand_id, media_dir, 300)  # 310x10, local
+    run_worker(make_app_config(media=s3_media))
+    job = {"brand_id": str(brand_id), "kind": "thumbnail", "source_media_id": str(old_id)}
+    await push(redis, prefix, Q, "m-old-cut", **job)
+    cut = await wait_status(db, "media", "m-old-cut", ("completed", "failed"))
+    assert cut["status"] == "completed", cut["error"]
+    assert (cut["store"], cut["width"], cut["height"]) == ("s3", 256, 8)
+    assert fake_ai.count("images") == 0

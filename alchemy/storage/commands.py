@@ -83,7 +83,7 @@ async def copy_to_s3(
     """Copy every completed ``local`` row's object into S3 and mark the row ``s3``;
     ``on_row(media id, what happened)`` hears of each."""
     s3 = stores.s3
-    if s3 is None:
+    if s3 is None or stores.config.media.store != "s3":
         raise ConfigError("media.store", 'must be "s3" (with its s3_* keys) to copy into S3')
     report = CopyReport()
     after = ZERO_ID

@@ -13,7 +13,7 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from alchemy.config import Config, HttpConfig
+from alchemy.config import Config, HttpConfig, MediaConfig
 from alchemy.storage import MediaStore, Stored, StoreError
 from alchemy.storage.local import LocalStore
 from alchemy.storage.s3 import S3Store  # aiobotocore is imported only when it opens
@@ -51,6 +51,13 @@ class MediaStores:
         return await self.named(store).url(key, seconds)
 
 
+def uses_s3(media: MediaConfig) -> bool:
+    """S3 is opened when it takes new media, and also, with its settings complete, when it
+    does not (``store`` back to ``local``): its rows are still read and linked."""
+    complete = media.s3_bucket and media.s3_access_key_id and media.s3_secret_access_key
+    return media.store == "s3" or bool(complete)
+
+
 def links_base_url(config: Config) -> str:
     """Where browsers reach this host's listener: ``[media] public_url``, else the
     listener's own address (``""`` when there is no listener)."""
@@ -84,7 +91,7 @@ async def open_stores(
     local = LocalStore(Path(config.media.directory), link_signer(config))
     async with contextlib.AsyncExitStack() as stack:
         s3: S3Store | None = None
-        if config.media.store == "s3":
+        if uses_s3(config.media):
             opened = await stack.enter_async_context(S3Store(config.media))
             if probe:
                 await opened.probe()

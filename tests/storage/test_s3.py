@@ -18,7 +18,7 @@ import pytest
 
 from alchemy.config import parse_config
 from alchemy.errors import ConfigError
-from alchemy.storage import ObjectMissingError
+from alchemy.storage import ObjectMissingError, StoreError
 from alchemy.storage.stores import open_stores
 from tests.conftest import REPO, build_config_dict, queue_table, to_toml
 from tests.fakes.ai_server import png_bytes
@@ -140,3 +140,19 @@ async def test_a_worker_with_a_wrong_secret_exits_78_with_one_line(
     assert "secret access key is wrong" in last
     assert "wrong-secret-0123456789" not in done.stderr + done.stdout
     assert SECRET_KEY not in done.stderr + done.stdout
+
+
+async def test_back_on_local_the_buckets_rows_are_still_read(
+    prefix: str, tmp_path: Path, s3_media: dict[str, Any]
+) -> None:
+    async with open_stores(media_config(prefix, tmp_path, s3_media)) as stores:
+        stored = await stores.put(png_bytes(5, 5), "image/png")
+    local = media_config(prefix, tmp_path, {**s3_media, "store": "local"})
+    async with open_stores(local) as stores:
+        assert stores.primary is stores.local  # new media goes to the directory again
+        assert await stores.get("s3", stored.path) == png_bytes(5, 5)
+        assert (await stores.put(png_bytes(6, 6), "image/png")).store == "local"
+    without_s3 = media_config(prefix, tmp_path, {})
+    async with open_stores(without_s3) as stores:
+        with pytest.raises(StoreError, match="'s3' is not configured"):
+            await stores.get("s3", stored.path)

@@ -74,7 +74,8 @@ async def test_a_fresh_database_is_migrated_and_a_second_run_does_nothing(
     assert [(r["version"], r["name"]) for r in rows] == [
         (1, "initial"),
         (2, "paid_work"),
-        (3, "budgets"),
+        (3, "media_store"),
+        (4, "budgets"),
     ]
     assert [r["checksum"] for r in rows] == [m.checksum for m in load_migrations()]
 
@@ -110,7 +111,7 @@ async def test_a_failing_migration_leaves_nothing_behind(empty_database: str) ->
         versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")
     finally:
         await conn.close()
-    # every shipped migration kept, 999 rolled back
+    # Every shipped migration kept, 999 rolled back.
     assert [v["version"] for v in versions] == [m.version for m in load_migrations()]
 
 

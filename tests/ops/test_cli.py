@@ -115,6 +115,9 @@ HELP_PATHS = [
     ["budget"],
     ["budget", "show"],
     ["budget", "set"],
+    ["media"],
+    ["media", "url"],
+    ["media", "copy-to-s3"],
 ]
 
 

@@ -3,6 +3,7 @@ example's moment, over the ledger rows of the ``spend`` example), and its refusa
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import uuid
@@ -99,3 +100,25 @@ async def test_default_puts_the_brand_back_on_the_configured_budget(
     assert status == 0, err
     assert "no daily budget" in out  # config.toml has none
     assert "monthly 9.0000" in out  # left as it was
+
+
+async def test_spend_by_provider_brand_and_day_and_its_filters(
+    db: asyncpg.Pool, config: Path
+) -> None:
+    await seed_example(db)
+    status, out, _ = await run_cli(config, "spend", "--by", "provider", "--json")
+    assert status == 0
+    report = json.loads(out)
+    costs = {line["provider"]: line["cost_usd"] for line in report["providers"]}
+    assert costs == {"anthropic": 0.047946, "openai": 0.04249}
+    assert report["total"]["cost_usd"] == 0.090436
+    status, out, _ = await run_cli(config, "spend", "--by", "brand", "--json")
+    assert [(b["brand"], b["calls"]) for b in json.loads(out)["brands"]] == [(str(BRAND), 4)]
+    status, out, _ = await run_cli(config, "spend", "--by", "day")
+    assert out.splitlines()[2].startswith("2026-11-30 ")
+    status, out, _ = await run_cli(
+        config, "spend", "--provider", "openai", "--model", "gpt-image-1.5", "--json"
+    )
+    filtered = json.loads(out)
+    assert filtered["filters"]["provider"] == "openai"
+    assert [m["model"] for m in filtered["models"]] == ["gpt-image-1.5"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import signal
 import time
 import uuid
@@ -25,7 +26,7 @@ from redis.asyncio import Redis
 from alchemy.config import BudgetsConfig
 from alchemy.paid.brand_budgets import report
 from alchemy.queue.admin import QueueAdmin
-from tests.conftest import wait_for, wait_started
+from tests.conftest import REPO, wait_for, wait_started
 from tests.fakes.ai_server import FakeAI, Reply
 from tests.handlers.support import queue_tables
 from tests.process.budgets import (
@@ -212,6 +213,8 @@ async def test_a_providers_spend_limit_pauses_its_queue_and_resume_continues(
     paused_at = time.monotonic()
     assert held["dependency"] == "provider:openai"
     assert "insufficient_quota" in held["reason"]
+    status, out, _ = await run_cli(cli, "status")
+    assert re.fullmatch(documented_status_line(), out.splitlines()[1]), out
     await wait_for(lambda: _is(completed(db, brand_id), 2), within=pause + 5)
     paused_for = time.monotonic() - paused_at
     record = await wait_for(lambda: _record_in(admin, "o-0", "completed"), within=5)
@@ -224,6 +227,15 @@ async def test_a_providers_spend_limit_pauses_its_queue_and_resume_continues(
     assert fake_ai.count("messages") == 2
     assert fake_ai.count("chat") == 2
     assert await ledger_cost(db, brand_id) == CALL_USD + await _openai_cost(db, brand_id)
+
+
+def documented_status_line() -> str:
+    """docs/operations.md's `status` line of a queue held for OpenAI's quota, as a pattern
+    (the counts and the seconds left vary)."""
+    section = (REPO / "docs" / "operations.md").read_text().split("## Budgets", 1)[1]
+    line = next(x for x in section.splitlines() if x.startswith("content-generation "))
+    tail = re.escape(line.split("  no; ", 1)[1])
+    return r"content-generation\s+\d+\s+\d+\s+\d+\s+\d+  no; " + re.sub(r"\d+s$", r"\\d+s", tail)
 
 
 def admin_wait(prefix: str) -> str:

@@ -120,3 +120,29 @@ def test_the_worst_case_covers_every_byte_and_max_tokens() -> None:
     assert worst_text_cost(shipped_prices(), request, 4096) > Decimal(0)
     unpriced = TextRequest("s", "p", ContentDraft, "no-such-model")
     assert worst_text_cost(shipped_prices(), unpriced, 4096) is None
+
+
+async def test_an_image_reserves_its_worst_case_too(
+    db: asyncpg.Pool,
+    redis: Redis,
+    prefix: str,
+    fake_ai: FakeAI,
+    make_app_config: Any,
+    run_worker: Any,
+) -> None:
+    """A media job's image: 10,000 output tokens at gpt-image-1.5's $40 a million are more
+    than a $0.30 budget, so it is never sent; a brand with room gets its image."""
+    poor, rich = await create_brand(db), await create_brand(db, name="Rich")
+    await db.execute(
+        "INSERT INTO brand_budgets (brand_id, daily_usd) VALUES ($1, 0.30), ($2, 5)", poor, rich
+    )
+    run_worker(make_app_config())
+    await push(redis, prefix, "media-generation", "img-p", brand_id=str(poor), prompt="a house")
+    [entry] = await wait_dead(redis, prefix, "media-generation")
+    assert entry["error"]["type"] == "OverBudgetError"
+    assert "(openai gpt-image-1.5)" in entry["error"]["message"]
+    assert not fake_ai.calls
+    await push(redis, prefix, "media-generation", "img-r", brand_id=str(rich), prompt="a house")
+    await wait_status(db, "media", "img-r", ("completed",))
+    call = await db.fetchrow("SELECT * FROM provider_calls WHERE job_id = 'img-r'")
+    assert call["reserved_usd"] > Decimal("0.40") > call["cost_usd"]

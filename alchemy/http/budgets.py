@@ -35,8 +35,10 @@ class BudgetBook:
         self._read_at = float("-inf")
         self.last: BudgetReport | None = None
 
-    async def report(self, brand_id: uuid.UUID | None = None) -> BudgetReport:
-        return await report(await self.db(), self.config.budgets, brand_id)
+    async def report(
+        self, brand_id: uuid.UUID | None = None, *, idle_brands: bool = True
+    ) -> BudgetReport:
+        return await report(await self.db(), self.config.budgets, brand_id, idle_brands=idle_brands)
 
     async def for_scrape(self) -> BudgetReport | None:
         """Every brand's report, read at most once per ``SCRAPE_TTL``; the last one (or
@@ -44,7 +46,7 @@ class BudgetBook:
         if time.monotonic() - self._read_at >= SCRAPE_TTL:
             self._read_at = time.monotonic()
             try:
-                self.last = await self.report()
+                self.last = await self.report(idle_brands=False)
             except Exception:
                 self.last = None
         return self.last

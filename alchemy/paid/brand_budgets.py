@@ -25,7 +25,8 @@ from alchemy.errors import BudgetError
 
 PROVIDERS: Final = ("anthropic", "openai")
 
-# $1 time zone, $2 default daily, $3 default monthly, $4 one brand or NULL (all)
+# $1 time zone, $2 default daily, $3 default monthly, $4 one brand or NULL (all), $5 also
+# the brands that only have the configured default (no spend this month, no row of their own)
 REPORT: Final = """
 WITH clock AS (SELECT alchemy_now() AS now, $1::text AS tz),
 w AS (
@@ -65,7 +66,7 @@ LEFT JOIN brand_budgets bb ON bb.brand_id = b.id
 LEFT JOIN used u ON u.brand_id = b.id
 WHERE ($4::uuid IS NULL OR b.id = $4)
   AND ($4::uuid IS NOT NULL OR u.brand_id IS NOT NULL OR bb.brand_id IS NOT NULL
-       OR $2::numeric > 0 OR $3::numeric > 0)
+       OR ($5::bool AND ($2::numeric > 0 OR $3::numeric > 0)))
 ORDER BY b.name, b.id
 """
 # $1 time zone; each provider's spend and reservations today (for its daily cap).
@@ -167,10 +168,22 @@ def _money(value: float) -> Decimal:
 
 
 async def report(
-    executor: Any, config: BudgetsConfig, brand_id: uuid.UUID | None = None
+    executor: Any,
+    config: BudgetsConfig,
+    brand_id: uuid.UUID | None = None,
+    *,
+    idle_brands: bool = True,
 ) -> BudgetReport:
+    """Every brand's budgets and use now (or ``brand_id``'s). ``idle_brands=False`` leaves
+    out the brands with neither spend this month nor a budget of their own (the metrics:
+    one series per brand that matters, not per brand that exists)."""
     rows = await executor.fetch(
-        REPORT, config.time_zone, _money(config.daily_usd), _money(config.monthly_usd), brand_id
+        REPORT,
+        config.time_zone,
+        _money(config.daily_usd),
+        _money(config.monthly_usd),
+        brand_id,
+        idle_brands,
     )
     if brand_id is not None and not rows:
         raise BudgetError(f"no brand {brand_id}")

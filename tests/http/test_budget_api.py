@@ -94,6 +94,7 @@ async def test_read_set_and_release(
     assert f"alchemy_budget_usd{{{scope}}} 2.0" in text
     assert f"alchemy_budget_spent_usd{{{scope}}} 0.125" in text
     assert f"alchemy_budget_remaining_usd{{{scope}}} 1.875" in text
+    assert f"brand:{other}" not in text  # on the default budget, nothing spent: no series
 
 
 async def test_refusals(client_for: Any, prefix: str, db: asyncpg.Pool) -> None:

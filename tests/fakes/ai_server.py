@@ -132,8 +132,9 @@ class FakeAI:
         self.port = 0
         self.delay = 0.0  # seconds before every reply (on top of a scripted slow one)
         self.on_call: Callable[[Call], Awaitable[None]] | None = None
-        # Usage reported by good text replies (None: 100 input tokens, a quarter of the
-        # reply's characters as output tokens), and what every good reply reported.
+        # Usage reported by good text replies (None: 100 input tokens, and a quarter of the
+        # reply's characters as output tokens from Anthropic, 50 from OpenAI), and what every
+        # good text reply reported.
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
         self.billed: list[tuple[str, int, int]] = []  # (model, input tokens, output tokens)
@@ -266,7 +267,7 @@ class FakeAI:
                     },
                 }
             ],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
+            "usage": self._chat_usage(body["model"]),
         }
         return web.json_response(completion, headers={"x-request-id": f"req_{next(_ids)}"})
 
@@ -278,6 +279,17 @@ class FakeAI:
             return str(reply.payload), "end_turn", None
         value = reply.payload if reply.payload is not None else schema_instance(schema)
         return json.dumps(value), "end_turn", None
+
+    def _chat_usage(self, model: str) -> dict[str, int]:
+        """OpenAI's usage: 100 and 50 tokens unless the test set its own figures."""
+        prompt = 100 if self.input_tokens is None else self.input_tokens
+        completion = self.output_tokens or 50
+        self.billed.append((model, prompt, completion))
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
 
     def _usage(self, model: str, text: str) -> dict[str, int]:
         usage = {

@@ -39,6 +39,9 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "ALCHEMY_HTTP_PORT": "http.port",
     "ALCHEMY_ADMIN_TOKEN": "http.admin_token",
     "ALCHEMY_REDIS_SENTINEL_PASSWORD": "redis.sentinel_password",
+    "ALCHEMY_MEDIA_URL_SECRET": "media.url_secret",
+    "AWS_ACCESS_KEY_ID": "media.s3_access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "media.s3_secret_access_key",
 }
 # Overrides whose value is parsed as an integer.
 ENV_INTEGERS: Final = frozenset({"ALCHEMY_HTTP_PORT"})
@@ -212,6 +215,8 @@ class LogConfig:
 
 
 _BASE_URL: Final = r"^(https?://\S+)?$"
+MAX_URL_LIFETIME: Final = 7 * 86_400.0  # SigV4's limit on a presigned URL
+MIN_URL_SECRET: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +243,32 @@ class ProvidersConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetsConfig:
+    """Spend budgets (alchemy.paid.budgets). Amounts in USD from the price table; 0 = no
+    budget of that kind. A brand's own row in ``brand_budgets`` overrides the defaults."""
+
+    daily_usd: float = _spec(0.0, min=0.0, max=1e9)
+    monthly_usd: float = _spec(0.0, min=0.0, max=1e9)
+    time_zone: str = _spec("UTC", pattern=r"^[A-Za-z0-9_+/-]{1,64}$")
+    # Global daily caps per provider, over every brand.
+    anthropic_daily_usd: float = _spec(0.0, min=0.0, max=1e9)
+    openai_daily_usd: float = _spec(0.0, min=0.0, max=1e9)
+    # Seconds before a job held for budget_exhausted is looked at again (sooner: the
+    # window's end, or an operator raising the budget).
+    recheck: float = _spec(60.0, min=0.05, max=86_400.0)
+    # Seconds a reservation counts while its call is in flight: the bound on a dead
+    # process's reservations. 0 = the paid-work lease (alchemy.paid.leases.lease_seconds).
+    reservation_timeout: float = _spec(0.0, min=0.0, max=86_400.0)
+    # Seconds a provider's own spend-limit refusal holds its queues (alchemy resume sooner).
+    provider_pause: float = _spec(3600.0, min=1.0, max=30 * 86_400.0)
+
+    def provider_cap(self, provider: str) -> float:
+        return {"anthropic": self.anthropic_daily_usd, "openai": self.openai_daily_usd}.get(
+            provider, 0.0
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class MediaConfig:
     directory: str = _spec(".local/media", pattern=r"^\S.{0,4095}$")
     allowed_hosts: tuple[str, ...] = _spec(
@@ -247,6 +278,21 @@ class MediaConfig:
     max_download_bytes: int = _spec(20 * 1_048_576, min=1024, max=1024 * 1_048_576)
     download_timeout: float = _spec(30.0, min=0.1, max=600.0)
     thumbnail_size: int = _spec(256, min=16, max=4096)
+    # Where new media goes: this host's directory, or an S3-compatible bucket (s3_*).
+    store: str = _spec("local", choices=("local", "s3"))
+    # Seconds a media URL (a presigned GET, or a signed link to the listener) stays valid.
+    url_lifetime: float = _spec(3600.0, min=1.0, max=MAX_URL_LIFETIME)
+    # The HMAC key of the listener's /media/{token} links; the same on every host.
+    url_secret: Secret = _spec(Secret(""))
+    # Where browsers reach this host's listener ("" = http://[http] host:port + path_prefix).
+    public_url: str = _spec("", pattern=_BASE_URL)
+    s3_endpoint: str = _spec("", pattern=_BASE_URL)  # "" = AWS S3
+    s3_region: str = _spec("us-east-1", pattern=r"^[a-z0-9-]{1,64}$")
+    s3_bucket: str = _spec("", pattern=r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$")
+    s3_prefix: str = _spec("", pattern=r"^([A-Za-z0-9!_.*'()-][A-Za-z0-9!_.*'()/-]{0,510}/)?$")
+    s3_path_style: bool = _spec(False)
+    s3_access_key_id: str = _spec("", pattern=r"^[\x21-\x7e]{0,256}$")
+    s3_secret_access_key: Secret = _spec(Secret(""))
 
 
 # A host name, an IPv4 address or an IPv6 address (with or without brackets); no port.
@@ -326,6 +372,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
+    budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
 
     def queue(self, name: str) -> QueueConfig:
         for queue in self.queues:
@@ -344,6 +391,7 @@ _SECTIONS: Final[Mapping[str, type]] = {
     "http": HttpConfig,
     "events": EventsConfig,
     "records": RecordsConfig,
+    "budgets": BudgetsConfig,
 }
 
 
@@ -505,7 +553,34 @@ def _check_relations(config: Config) -> None:
         if queue.rate_limit == 0 and queue.rate_burst:
             raise ConfigError(f"{path}.rate_burst", "needs rate_limit > 0")
     _check_providers(config.providers)
+    _check_budgets(config)
     _check_http(config.http)
+    _check_media(config.media)
+
+
+def _check_budgets(config: Config) -> None:
+    _check_time_zone(config.budgets.time_zone)
+    bound = config.budgets.reservation_timeout
+    providers = config.providers
+    longest = (providers.max_retries + 1) * providers.timeout
+    if bound and bound < longest:
+        raise ConfigError(
+            "budgets.reservation_timeout",
+            f"must be at least the longest a provider call can take ({longest:g}s: providers"
+            " timeout x (max_retries + 1)), or 0 for the lease's time: a reservation that"
+            " ends before its call would let the budget be overspent",
+        )
+
+
+def _check_time_zone(name: str) -> None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            "budgets.time_zone", f"{name!r} is not a time zone (an IANA name: UTC, Europe/Paris)"
+        ) from None
 
 
 def _check_topology(redis: RedisConfig) -> None:
@@ -580,6 +655,22 @@ def _check_http(http: HttpConfig) -> None:
                 "http.allowed_hosts",
                 f"{name!r} is neither a host name nor an IP address (leave the port off)",
             )
+
+
+def _check_media(media: MediaConfig) -> None:
+    """An S3 store has what it connects with; a URL secret is long enough to be one."""
+    if media.store == "s3":
+        needs = {
+            "s3_bucket": "must name the bucket",
+            "s3_access_key_id": "must be set (env AWS_ACCESS_KEY_ID)",
+            "s3_secret_access_key": "must be set (env AWS_SECRET_ACCESS_KEY)",
+        }
+        for key, problem in needs.items():
+            if not getattr(media, key):
+                raise ConfigError(f"media.{key}", f'{problem} because media.store = "s3"')
+    secret = media.url_secret.reveal()
+    if secret and len(secret) < MIN_URL_SECRET:
+        raise ConfigError("media.url_secret", f"must have at least {MIN_URL_SECRET} characters")
 
 
 def _is_ipv6(text: str) -> bool:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any, Final
 
 import structlog
 
 from alchemy.config import Config
 from alchemy.errors import PermanentError
+from alchemy.paid.budgets import Budgets
 from alchemy.paid.calls import PaidImage, PaidText, call_image, settle
 from alchemy.paid.leases import Lease, LeaseLostError, Leases, Owner, lease_seconds
 from alchemy.paid.ledger import CallEnd, CallStart, Ledger
@@ -38,6 +38,7 @@ from alchemy.providers.prices import shipped_prices
 from alchemy.queue.identity import IdentityClaims
 from alchemy.queue.job import Job
 from alchemy.queue.topology import RedisClient
+from alchemy.storage.stores import MediaStores
 
 log = structlog.get_logger("alchemy.paid")
 
@@ -60,21 +61,25 @@ SELECT count(*) FROM released
 
 class PaidWork:
     """The paid-work machinery of one process: its leases, the ledger, the Redis stash of
-    replies, the price table, and who hears of calls (the metrics)."""
+    replies, the price table, the media stores image bytes go to, and who hears of calls
+    (the metrics)."""
 
     def __init__(
         self,
         config: Config,
         redis: RedisClient,
         db: Callable[[], Awaitable[Any]],
+        media: MediaStores,
         observer: PaidObserver | None = None,
     ) -> None:
         self.lease_seconds = lease_seconds(config.providers, config.media)
         self.leases = Leases(IdentityClaims(redis, prefix=config.redis.prefix), self.lease_seconds)
         self.ledger = Ledger()
+        self.budgets = Budgets(config.budgets, self.lease_seconds)
+        self.max_tokens = config.providers.max_tokens
         self.stash = ReplyStash(redis, prefix=config.redis.prefix)
         self.prices = shipped_prices()
-        self.media_directory = Path(config.media.directory)
+        self.media = media
         self._db = db
         self.observer = observer
 

@@ -112,6 +112,12 @@ HELP_PATHS = [
     ["check-config"],
     ["migrate"],
     ["spend"],
+    ["budget"],
+    ["budget", "show"],
+    ["budget", "set"],
+    ["media"],
+    ["media", "url"],
+    ["media", "copy-to-s3"],
 ]
 
 

@@ -234,8 +234,10 @@
   }
   function badges(q) {
     const out = [];
-    if (q.held) out.push(h("span", { class: "badge bad" }, `held: ${q.held.dependency || "?"} down`));
+    if (q.held) out.push(h("span", { class: "badge bad" }, (q.held.dependency || "").startsWith("provider:") ? `held: ${q.held.dependency.slice(9)} spend limit` : `held: ${q.held.dependency || "?"} down`));
     else if (q.paused) out.push(h("span", { class: "badge warn" }, q.paused_for_ms > 0 ? `paused ${duration(q.paused_for_ms / 1000)}` : "paused"));
+    const budgetHeld = Object.values(q.budget_held || {}).reduce((a, b) => a + b, 0);
+    if (budgetHeld) out.push(h("span", { class: "badge warn", "data-badge": "budget-exhausted", title: Object.entries(q.budget_held).map(([scope, n]) => `${scope}: ${n}`).join("\n") }, `${budgetHeld} held: budget_exhausted`));
     if (!q.serving) out.push(h("span", { class: "badge bad", "data-badge": "no-process" }, "no process serving"));
     if (!out.length) out.push(h("span", { class: "badge ok" }, `${q.serving} serving`));
     if (q.dead_trimmed) out.push(h("span", { class: "badge warn" }, `${q.dead_trimmed} dead dropped at the cap`));
@@ -479,11 +481,18 @@
         r.step ? h("span", { id: "job-step" }, ` – ${r.step}`) : ""),
       h("h3", {}, "Result"),
       r.result === null || r.result === undefined ? h("p", { class: "muted" }, "none") : text(JSON.stringify(r.result, null, 2)),
+      resultLink(r.result),
       h("h3", {}, `Attempts (${runs.length}${r.attempts_dropped ? `, and ${r.attempts_dropped} older` : ""})`),
       h("ol", { class: "runs" }, runs.map((run) => h("li", {},
         `#${run.attempt} ${run.outcome} – started ${when(run.started_ms)}, ${typeof run.duration_ms === "number" ? `${run.duration_ms} ms` : "–"}, ${run.worker}`,
         run.error ? h("div", { class: "text" }, errorText(run.error)) : ""))),
     ];
+  }
+  // A result that carries a URL (a media job's image) gets a link to it; only http(s).
+  function resultLink(result) {
+    const url = result && typeof result === "object" ? result.url : null;
+    if (typeof url !== "string" || !/^https?:\/\//i.test(url)) return "";
+    return h("p", {}, h("a", { id: "job-result-url", href: url, target: "_blank", rel: "noopener noreferrer" }, "Open the result's URL"));
   }
   function entryParts(entry) {
     const payload = entry.job !== undefined ? entry.job : entry.job_b64 !== undefined ? `(base64) ${entry.job_b64}` : "";

@@ -94,118 +94,138 @@ def table(s: Settings, r: Results) -> list[str]:
     return lines
 
 
-def report(s: Settings, r: Results, limiter: LimiterResult | None, server: str) -> str:
-    def verdict(ok: bool) -> str:
-        return "ok" if ok else "MISSED"
+Row = tuple[str, str, str, str]  # measure, value, goal, verdict or spread
 
-    def spread(rounds: list[Drain]) -> str:
-        if len(rounds) < 2:
-            return ""
-        return f"median of {', '.join(f'{d.jobs_per_s:,.0f}' for d in rounds)}"
 
-    rows: list[tuple[str, str, str, str]] = []
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def _spread(rounds: list[Drain]) -> str:
+    if len(rounds) < 2:
+        return ""
+    return f"median of {', '.join(f'{d.jobs_per_s:,.0f}' for d in rounds)}"
+
+
+def drain_rows(s: Settings, r: Results) -> list[Row]:
     engine, floor_side, bull = r.engine, r.floor, r.bullmq
-    if engine.rounds:
+    if not engine.rounds:
+        return []
+    rows: list[Row] = [
+        (
+            f"engine drain, {s.jobs:,} no-op jobs",
+            f"{engine.jobs_per_s:,.0f} jobs/s",
+            "",
+            _spread(engine.rounds),
+        ),
+        (
+            f"floor drain, {s.jobs:,} items",
+            f"{floor_side.jobs_per_s:,.0f} jobs/s",
+            "",
+            _spread(floor_side.rounds),
+        ),
+        (
+            "ratio engine / floor",
+            f"{r.ratio:.2f}x",
+            f">= {GOAL_RATIO:.1f}x",
+            _verdict(r.ratio >= 1),
+        ),
+        (
+            "CPU per job, engine / floor",
+            f"{engine.cpu_us:.0f} / {floor_side.cpu_us:.0f} us",
+            "",
+            "",
+        ),
+    ]
+    if bull is not None and bull.rounds:
+        each = ", ".join(f"{x:.2f}" for x in r.per_round_bullmq_ratios)
+        ok = _verdict(r.bullmq_ratio >= GOAL_BULLMQ_RATIO)
         rows += [
             (
-                f"engine drain, {s.jobs:,} no-op jobs",
-                f"{engine.jobs_per_s:,.0f} jobs/s",
+                f"BullMQ drain, {s.jobs:,} no-op jobs",
+                f"{bull.jobs_per_s:,.0f} jobs/s",
                 "",
-                spread(engine.rounds),
+                _spread(bull.rounds),
             ),
             (
-                f"floor drain, {s.jobs:,} items",
-                f"{floor_side.jobs_per_s:,.0f} jobs/s",
-                "",
-                spread(floor_side.rounds),
+                "ratio engine / BullMQ",
+                f"{r.bullmq_ratio:.2f}x",
+                f">= {GOAL_BULLMQ_RATIO:.1f}x",
+                f"{ok}  rounds {each}",
             ),
             (
-                "ratio engine / floor",
-                f"{r.ratio:.2f}x",
-                f">= {GOAL_RATIO:.1f}x",
-                verdict(r.ratio >= GOAL_RATIO),
-            ),
-            (
-                "CPU per job, engine / floor",
-                f"{engine.cpu_us:.0f} / {floor_side.cpu_us:.0f} us",
+                "CPU per job, engine / BullMQ",
+                f"{engine.cpu_us:.0f} / {bull.cpu_us:.0f} us",
                 "",
                 "",
             ),
         ]
-        if bull is not None and bull.rounds:
-            each = ", ".join(f"{x:.2f}" for x in r.per_round_bullmq_ratios)
-            rows += [
-                (
-                    f"BullMQ drain, {s.jobs:,} no-op jobs",
-                    f"{bull.jobs_per_s:,.0f} jobs/s",
-                    "",
-                    spread(bull.rounds),
-                ),
-                (
-                    "ratio engine / BullMQ",
-                    f"{r.bullmq_ratio:.2f}x",
-                    f">= {GOAL_BULLMQ_RATIO:.1f}x",
-                    f"{verdict(r.bullmq_ratio >= GOAL_BULLMQ_RATIO)}  rounds {each}",
-                ),
-                (
-                    "CPU per job, engine / BullMQ",
-                    f"{engine.cpu_us:.0f} / {bull.cpu_us:.0f} us",
-                    "",
-                    "",
-                ),
-            ]
+    return rows
+
+
+def pickup_rows(s: Settings, r: Results) -> list[Row]:
+    engine, bull = r.engine, r.bullmq
+    rows: list[Row] = []
     if engine.pickup is not None:
+        p99 = engine.pickup.p99_ms
         rows += [
             (f"pickup p50 at {s.rate:g} jobs/s", f"{engine.pickup.p50_ms:.2f} ms", "", ""),
             (
                 f"pickup p99 at {s.rate:g} jobs/s",
-                f"{engine.pickup.p99_ms:.2f} ms",
+                f"{p99:.2f} ms",
                 f"<= {GOAL_P99_MS:g} ms",
-                verdict(engine.pickup.p99_ms <= GOAL_P99_MS),
+                _verdict(p99 <= GOAL_P99_MS),
             ),
-            ("  control: floor pickup p50 / p99", f"{_pickup(floor_side)} ms", "", ""),
+            ("  control: floor pickup p50 / p99", f"{_pickup(r.floor)} ms", "", ""),
         ]
         if bull is not None and bull.pickup is not None:
             rows.append(("  BullMQ pickup p50 / p99", f"{_pickup(bull)} ms", "", ""))
-    rows.append(
-        (
-            "worker peak RSS",
-            f"{engine.rss_mb:.1f} MB",
-            f"< {GOAL_RSS_MB:g} MB",
-            verdict(engine.rss_mb < GOAL_RSS_MB),
-        )
-    )
-    if bull is not None:
+    if not math.isnan(engine.rss_mb):
+        rss = engine.rss_mb
+        goal = f"< {GOAL_RSS_MB:g} MB"
+        rows.append(("worker peak RSS", f"{rss:.1f} MB", goal, _verdict(rss < GOAL_RSS_MB)))
+    if bull is not None and not math.isnan(bull.rss_mb):
         rows.append(("  BullMQ worker peak RSS", f"{bull.rss_mb:.1f} MB", "", ""))
-    if limiter is not None:
-        rows += [
-            (
-                f"limiter worst {limiter.period:g} s window",
-                f"{limiter.worst_window_pct:.0f}% of {limiter.limit}",
-                f"<= {GOAL_WINDOW_PCT:g}%",
-                verdict(limiter.worst_window_pct <= GOAL_WINDOW_PCT),
-            ),
-            (
-                f"limiter throughput, {limiter.processes} processes",
-                f"{limiter.throughput_pct:.1f}%",
-                f">= {GOAL_THROUGHPUT_PCT:g}%",
-                verdict(limiter.throughput_pct >= GOAL_THROUGHPUT_PCT),
-            ),
-        ]
+    return rows
+
+
+def limiter_rows(limiter: LimiterResult | None) -> list[Row]:
+    if limiter is None:
+        return []
+    worst, throughput = limiter.worst_window_pct, limiter.throughput_pct
+    return [
+        (
+            f"limiter worst {limiter.period:g} s window",
+            f"{worst:.0f}% of {limiter.limit}",
+            f"<= {GOAL_WINDOW_PCT:g}%",
+            _verdict(worst <= GOAL_WINDOW_PCT),
+        ),
+        (
+            f"limiter throughput, {limiter.processes} processes",
+            f"{throughput:.1f}%",
+            f">= {GOAL_THROUGHPUT_PCT:g}%",
+            _verdict(throughput >= GOAL_THROUGHPUT_PCT),
+        ),
+    ]
+
+
+def report(s: Settings, r: Results, limiter: LimiterResult | None, server: str) -> str:
+    rows = drain_rows(s, r) + pickup_rows(s, r) + limiter_rows(limiter)
     head = (
         f"alchemy bench: Redis {server} at {s.url}, redis-py {redis_py.__version__}, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs; "
         f"concurrency {s.concurrency}, "
         f"events and records {'on' if s.ops else 'off'}"
     )
-    if engine.pickup is not None:
-        head += f", {len(engine.pickup.times_ms):,} latency jobs"
+    if r.engine.pickup is not None:
+        head += f", {len(r.engine.pickup.times_ms):,} latency jobs"
     lines = [head]
     if r.peer_note is not None:
         lines.append(f"BullMQ: {r.peer_note}")
     lines += ["", f"{'measure':<34}{'value':>16}  goal"]
     lines += [f"{a:<34}{b:>16}  {c:<10}{d}".rstrip() for a, b, c, d in rows]
-    lines += ["", *table(s, r)]
+    if r.engine.rounds or r.engine.pickup is not None:
+        lines += ["", *table(s, r)]
     return "\n".join(lines)
 
 

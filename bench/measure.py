@@ -216,6 +216,8 @@ async def start_peer(s: Settings) -> tuple[bullmq.BullWorker | None, str | None]
     """The BullMQ worker, started, or None and why not."""
     if not s.peer:
         return None, "BullMQ left out (--without-bullmq)"
+    if not s.lines & {"drain", "pickup"}:
+        return None, "BullMQ not measured (neither the drain nor the pickup line runs)"
     why = bullmq.missing()
     if why is not None:
         return None, why
@@ -260,13 +262,13 @@ async def run(s: Settings) -> Results:
                     engine_pickup = Pickup(await measure_pickup(redis, s, worker))
                     if peer is not None:
                         bull_pickup = Pickup(await peer.pickup(s.rate, s.seconds))
-                rss_mb = worker.peak_rss_mb()
+                rss_mb = worker.peak_rss_mb() if worker.proc is not None else math.nan
                 bull_rss = peer.peak_rss_mb() if peer is not None else math.nan
             finally:
                 code = await asyncio.to_thread(worker.stop)
                 if peer is not None:
                     await peer.stop()
-            if code != 0:
+            if worker.proc is not None and code != 0:
                 raise RuntimeError(f"worker exited {code}")
         bull_side = None if peer is None else Side(bull_rounds, bull_pickup, bull_rss)
         return Results(

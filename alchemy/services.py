@@ -5,6 +5,12 @@ paid-work machinery (:mod:`alchemy.paid`: leases, the ledger of provider calls).
 The supervisor opens the services once and makes them current for every job task it starts;
 a handler reads them with :func:`current_services`. Tests open their own with
 :func:`open_services`.
+
+Opening them imports and builds nothing heavy: the providers (pydantic, the SDKs), the
+paid-work machinery (the price table, the ledger) and asyncpg are loaded the first time a
+handler asks, or before the first fetch by a handler module's ``warm`` hook
+(:mod:`alchemy.worker.handlers`). A worker whose queues never use them (the no-op handler)
+never holds them in memory.
 """
 
 from __future__ import annotations
@@ -13,17 +19,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from alchemy.config import Config
-from alchemy.paid.leases import worst_call_seconds
+from alchemy.paid.leases import lease_seconds, worst_call_seconds
 from alchemy.paid.observe import PaidObserver
-from alchemy.paid.piece import PaidWork
-from alchemy.providers.registry import Providers
 from alchemy.queue.producer import Producer
 from alchemy.queue.topology import RedisClient
+
+if TYPE_CHECKING:
+    from alchemy.paid.piece import PaidWork
+    from alchemy.providers.registry import Providers
 
 log = structlog.get_logger("alchemy.services")
 
@@ -38,11 +46,29 @@ class Services:
         self.config = config
         self.redis = redis
         self.producer = Producer(redis, prefix=config.redis.prefix)
-        self.providers = Providers(config.providers, config.media)
-        self.paid = PaidWork(config, redis, self.db, paid_observer)
+        self.paid_observer = paid_observer
+        self._providers: Providers | None = None
+        self._paid: PaidWork | None = None
         self._db: Any = None
         self._db_lock = asyncio.Lock()
-        self._closers: list[Any] = []
+
+    @property
+    def providers(self) -> Providers:
+        """The provider clients (each built on first use), imported on first access."""
+        if self._providers is None:
+            from alchemy.providers.registry import Providers
+
+            self._providers = Providers(self.config.providers, self.config.media)
+        return self._providers
+
+    @property
+    def paid(self) -> PaidWork:
+        """The paid-work machinery (leases, ledger, prices), built on first access."""
+        if self._paid is None:
+            from alchemy.paid.piece import PaidWork
+
+            self._paid = PaidWork(self.config, self.redis, self.db, self.paid_observer)
+        return self._paid
 
     async def db(self) -> Any:
         """The process's asyncpg pool, created on first use."""
@@ -75,7 +101,8 @@ class Services:
                 await pool.fetchval("SELECT 1")
 
     async def aclose(self) -> None:
-        await self.providers.aclose()
+        if self._providers is not None:
+            await self._providers.aclose()
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -109,7 +136,7 @@ async def open_services(
     config: Config, redis: RedisClient, *, paid_observer: PaidObserver | None = None
 ) -> AsyncIterator[Services]:
     services = Services(config, redis, paid_observer=paid_observer)
-    warn_if_the_lease_is_short(config, services.paid.lease_seconds)
+    warn_if_the_lease_is_short(config, lease_seconds(config.providers, config.media))
     token = _current.set(services)
     try:
         yield services

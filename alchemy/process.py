@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 
 import structlog
 
@@ -67,6 +68,7 @@ class Worker:
                 open_services(cfg, redis, paid_observer=self.paid_observer)
             )
             handlers = load_handlers(self.queues_names())
+            await warm_handlers(handlers.values())
             supervisor = Supervisor(
                 cfg,
                 self.queues,
@@ -89,3 +91,24 @@ class Worker:
 def load_handlers(paths: dict[str, str]) -> dict[str, HandlerModule | Unavailable]:
     """Each queue's handler module, loaded once per process."""
     return {queue: load_handler(path) for queue, path in paths.items()}
+
+
+async def warm_handlers(handlers: Iterable[HandlerModule | Unavailable]) -> None:
+    """Await each handler module's ``warm`` hook once (a module serving two queues is
+    warmed once), before any consumer fetches. A failed warm-up is logged, not fatal: the
+    first job loads what is missing, as it would without the hook."""
+    seen: set[object] = set()
+    for handler in handlers:
+        if not isinstance(handler, HandlerModule) or handler.warm is None:
+            continue
+        if handler.warm in seen:
+            continue
+        seen.add(handler.warm)
+        name = f"{handler.warm.__module__}.{handler.warm.__qualname__}"
+        started = time.monotonic()
+        try:
+            await handler.warm()
+        except Exception as exc:
+            log.warning("handler_warm_failed", hook=name, error=f"{type(exc).__name__}: {exc}")
+            continue
+        log.info("handler_warmed", hook=name, ms=round((time.monotonic() - started) * 1000, 1))

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import importlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
@@ -86,6 +87,38 @@ class Services:
                         init=init_connection,
                     )
         return self._db
+
+    async def warm(
+        self,
+        *,
+        text: bool = False,
+        images: bool = False,
+        load: Sequence[Callable[[], object]] = (),
+    ) -> None:
+        """Load before the first job what it would load on the event loop (a handler
+        module's ``warm`` hook calls this): the paid-work machinery, the SDK clients of the
+        text providers a job may use (``text``) and of the image provider (``images``),
+        whatever ``load`` loads (a dictionary), and the database pool's first connection.
+
+        The imports and ``load`` run in a thread (the SDKs take about a second), the rest
+        on the loop. A database that does not answer within ``PING_TIMEOUT`` is left for
+        the first job (and the dependency probe) to report."""
+        modules = ["alchemy.paid.piece", *self.providers.modules(text=text, images=images)]
+
+        def load_all() -> None:
+            for name in modules:
+                importlib.import_module(name)
+            for step in load:
+                step()
+
+        await asyncio.to_thread(load_all)
+        _ = self.paid
+        self.providers.warm(text=text, images=images)
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                await self.db()
+        except Exception as exc:  # warming is best effort; the first job reports it
+            log.warning("database_not_warmed", error=f"{type(exc).__name__}: {exc}")
 
     async def ping_database(self) -> None:
         """Return when PostgreSQL answers ``SELECT 1`` through the pool within

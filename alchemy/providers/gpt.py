@@ -34,6 +34,12 @@ class GptText:
         self.max_tokens = max_tokens
         self._secrets = tuple(secrets)
 
+    def warm(self) -> None:
+        """Load what the SDK would load on the first call: the resource and the reply
+        type's validator (built lazily by the SDK)."""
+        _ = self.client.chat.completions
+        openai.types.chat.ChatCompletion.model_rebuild()
+
     async def generate(self, request: TextRequest) -> TextResult:
         result = await self.send(request)
         raise_failure(result)

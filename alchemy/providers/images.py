@@ -77,6 +77,12 @@ class OpenAIImages:
         self.session = session
         self._secrets = tuple(secrets)
 
+    def warm(self) -> None:
+        """Load what the SDK would load on the first call: the resource and the reply
+        type's validator (built lazily by the SDK)."""
+        _ = self.client.images
+        openai.types.ImagesResponse.model_rebuild()
+
     async def generate(self, request: ImageRequest) -> ImageResult:
         result = await self.send(request)
         raise_failure(result)

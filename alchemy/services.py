@@ -116,9 +116,19 @@ class Services:
         self.providers.warm(text=text, images=images)
         try:
             async with asyncio.timeout(PING_TIMEOUT):
-                await self.db()
+                await self.open_connections()
         except Exception as exc:  # warming is best effort; the first job reports it
             log.warning("database_not_warmed", error=f"{type(exc).__name__}: {exc}")
+
+    async def open_connections(self) -> None:
+        """Open as many pooled connections as the queues' jobs can use at once (at most
+        ``pool_size``), so the first jobs do not each wait for a connection of their own."""
+        pool = await self.db()
+        running = sum(queue.concurrency for queue in self.config.queues if queue.enabled)
+        wanted = max(1, min(self.config.database.pool_size, running))
+        held = await asyncio.gather(*(pool.acquire() for _ in range(wanted)))
+        for connection in held:
+            await pool.release(connection)
 
     async def ping_database(self) -> None:
         """Return when PostgreSQL answers ``SELECT 1`` through the pool within

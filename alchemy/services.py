@@ -1,6 +1,7 @@
 """What handlers share inside one worker process: the configuration, Redis, a producer for
-follow-up jobs, (opened on first use) one asyncpg pool and the AI provider clients, and the
-paid-work machinery (:mod:`alchemy.paid`: leases, the ledger of provider calls).
+follow-up jobs, the media stores (:mod:`alchemy.storage`), (opened on first use) one
+asyncpg pool and the AI provider clients, and the paid-work machinery (:mod:`alchemy.paid`:
+leases, the ledger of provider calls).
 
 The supervisor opens the services once and makes them current for every job task it starts;
 a handler reads them with :func:`current_services`. Tests open their own with
@@ -29,6 +30,7 @@ from alchemy.paid.leases import lease_seconds, worst_call_seconds
 from alchemy.paid.observe import PaidObserver
 from alchemy.queue.producer import Producer
 from alchemy.queue.topology import RedisClient
+from alchemy.storage.stores import MediaStores, open_stores
 
 if TYPE_CHECKING:
     from alchemy.paid.piece import PaidWork
@@ -42,10 +44,16 @@ PING_TIMEOUT: Final = 3.0  # seconds for the database to answer a probe
 
 class Services:
     def __init__(
-        self, config: Config, redis: RedisClient, *, paid_observer: PaidObserver | None = None
+        self,
+        config: Config,
+        redis: RedisClient,
+        media: MediaStores,
+        *,
+        paid_observer: PaidObserver | None = None,
     ) -> None:
         self.config = config
         self.redis = redis
+        self.media = media
         self.producer = Producer(redis, prefix=config.redis.prefix)
         self.paid_observer = paid_observer
         self._providers: Providers | None = None
@@ -68,7 +76,7 @@ class Services:
         if self._paid is None:
             from alchemy.paid.piece import PaidWork
 
-            self._paid = PaidWork(self.config, self.redis, self.db, self.paid_observer)
+            self._paid = PaidWork(self.config, self.redis, self.db, self.media, self.paid_observer)
         return self._paid
 
     async def db(self) -> Any:
@@ -178,11 +186,14 @@ def warn_if_the_lease_is_short(config: Config, lease: float) -> None:
 async def open_services(
     config: Config, redis: RedisClient, *, paid_observer: PaidObserver | None = None
 ) -> AsyncIterator[Services]:
-    services = Services(config, redis, paid_observer=paid_observer)
-    warn_if_the_lease_is_short(config, lease_seconds(config.providers, config.media))
-    token = _current.set(services)
-    try:
-        yield services
-    finally:
-        _current.reset(token)
-        await services.aclose()
+    """The services of a worker process. Its media stores are opened first: a store that
+    refuses its credentials raises :class:`~alchemy.errors.ConfigError` here, at startup."""
+    async with open_stores(config) as media:
+        services = Services(config, redis, media, paid_observer=paid_observer)
+        warn_if_the_lease_is_short(config, lease_seconds(config.providers, config.media))
+        token = _current.set(services)
+        try:
+            yield services
+        finally:
+            _current.reset(token)
+            await services.aclose()

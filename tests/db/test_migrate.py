@@ -70,7 +70,11 @@ async def test_a_fresh_database_is_migrated_and_a_second_run_does_nothing(
         rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations ORDER BY 1")
     finally:
         await conn.close()
-    assert [(r["version"], r["name"]) for r in rows] == [(1, "initial"), (2, "paid_work")]
+    assert [(r["version"], r["name"]) for r in rows] == [
+        (1, "initial"),
+        (2, "paid_work"),
+        (3, "media_store"),
+    ]
     assert [r["checksum"] for r in rows] == [m.checksum for m in load_migrations()]
 
 
@@ -105,7 +109,8 @@ async def test_a_failing_migration_leaves_nothing_behind(empty_database: str) ->
         versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")
     finally:
         await conn.close()
-    assert [v["version"] for v in versions] == [1, 2]  # 0001 and 0002 kept, 999 rolled back
+    # Every shipped migration kept, 999 rolled back.
+    assert [v["version"] for v in versions] == [m.version for m in load_migrations()]
 
 
 def run_cli(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:

@@ -78,10 +78,13 @@ class OpenAIImages:
         self._secrets = tuple(secrets)
 
     def warm(self) -> None:
-        """Load what the SDK would load on the first call: the resource and the reply
-        type's validator (built lazily by the SDK)."""
+        """Load what the SDK would load on the first call: the resource, and the reply
+        type built from a sample as the SDK builds a reply, checked and not. No request
+        is sent."""
         _ = self.client.images
-        openai.types.ImagesResponse.model_rebuild()
+        sample: dict[str, Any] = {"created": 0, "data": [{"b64_json": ""}]}
+        openai.types.ImagesResponse.construct(**sample)
+        openai.types.ImagesResponse.model_validate(sample)
 
     async def generate(self, request: ImageRequest) -> ImageResult:
         result = await self.send(request)

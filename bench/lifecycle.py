@@ -48,7 +48,7 @@ def settings_from(argv: list[str], redis_url: str) -> LifecycleSettings:
         database = args.database_url or os.environ.get(
             "ALCHEMY_TEST_DATABASE_URL", DEFAULT_DATABASE_URL
         )
-        sdk = SdkSettings(redis_url, database, args.sdk_jobs, args.sdk_rate)
+        sdk = SdkSettings(redis_url, database, args.sdk_jobs, args.sdk_rate, args.sdk_starts)
     return LifecycleSettings(redis_url, sdk, max(0, args.recovery_rounds))
 
 

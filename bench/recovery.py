@@ -6,9 +6,10 @@ Run alone: ``python -m bench.recovery [--rounds 3]``.
 Each round: a victim process starts and takes 3 jobs that hold it (they sleep on their
 first run, finish at once when recovered); then a rescuer process serving the same queue
 starts and waits out its first ``heartbeat_ttl`` (a process sweeps others only after Redis
-has answered it that long). The victim is killed with SIGKILL; the clock runs from the
-kill to the moment its processing list is empty (the rescuer's sweep moved the jobs back:
-"back") and to the moment the rescuer has logged all 3 finished ("done").
+has answered it that long). The victim is killed with SIGKILL, at a random moment between
+two of its heartbeats; the clock runs from the kill to the moment its processing list is
+empty (the rescuer's sweep moved the jobs back: "back") and to the moment the rescuer has
+logged all 3 finished ("done").
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import statistics
 import sys
@@ -141,6 +143,8 @@ async def one_round(
         rescuer.start(REPO)
         await rescuer.wait_started()
         await asyncio.sleep(WorkerConfig().heartbeat_ttl + 0.5)  # its first sweep may run
+        # at a random moment between two of the victim's heartbeats
+        await asyncio.sleep(random.uniform(0, WorkerConfig().heartbeat_interval))
         killed = time.monotonic()
         os.kill(victim.pid, signal.SIGKILL)
         await poll_until(lambda: emptied(redis, victim.processing), 0.005)

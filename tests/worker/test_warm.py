@@ -53,6 +53,7 @@ async def test_warm_runs_before_the_first_fetch_and_before_ready(
         return int(await redis.llen(record)) >= 3
 
     await wait_for(all_ran, within=10)
+    await wait_for(lambda: process.has_event("systemd_ready"), within=10)  # logs lag
     seen = [json.loads(entry) for entry in await redis.lrange(record, 0, -1)]
     assert seen == [{"warmed": True}] * 3
     order = names(process)

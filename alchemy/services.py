@@ -60,6 +60,7 @@ class Services:
         self._paid: PaidWork | None = None
         self._db: Any = None
         self._db_lock = asyncio.Lock()
+        self._connections_warmed = False  # tried once per process, whatever the outcome
 
     @property
     def providers(self) -> Providers:
@@ -122,6 +123,9 @@ class Services:
         await asyncio.to_thread(load_all)
         _ = self.paid
         self.providers.warm(text=text, images=images)
+        if self._connections_warmed:
+            return  # another handler module's hook did (or could not): once is enough
+        self._connections_warmed = True
         try:
             async with asyncio.timeout(PING_TIMEOUT):
                 await self.open_connections()

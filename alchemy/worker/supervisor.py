@@ -187,6 +187,7 @@ class Supervisor:
                         incarnation=membership.incarnation,
                         observers=self.observers,
                         dependencies=dependencies,
+                        provider_pause=cfg.budgets.provider_pause,
                     )
                 )
             if self.handle_signals:

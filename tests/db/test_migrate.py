@@ -31,6 +31,7 @@ EXPECTED_TABLES = {
     "media",
     "work_leases",
     "provider_calls",
+    "brand_budgets",
 }
 
 
@@ -74,6 +75,7 @@ async def test_a_fresh_database_is_migrated_and_a_second_run_does_nothing(
         (1, "initial"),
         (2, "paid_work"),
         (3, "media_store"),
+        (4, "budgets"),
     ]
     assert [r["checksum"] for r in rows] == [m.checksum for m in load_migrations()]
 

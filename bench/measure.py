@@ -31,7 +31,7 @@ from bench.engine import QUEUE, EngineWorker
 REPO = Path(__file__).resolve().parent.parent
 
 
-LINES: Final = ("drain", "pickup", "limiter", "handler", "dashboards")
+LINES: Final = ("drain", "pickup", "limiter", "handler", "dashboards", "lifecycle")
 
 
 @dataclass(frozen=True, slots=True)

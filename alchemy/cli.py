@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import json
 import os
 import sys
@@ -284,22 +283,6 @@ def _sections(config: Config) -> list[Any]:
     return [t for t in tables if dataclasses.is_dataclass(t)]
 
 
-YOUNG_GC_THRESHOLD = 10_000  # allocations between two collections of the youngest generation
-
-
-def tune_garbage_collector() -> None:
-    """For a long-running worker: what start-up built (modules, configuration, clients) is
-    frozen out of every later collection, and the youngest generation is collected every
-    10,000 net allocations rather than 700. A busy worker allocates a few hundred objects
-    a job and reference counting frees nearly all of them; with the defaults, collections
-    ran every few jobs and the full ones walked every module's objects (pauses that showed
-    in the pickup tail)."""
-    gc.collect()
-    gc.freeze()
-    _, middle, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_GC_THRESHOLD, middle, oldest)
-
-
 def _run(config: Config, args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format, buffer_lines=config.log.buffer_lines)
     names = [n.strip() for n in args.queues.split(",") if n.strip()] if args.queues else None
@@ -319,7 +302,6 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     extensions.append(SystemdNotifier.from_environ(os.environ))
     from alchemy.process import Worker
 
-    tune_garbage_collector()
     worker = Worker(
         config,
         names,

@@ -290,7 +290,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     # -- operations: metrics, events stream, job records, hooks; the HTTP listener -------
     from alchemy.ops.wiring import operations
 
-    ops = operations(config)
+    ops = operations(config, collect_metrics=bool(config.http.port))
     extensions.extend(ops.extensions)
     if config.http.port:
         from alchemy.http.server import HttpServer  # aiohttp only where it serves

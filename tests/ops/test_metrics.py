@@ -3,13 +3,18 @@ lines dropped."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from alchemy.config import parse_config
 from alchemy.logs import dropped_lines
 from alchemy.ops.metrics import LogCollector, Metrics, QueueCollector
+from alchemy.ops.wiring import operations
 from alchemy.paid.observe import ProviderCall
 from alchemy.queue.admin import ConsumerStatus, QueueStatus
 from alchemy.queue.job import ErrorInfo
@@ -138,3 +143,22 @@ def test_dropped_log_lines_are_read_when_scraped() -> None:
     assert registry.get_sample_value("alchemy_log_lines_dropped_total") == 0
     dropped = 42
     assert registry.get_sample_value("alchemy_log_lines_dropped_total") == 42
+
+
+def test_without_a_listener_no_metrics_are_kept(tmp_path: Path) -> None:
+    """``[http] port = 0``: nothing can read metrics, so the process builds none and the
+    Prometheus client is never imported (its memory counts against the engine's 40 MB)."""
+    script = (
+        "import sys\n"
+        "from alchemy.config import parse_config\n"
+        "from alchemy.ops.wiring import operations\n"
+        "ops = operations(parse_config({}), collect_metrics=False)\n"
+        "assert ops.metrics is None and ops.paid_observer is None\n"
+        "print(sorted(m for m in sys.modules if m.startswith('prometheus')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    assert done.stdout.strip() == "[]"
+    with_metrics = operations(parse_config({}), collect_metrics=True, install_metrics=False)
+    assert isinstance(with_metrics.metrics, Metrics)

@@ -27,13 +27,17 @@ INSERT INTO provider_calls (id, job_id, work_key, queue, brand_id, owner_token, 
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'in_flight')
 """
 # BEGIN with the call's reservation (alchemy.paid.budgets): $10 its worst-case cost (NULL:
-# no price), $11 the seconds it counts while the call is in flight; the budgets' clock.
+# no price), $11 the seconds it counts while the call is in flight; the budgets' clock, read
+# when the row is written (clock_timestamp(), not the transaction's start): after the
+# budget's lock was granted, so the ledger's order of reservations is the order in which
+# they were checked, however long a loaded database made one wait for the lock.
 BEGIN_RESERVED: Final = """
 INSERT INTO provider_calls (id, job_id, work_key, queue, brand_id, owner_token, provider,
                             model, fingerprint, outcome, reserved_usd, reserved_until,
                             started_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'in_flight', $10,
-        alchemy_now() + $11 * interval '1 second', alchemy_now())
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'in_flight', $10,
+       at + $11 * interval '1 second', at
+FROM (SELECT alchemy_now() + (clock_timestamp() - now()) AS at) AS clock
 """
 FINISH: Final = """
 UPDATE provider_calls

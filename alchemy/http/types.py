@@ -18,10 +18,17 @@ class Health(TypedDict):
     uptime_s: float
 
 
+class ProvidersInUse(TypedDict):
+    text: str  # anthropic | openai | offline ("auto" resolved)
+    image: str  # openai | offline
+    offline: list[str]  # what the offline provider serves: "text", "image"; [] = nothing
+
+
 class Readiness(TypedDict):
     ready: bool
     worker: str
     reasons: list[str]  # empty when ready
+    providers: ProvidersInUse  # offline output does not make a process unready
 
 
 class ThroughputWindow(TypedDict):

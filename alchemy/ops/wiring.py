@@ -34,6 +34,7 @@ def operations(
     The metrics are always collected, and with ``install_metrics`` also hear of the
     services' provider calls and leases (``paid_observer``)."""
     metrics = Metrics.for_process()
+    metrics.providers_in_use(config.providers.text, config.providers.image)
     ops = Operations(
         metrics,
         observers=[metrics, event_hooks],

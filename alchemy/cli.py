@@ -305,7 +305,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         statuses = [await admin.status(q.name) for q in config.queues]
         if args.json:
             queues = [s.to_json() for s in statuses]
-            print(json.dumps({"queues": queues, "providers": _providers(config)}, indent=2))
+            providers = config.providers.in_use()
+            print(json.dumps({"queues": queues, "providers": providers}, indent=2))
             return 0
         print(f"{'queue':<24}{'wait':>8}{'processing':>12}{'delayed':>9}{'dead':>8}  paused")
         for s in statuses:
@@ -328,7 +329,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 beat = "?" if age is None else f"{age:.1f}s"
                 print(
                     f"  {c.identity:<40} {s.queue:<22} pid={pid} {state} beat={beat} ago"
-                    f" processing={c.processing}"
+                    f" processing={c.processing}{_offline_note(c.heartbeat)}"
                 )
         if not seen:
             print("  none")
@@ -338,11 +339,12 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     return _with_redis(config, action)
 
 
-def _providers(config: Config) -> dict[str, Any]:
-    """The providers in use, ``auto`` resolved: ``text``, ``image``, and ``offline``, what
-    the offline provider serves (``[]`` when nothing)."""
-    p = config.providers
-    return {"text": p.text, "image": p.image, "offline": list(p.offline_uses)}
+def _offline_note(heartbeat: Mapping[str, Any] | None) -> str:
+    """`` OFFLINE (text, image)`` for a process whose heartbeat says the offline provider
+    serves it, else nothing."""
+    providers = (heartbeat or {}).get("providers")
+    offline = providers.get("offline") if isinstance(providers, dict) else None
+    return f" OFFLINE ({', '.join(map(str, offline))})" if offline else ""
 
 
 def _providers_line(config: Config) -> str:
@@ -571,7 +573,7 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
         for name, table in settings["queues"].items():
             table["handler_error"] = problems.get(name)
         report = {"source": config.source, "valid": True, "handlers_ok": not failing}
-        report |= {"providers": _providers(config), "refused": refusal and str(refusal)}
+        report |= {"providers": config.providers.in_use(), "refused": refusal and str(refusal)}
         print(json.dumps({**report, "config": settings}, indent=2, ensure_ascii=False))
         return status
     print(f"# {config.source}: valid")

@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, get_type_hints
+from typing import Any, Final, TypedDict, get_type_hints
 from urllib.parse import unquote, urlsplit
 
 from alchemy.errors import ConfigError
@@ -221,6 +221,14 @@ class LogConfig:
 _BASE_URL: Final = r"^(https?://\S+)?$"
 
 
+class ProvidersInUse(TypedDict):
+    """The providers a process uses, as ``/readyz``, ``status`` and its heartbeat show them."""
+
+    text: str  # anthropic | openai | offline ("auto" resolved)
+    image: str  # openai | offline
+    offline: list[str]  # what the offline provider serves: "text", "image"; [] = nothing
+
+
 @dataclass(frozen=True, slots=True)
 class ProvidersConfig:
     """The AI providers. ``text_provider`` / ``image_provider`` ``"auto"`` (the default)
@@ -266,6 +274,12 @@ class ProvidersConfig:
         if self.image_provider != "auto":
             return self.image_provider
         return "openai" if self.openai_api_key else "offline"
+
+    def in_use(self) -> ProvidersInUse:
+        """The providers in use as JSON, the shape ``/readyz``, ``status`` and the
+        heartbeat show: ``text``, ``image`` and ``offline``, what the offline provider
+        serves (``[]``: nothing)."""
+        return {"text": self.text, "image": self.image, "offline": list(self.offline_uses)}
 
     @property
     def offline_uses(self) -> tuple[str, ...]:

@@ -73,16 +73,11 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     deps = _deps(request)
     reasons = await deps.readiness()
-    providers = deps.config.providers
     body: Readiness = {
         "ready": not reasons,
         "worker": deps.identity,
         "reasons": reasons,
-        "providers": {
-            "text": providers.text,
-            "image": providers.image,
-            "offline": list(providers.offline_uses),
-        },
+        "providers": deps.config.providers.in_use(),
     }
     return json_response(body, status=503 if reasons else 200)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+from alchemy.config import ProvidersInUse
+
 
 class ErrorBody(TypedDict):
     """Every response that is not a success."""
@@ -16,12 +18,6 @@ class Health(TypedDict):
     worker: str
     pid: int
     uptime_s: float
-
-
-class ProvidersInUse(TypedDict):
-    text: str  # anthropic | openai | offline ("auto" resolved)
-    image: str  # openai | offline
-    offline: list[str]  # what the offline provider serves: "text", "image"; [] = nothing
 
 
 class Readiness(TypedDict):

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import structlog
 
@@ -115,8 +115,12 @@ class Membership:
         claims: IdentityClaims,
         handlers: Mapping[str, HandlerModule | Unavailable] | None = None,
         on_identity_lost: Callable[[], None] = lambda: None,
+        facts: Mapping[str, Any] | None = None,
     ) -> None:
         self.stores = stores
+        # More about this process for its heartbeat (which providers serve it), read by
+        # `alchemy status` and the admin API; never a secret.
+        self.facts = dict(facts or {})
         self.claims = claims
         self.handlers = handlers or {}
         self.on_identity_lost = on_identity_lost
@@ -140,6 +144,7 @@ class Membership:
                 "incarnation": self.incarnation,
                 "started_ms": self.started_ms,
                 "queues": [s.queue for s in self.stores],
+                **self.facts,
             },
             separators=(",", ":"),
         )

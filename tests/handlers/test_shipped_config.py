@@ -77,17 +77,19 @@ def user_env(database_url: str, prefix: str, **keys: str) -> dict[str, str]:
     return env
 
 
-async def migrate(config_path: Path, env: dict[str, str]) -> None:
-    migrated = await asyncio.to_thread(
+async def alchemy(config_path: Path, env: dict[str, str], command: str) -> str:
+    """``python -m alchemy COMMAND``'s standard output; it must succeed."""
+    done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "alchemy", "--config", str(config_path), "migrate"],
+        [sys.executable, "-m", "alchemy", "--config", str(config_path), command],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert migrated.returncode == 0, migrated.stderr
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 async def run_every_queue(
@@ -95,11 +97,12 @@ async def run_every_queue(
 ) -> tuple[WorkerProcess, dict[str, Any]]:
     """Migrate, start the worker, run a research job and a content job with an image; the
     worker (stopped) and the ids."""
-    await migrate(config_path, env)
+    await alchemy(config_path, env, "migrate")
     worker = WorkerProcess(config_path, config_path.parent / "worker.log", env)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2, init=init_connection)
     try:
         await wait_started(worker)
+        status = await alchemy(config_path, env, "status")
         brand_id = await create_brand(pool)
         idea_id = await create_idea(pool, brand_id)
         row_id = await create_request(pool, brand_id, idea_id, platform="instagram")
@@ -115,7 +118,7 @@ async def run_every_queue(
     finally:
         worker.kill()
         await pool.close()
-    return worker, {"row": row_id, "idea": idea_id}
+    return worker, {"row": row_id, "idea": idea_id, "status": status}
 
 
 @pytest.mark.timeout(60)
@@ -131,6 +134,10 @@ async def test_shipped_config_without_keys_runs_offline_says_so_and_flags_every_
     assert warning[0]["level"] == "warning"
     assert warning[0]["uses"] == ["text", "image"]
     assert warning[0]["text_provider"] == "auto -> offline"
+    # `status` shows what the running process uses (its heartbeat), not only the config.
+    processes = [line for line in ids["status"].splitlines() if f"shipped-{prefix}" in line]
+    assert len(processes) == 3, ids["status"]
+    assert all(line.endswith(" OFFLINE (text, image)") for line in processes), processes
 
     conn = await asyncpg.connect(fresh_database)
     try:
@@ -170,9 +177,10 @@ async def test_shipped_config_with_both_keys_uses_the_real_providers(
     env = user_env(
         fresh_database, prefix, ANTHROPIC_API_KEY=ANTHROPIC_KEY, OPENAI_API_KEY=OPENAI_KEY
     )
-    worker, _ = await run_every_queue(config_path, env, fresh_database, redis, prefix)
+    worker, ids = await run_every_queue(config_path, env, fresh_database, redis, prefix)
 
     assert named(worker, "offline_provider_in_use") == []
+    assert "OFFLINE" not in ids["status"]
     chosen = named(worker, "providers_in_use")
     assert len(chosen) == 1
     assert (chosen[0]["text_provider"], chosen[0]["image_provider"]) == (

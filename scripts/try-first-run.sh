@@ -103,11 +103,12 @@ for _ in $(seq 900); do
 done
 grep -v '^{' /root/run.log | head -40
 echo "... worker log (JSON lines):"; grep '^{' /root/run.log | head -8
+echo "... the startup warning:"; grep '"offline_provider_in_use"' /root/run.log
 if [[ -z $ready ]]; then echo "make run: never ready"; tail -30 /root/run.log; exit 1; fi
 step "ready: /readyz, status, check-config"
 /usr/local/bin/python3.11 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:9464/readyz").read().decode())'
 .venv/bin/python -m alchemy status
-.venv/bin/python -m alchemy check-config | grep -E '^providers\.(text|image)_provider'
+.venv/bin/python -m alchemy check-config | grep -E '^# providers in use|^providers\.(text|image)_provider'
 command -v redis-server psql; ls /usr/lib/postgresql
 step "SIGTERM to make run's process group"
 kill -TERM -- -$RUN
@@ -115,6 +116,10 @@ wait $RUN
 echo "make run exit status $? (make itself dies of the signal)"
 grep -E '"event": ?"worker_stopped"' /root/run.log | tail -1
 grep -q '"worker_stopped"' /root/run.log || { echo "no worker_stopped line"; tail -20 /root/run.log; exit 1; }
+
+step "the production guard: ALCHEMY_FORBID_OFFLINE=1 and no API key"
+ALCHEMY_FORBID_OFFLINE=1 .venv/bin/python -m alchemy run
+echo "exit status $?"
 
 [[ ${SKIP_TEST:-0} == 1 ]] && exit 0
 step "make test PYTEST_ARGS='$PYTEST_ARGS'"

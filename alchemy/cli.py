@@ -19,6 +19,7 @@ from redis import exceptions as redis_errors
 
 from alchemy.config import (
     DEFAULT_CONFIG_PATH,
+    MAX_URL_LIFETIME,
     Config,
     Secret,
     load_config,
@@ -51,6 +52,7 @@ COMMANDS: Final = (
     "check-config",
     "migrate",
     "spend",
+    "media",
 )
 
 
@@ -78,6 +80,17 @@ def _uuid(text: str) -> uuid.UUID:
         return uuid.UUID(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: seconds, 1 to 7 days (a presigned URL's limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 1 <= value <= MAX_URL_LIFETIME:
+        raise argparse.ArgumentTypeError(f"must be 1-{MAX_URL_LIFETIME:g} seconds, got {text}")
+    return value
 
 
 def _day(text: str) -> date:
@@ -163,6 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     spend.add_argument("--job", help="one job's calls (its id)")
     spend.add_argument("--brand", type=_uuid, help="one brand's calls (its UUID)")
     spend.add_argument("--day", type=_day, help="one day's calls, YYYY-MM-DD (UTC)")
+
+    media = sub.add_parser("media", parents=[common], help="the media store (docs/operations.md)")
+    media_sub = media.add_subparsers(dest="media_command", required=True)
+    url = media_sub.add_parser(
+        "url", parents=[common, as_json], help="a fresh URL of a media row (browser-fetchable)"
+    )
+    url.add_argument("media_id", type=_uuid)
+    url.add_argument(
+        "--lifetime",
+        type=_seconds,
+        help="seconds the URL stays valid (default: [media] url_lifetime)",
+    )
+    media_sub.add_parser(
+        "copy-to-s3",
+        parents=[common, as_json],
+        help="copy the local store's rows into S3 (idempotent, resumable)",
+    )
     return parser
 
 
@@ -686,6 +716,12 @@ def _spend(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _media(config: Config, args: argparse.Namespace) -> int:
+    from alchemy.cli_media import media_command
+
+    return media_command(config, args, _with_database)
+
+
 def _known_queue(config: Config, name: str) -> None:
     if not any(q.name == name for q in config.queues):
         raise ConfigError("queue", f"no queue named {name!r} in {config.source}")
@@ -702,4 +738,5 @@ COMMAND_TABLE: Final[dict[str, Callable[[Config, argparse.Namespace], int]]] = {
     "check-config": _check_config,
     "migrate": _migrate,
     "spend": _spend,
+    "media": _media,
 }

@@ -42,6 +42,9 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "ALCHEMY_TEXT_PROVIDER": "providers.text_provider",
     "ALCHEMY_IMAGE_PROVIDER": "providers.image_provider",
     "ALCHEMY_FORBID_OFFLINE": "providers.forbid_offline",
+    "ALCHEMY_MEDIA_URL_SECRET": "media.url_secret",
+    "AWS_ACCESS_KEY_ID": "media.s3_access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "media.s3_secret_access_key",
 }
 # Overrides whose value is parsed as an integer.
 ENV_INTEGERS: Final = frozenset({"ALCHEMY_HTTP_PORT"})
@@ -219,6 +222,8 @@ class LogConfig:
 
 
 _BASE_URL: Final = r"^(https?://\S+)?$"
+MAX_URL_LIFETIME: Final = 7 * 86_400.0  # SigV4's limit on a presigned URL
+MIN_URL_SECRET: Final = 16
 
 
 class ProvidersInUse(TypedDict):
@@ -299,6 +304,21 @@ class MediaConfig:
     max_download_bytes: int = _spec(20 * 1_048_576, min=1024, max=1024 * 1_048_576)
     download_timeout: float = _spec(30.0, min=0.1, max=600.0)
     thumbnail_size: int = _spec(256, min=16, max=4096)
+    # Where new media goes: this host's directory, or an S3-compatible bucket (s3_*).
+    store: str = _spec("local", choices=("local", "s3"))
+    # Seconds a media URL (a presigned GET, or a signed link to the listener) stays valid.
+    url_lifetime: float = _spec(3600.0, min=1.0, max=MAX_URL_LIFETIME)
+    # The HMAC key of the listener's /media/{token} links; the same on every host.
+    url_secret: Secret = _spec(Secret(""))
+    # Where browsers reach this host's listener ("" = http://[http] host:port + path_prefix).
+    public_url: str = _spec("", pattern=_BASE_URL)
+    s3_endpoint: str = _spec("", pattern=_BASE_URL)  # "" = AWS S3
+    s3_region: str = _spec("us-east-1", pattern=r"^[a-z0-9-]{1,64}$")
+    s3_bucket: str = _spec("", pattern=r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$")
+    s3_prefix: str = _spec("", pattern=r"^([A-Za-z0-9!_.*'()-][A-Za-z0-9!_.*'()/-]{0,510}/)?$")
+    s3_path_style: bool = _spec(False)
+    s3_access_key_id: str = _spec("", pattern=r"^[\x21-\x7e]{0,256}$")
+    s3_secret_access_key: Secret = _spec(Secret(""))
 
 
 # A host name, an IPv4 address or an IPv6 address (with or without brackets); no port.
@@ -570,6 +590,7 @@ def _check_relations(config: Config) -> None:
             raise ConfigError(f"{path}.rate_burst", "needs rate_limit > 0")
     _check_providers(config.providers)
     _check_http(config.http)
+    _check_media(config.media)
 
 
 def _check_topology(redis: RedisConfig) -> None:
@@ -644,6 +665,22 @@ def _check_http(http: HttpConfig) -> None:
                 "http.allowed_hosts",
                 f"{name!r} is neither a host name nor an IP address (leave the port off)",
             )
+
+
+def _check_media(media: MediaConfig) -> None:
+    """An S3 store has what it connects with; a URL secret is long enough to be one."""
+    if media.store == "s3":
+        needs = {
+            "s3_bucket": "must name the bucket",
+            "s3_access_key_id": "must be set (env AWS_ACCESS_KEY_ID)",
+            "s3_secret_access_key": "must be set (env AWS_SECRET_ACCESS_KEY)",
+        }
+        for key, problem in needs.items():
+            if not getattr(media, key):
+                raise ConfigError(f"media.{key}", f'{problem} because media.store = "s3"')
+    secret = media.url_secret.reveal()
+    if secret and len(secret) < MIN_URL_SECRET:
+        raise ConfigError("media.url_secret", f"must have at least {MIN_URL_SECRET} characters")
 
 
 def _is_ipv6(text: str) -> bool:

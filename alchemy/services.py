@@ -1,6 +1,7 @@
 """What handlers share inside one worker process: the configuration, Redis, a producer for
-follow-up jobs, (opened on first use) one asyncpg pool and the AI provider clients, and the
-paid-work machinery (:mod:`alchemy.paid`: leases, the ledger of provider calls).
+follow-up jobs, the media stores (:mod:`alchemy.storage`), (opened on first use) one
+asyncpg pool and the AI provider clients, and the paid-work machinery (:mod:`alchemy.paid`:
+leases, the ledger of provider calls).
 
 The supervisor opens the services once and makes them current for every job task it starts;
 a handler reads them with :func:`current_services`. Tests open their own with
@@ -24,6 +25,7 @@ from alchemy.paid.piece import PaidWork
 from alchemy.providers.registry import Providers
 from alchemy.queue.producer import Producer
 from alchemy.queue.topology import RedisClient
+from alchemy.storage.stores import MediaStores, open_stores
 
 log = structlog.get_logger("alchemy.services")
 
@@ -33,13 +35,19 @@ PING_TIMEOUT: Final = 3.0  # seconds for the database to answer a probe
 
 class Services:
     def __init__(
-        self, config: Config, redis: RedisClient, *, paid_observer: PaidObserver | None = None
+        self,
+        config: Config,
+        redis: RedisClient,
+        media: MediaStores,
+        *,
+        paid_observer: PaidObserver | None = None,
     ) -> None:
         self.config = config
         self.redis = redis
+        self.media = media
         self.producer = Producer(redis, prefix=config.redis.prefix)
         self.providers = Providers(config.providers, config.media)
-        self.paid = PaidWork(config, redis, self.db, paid_observer)
+        self.paid = PaidWork(config, redis, self.db, media, paid_observer)
         self._db: Any = None
         self._db_lock = asyncio.Lock()
         self._closers: list[Any] = []
@@ -145,12 +153,15 @@ def log_providers(config: Config) -> None:
 async def open_services(
     config: Config, redis: RedisClient, *, paid_observer: PaidObserver | None = None
 ) -> AsyncIterator[Services]:
-    services = Services(config, redis, paid_observer=paid_observer)
-    log_providers(config)
-    warn_if_the_lease_is_short(config, services.paid.lease_seconds)
-    token = _current.set(services)
-    try:
-        yield services
-    finally:
-        _current.reset(token)
-        await services.aclose()
+    """The services of a worker process. Its media stores are opened first: a store that
+    refuses its credentials raises :class:`~alchemy.errors.ConfigError` here, at startup."""
+    async with open_stores(config) as media:
+        services = Services(config, redis, media, paid_observer=paid_observer)
+        log_providers(config)
+        warn_if_the_lease_is_short(config, services.paid.lease_seconds)
+        token = _current.set(services)
+        try:
+            yield services
+        finally:
+            _current.reset(token)
+            await services.aclose()

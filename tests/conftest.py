@@ -32,6 +32,7 @@ from alchemy.queue.keys import QueueKeys
 from alchemy.queue.topology import RedisClient
 from alchemy.worker.health import process_health
 from tests.fakes.redis_topologies import LocalCluster, LocalSentinel
+from tests.fakes.s3_server import ACCESS_KEY, REGION, SECRET_KEY, LocalS3
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -86,6 +87,36 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSe
         yield sentinel
     finally:
         sentinel.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """A real S3-compatible server (SeaweedFS ``weed mini``), started once for the session
+    (~1 s; ~2 s to stop); each test gets a bucket of its own (``s3_media``)."""
+    server = LocalS3(tmp_path_factory.mktemp("s3"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def s3_media(s3_server: LocalS3) -> dict[str, Any]:
+    """The ``[media]`` settings of an S3 store in a new bucket of this test's own."""
+    bucket = f"t-{uuid.uuid4().hex[:16]}"
+    async with s3_server.client() as client:
+        await client.create_bucket(Bucket=bucket)
+    return {
+        "store": "s3",
+        "s3_endpoint": s3_server.endpoint,
+        "s3_region": REGION,
+        "s3_bucket": bucket,
+        "s3_prefix": "media/",
+        "s3_path_style": True,
+        "s3_access_key_id": ACCESS_KEY,
+        "s3_secret_access_key": SECRET_KEY,
+    }
 
 
 @pytest.fixture

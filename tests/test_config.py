@@ -142,6 +142,22 @@ def q(**settings: Any) -> dict[str, Any]:
             '"sentinel"',
         ),
         ({"redis": {"sentinel_password": "pw"}}, "redis.sentinel_password", '"sentinel"'),
+        ({"media": {"store": "s3"}}, "media.s3_bucket", 'because media.store = "s3"'),
+        (
+            {"media": {"store": "s3", "s3_bucket": "media"}},
+            "media.s3_access_key_id",
+            "env AWS_ACCESS_KEY_ID",
+        ),
+        (
+            {"media": {"store": "s3", "s3_bucket": "media", "s3_access_key_id": "AK"}},
+            "media.s3_secret_access_key",
+            "env AWS_SECRET_ACCESS_KEY",
+        ),
+        ({"media": {"store": "gcs"}}, "media.store", "one of local, s3"),
+        ({"media": {"url_secret": "short"}}, "media.url_secret", "at least 16"),
+        ({"media": {"s3_prefix": "no-slash"}}, "media.s3_prefix", "does not match"),
+        ({"media": {"url_lifetime": 8 * 86400}}, "media.url_lifetime", "<= 604800"),
+        ({"media": {"public_url": "media.example"}}, "media.public_url", "does not match"),
     ],
 )
 def test_bad_values_name_their_key(raw: dict[str, Any], key: str, words: str) -> None:
@@ -308,3 +324,24 @@ def test_check_config_masks_the_sentinel_password_from_the_environment(tmp_path:
     assert "redis.sentinel_password = ***" in out
     assert "redis.topology = sentinel" in out
     assert 'redis.sentinels = ["127.0.0.1:26379"]' in out
+
+
+def test_check_config_masks_the_media_secrets_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[media]\nstore = "s3"\ns3_bucket = "media"\n'
+        '[queues.q]\nhandler = "alchemy.handlers.noop:handle"\n'
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "AKIDSHOWN",
+        "AWS_SECRET_ACCESS_KEY": "s3-secret-key-789",
+        "ALCHEMY_MEDIA_URL_SECRET": "media-url-secret-0123456789",
+    }
+    result = run_cli("--config", str(path), "check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    assert "s3-secret-key-789" not in out
+    assert "media-url-secret-0123456789" not in out
+    assert "media.s3_secret_access_key = ***" in out
+    assert "media.url_secret = ***" in out
+    assert "media.s3_access_key_id = AKIDSHOWN" in out  # in every presigned URL: not secret

@@ -4,13 +4,16 @@ Job data (docs/schema.md, "Job data")::
 
     {"content_id": "<uuid>" | "brand_id": "<uuid>",     one of them is required
      "kind": "image|thumbnail",                          default image
-     "prompt": "...",        required with brand_id; default: the content's image prompt
+     "prompt": "...",        required with brand_id unless there is a source; default:
+                             the content's image prompt (the source's prompt)
      "size": "...", "quality": "...", "style": "...", "model": "..."   optional overrides
      "source_media_id": "<uuid>"}   thumbnail only: downscale that image, no API call
 
-A thumbnail without a source is generated at the smallest size the model supports. The
-bytes go to the media store (:mod:`alchemy.content.storage`, named by sha256, written
-atomically) and the ``media`` row keyed by the job id records where and what they are.
+A thumbnail is ``[media] thumbnail_size`` on its longest edge: cut locally from its source,
+or from an image generated at the smallest size the model supports. The bytes go to the
+media store (:mod:`alchemy.storage`, named by sha256) before the ``media`` row keyed by the
+job id, which records which store, where and what they are, is committed; the result
+carries a fresh URL of them.
 
 The piece of paid work is the media row (work key ``media:<job id>``): its lease is held
 from before the row is touched until the row is completed, and the image call goes through
@@ -21,16 +24,15 @@ runner, pays nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import asyncpg
 import structlog
 
-from alchemy.content.storage import Stored, dimensions_sync, downscale_sync, store_bytes
 from alchemy.errors import PermanentError, RetryableError
 from alchemy.handlers.common import (
     check_storable,
@@ -45,6 +47,8 @@ from alchemy.providers.base import ImageRequest, ImageResult
 from alchemy.providers.image_models import image_family, image_option_problem
 from alchemy.queue.job import Death, Job
 from alchemy.services import Services, current_services
+from alchemy.storage import ObjectMissingError, Stored, StoreError, mime_type_of
+from alchemy.storage.images import dimensions_sync, downscale_sync
 
 log = structlog.get_logger("alchemy.handlers.media")
 
@@ -65,7 +69,7 @@ MARK_COMPLETED = """
 UPDATE media
 SET status = 'completed', provider = $2, model = $3, size = $4, quality = $5,
     revised_prompt = $6, mime_type = $7, bytes = $8, width = $9, height = $10, sha256 = $11,
-    storage_path = $12, error = NULL, error_detail = NULL, completed_at = now(),
+    storage_path = $12, store = $13, error = NULL, error_detail = NULL, completed_at = now(),
     updated_at = now()
 WHERE id = $1
 """
@@ -79,8 +83,11 @@ WHERE job_id = $1 AND status = 'processing'
 """
 # A completed media row of this job (a run before this one saved it).
 SAVED = """
-SELECT id, kind, storage_path, mime_type, bytes, width, height FROM media
+SELECT id, kind, store, storage_path, mime_type, bytes, width, height FROM media
 WHERE job_id = $1 AND status = 'completed'
+"""
+SOURCE = """
+SELECT store, storage_path, status, model, prompt FROM media WHERE id = $1
 """
 
 
@@ -112,9 +119,12 @@ class MediaJob:
             raise PermanentError("job data needs 'content_id' or 'brand_id' (a UUID)")
         fields = media_fields(data)
         prompt = fields.get("prompt")
-        if content_id is None and not prompt:
-            raise PermanentError("job data needs a 'prompt' for a brand image")
         source = uuid_field(data, "source_media_id", required=False)
+        if content_id is None and not prompt and source is None:
+            raise PermanentError(
+                "job data needs a 'prompt' for a brand image (or, for a thumbnail,"
+                " a 'source_media_id' to cut it from)"
+            )
         kind = fields.get("kind", "image")
         if source is not None and kind != "thumbnail":
             raise PermanentError("'source_media_id' is for kind 'thumbnail' only")
@@ -131,8 +141,8 @@ class Owner:
 
 async def handle(job: Job) -> dict[str, Any] | None:
     """Steps reported: loaded, prompt built and provider called (or, for a thumbnail,
-    source read), saved. Returns the media row's id, its kind, and where its file is in
-    the media directory (its size, type and dimensions)."""
+    source read), saved. Returns the media row's id, its kind, its store and key, a fresh
+    URL of it, and its size, type and dimensions."""
     services = current_services()
     return await run_work(lambda: make_media(job, services), mark_row(MARK_FAILED, job.id))
 
@@ -150,11 +160,11 @@ async def make_media(job: Job, services: Services) -> dict[str, Any]:
         done = await db.fetchrow(SAVED, job.id)
         if done is not None:
             log.info("media_already_saved")
-            return saved_result(done)
-        owner = await load_owner(db, request)
+            return await saved_result(done, services)
+        source = await load_source(db, request)
+        owner = await load_owner(db, request, source)
         await job.progress(0.1, step="loaded")
         piece.brand_id = owner.brand_id
-        directory = Path(services.config.media.directory)
         media_id = await db.fetchval(
             UPSERT_PROCESSING,
             owner.content_id,
@@ -167,9 +177,11 @@ async def make_media(job: Job, services: Services) -> dict[str, Any]:
         if media_id is None:  # completed meanwhile (a run before our lease)
             log.info("media_already_saved")
             done = await db.fetchrow(SAVED, job.id)
-            return saved_result(done) if done is not None else {"already_saved": True}
-        if request.source_media_id is not None:
-            result, stored = await downscaled(db, request.source_media_id, directory, services)
+            return (
+                await saved_result(done, services) if done is not None else {"already_saved": True}
+            )
+        if source is not None:
+            result = await read_source(source, services)
             await job.progress(0.6, step="source read")
         else:
             image = image_request(request, owner, services)
@@ -177,13 +189,17 @@ async def make_media(job: Job, services: Services) -> dict[str, Any]:
             paid = await piece.image(services.providers.images(), image)
             result, stored = paid.result, paid.stored
             await job.progress(0.7, step="provider called")
+        if request.kind == "thumbnail":
+            result, stored = await thumbnail(result, services)
         width, height = await complete(piece, media_id, result, stored)
         await job.progress(0.9, step="saved")
     log.info("media_saved", media_id=str(media_id), sha256=stored.sha256, bytes=stored.bytes)
     return {
         "media_id": str(media_id),
         "kind": request.kind,
+        "store": stored.store,
         "storage_path": stored.path,
+        "url": await media_url(services, stored.store, stored.path),
         "mime_type": result.mime_type,
         "bytes": stored.bytes,
         "width": width,
@@ -192,12 +208,24 @@ async def make_media(job: Job, services: Services) -> dict[str, Any]:
     }
 
 
-def saved_result(row: asyncpg.Record) -> dict[str, Any]:
+async def media_url(services: Services, store: str, key: str) -> str | None:
+    """A fresh URL of the object (None when its store gives none here); never fails the
+    job, whose media is saved already."""
+    try:
+        return await services.media.url(store, key)
+    except Exception as exc:
+        log.warning("media_url_failed", store=store, error=f"{type(exc).__name__}: {exc}")
+        return None
+
+
+async def saved_result(row: asyncpg.Record, services: Services) -> dict[str, Any]:
     """The result of a job whose media a run before this one saved."""
     return {
         "media_id": str(row["id"]),
         "kind": row["kind"],
+        "store": row["store"],
         "storage_path": row["storage_path"],
+        "url": await media_url(services, row["store"], row["storage_path"]),
         "mime_type": row["mime_type"],
         "bytes": row["bytes"],
         "width": row["width"],
@@ -209,7 +237,8 @@ def saved_result(row: asyncpg.Record) -> dict[str, Any]:
 async def complete(
     piece: Piece, media_id: uuid.UUID, result: ImageResult, stored: Stored
 ) -> tuple[int | None, int | None]:
-    """The row completed with its file; the image's width and height when they can be read."""
+    """The row completed with its object; the image's width and height when they can be
+    read."""
     width, height = await asyncio.to_thread(dimensions_sync, result.data) or (None, None)
     async with piece.commit() as conn:
         await conn.execute(
@@ -226,11 +255,24 @@ async def complete(
             height,
             stored.sha256,
             stored.path,
+            stored.store,
         )
     return width, height
 
 
-async def load_owner(db: asyncpg.Connection, request: MediaJob) -> Owner:
+async def load_source(db: asyncpg.Connection, request: MediaJob) -> asyncpg.Record | None:
+    """The completed image a thumbnail is cut from, if the job names one."""
+    if request.source_media_id is None:
+        return None
+    source = await db.fetchrow(SOURCE, request.source_media_id)
+    if source is None or source["status"] != "completed":
+        raise PermanentError(f"source media {request.source_media_id} not found or not completed")
+    return source
+
+
+async def load_owner(
+    db: asyncpg.Connection, request: MediaJob, source: asyncpg.Record | None
+) -> Owner:
     if request.content_id is not None:
         row = await db.fetchrow(
             "SELECT brand_id, title, extras FROM contents WHERE id = $1", request.content_id
@@ -241,10 +283,10 @@ async def load_owner(db: asyncpg.Connection, request: MediaJob) -> Owner:
         prompt = request.prompt or extras.get("image_prompt") or row["title"]
         return Owner(request.content_id, row["brand_id"], str(prompt))
     assert request.brand_id is not None
-    assert request.prompt is not None
     if not await db.fetchval("SELECT 1 FROM brands WHERE id = $1", request.brand_id):
         raise PermanentError(f"brand {request.brand_id} not found")
-    return Owner(None, request.brand_id, request.prompt)
+    prompt = request.prompt or (source["prompt"] if source is not None else "")
+    return Owner(None, request.brand_id, prompt)
 
 
 def image_request(request: MediaJob, owner: Owner, services: Services) -> ImageRequest:
@@ -276,25 +318,31 @@ def image_request(request: MediaJob, owner: Owner, services: Services) -> ImageR
     return image
 
 
-async def downscaled(
-    db: asyncpg.Connection, source_id: uuid.UUID, directory: Path, services: Services
-) -> tuple[ImageResult, Stored]:
-    source = await db.fetchrow(
-        "SELECT storage_path, status, model FROM media WHERE id = $1", source_id
-    )
-    if source is None or source["status"] != "completed":
-        raise PermanentError(f"source media {source_id} not found or not completed")
+async def read_source(source: asyncpg.Record, services: Services) -> ImageResult:
+    """The source image's bytes, from the store its row names."""
+    where = f"{source['store']}:{source['storage_path']}"
     try:
-        data = await asyncio.to_thread((directory / source["storage_path"]).read_bytes)
-    except FileNotFoundError:
-        raise PermanentError(f"source media file {source['storage_path']} is missing") from None
-    except OSError as exc:
-        raise RetryableError(f"media store: cannot read {source['storage_path']}: {exc}") from None
+        data = await services.media.get(source["store"], source["storage_path"])
+    except ObjectMissingError:
+        raise PermanentError(f"source media file {where} is missing") from None
+    except StoreError as exc:
+        raise RetryableError(f"media store: cannot read the source {where}: {exc}") from None
+    mime_type = mime_type_of(source["storage_path"])
+    return ImageResult(data, mime_type, "local", source["model"] or "", "", "")
+
+
+async def thumbnail(image: ImageResult, services: Services) -> tuple[ImageResult, Stored]:
+    """``image`` cut down to ``[media] thumbnail_size`` on its longest edge (a PNG), in
+    the media store. The row records the thumbnail; the image it was cut from keeps its
+    own place (a source's row, or the ledger's reply)."""
     edge = services.config.media.thumbnail_size
-    png, width, height = await asyncio.to_thread(downscale_sync, data, edge)
-    result = ImageResult(png, "image/png", "local", source["model"] or "", f"{width}x{height}", "")
     try:
-        stored = await store_bytes(directory, result.data, result.mime_type)
-    except OSError as exc:
+        png, width, height = await asyncio.to_thread(downscale_sync, image.data, edge)
+    except Exception as exc:  # Pillow: not an image it can read
+        raise PermanentError(f"cannot make a thumbnail: {type(exc).__name__}: {exc}") from None
+    cut = dataclasses.replace(image, data=png, mime_type="image/png", size=f"{width}x{height}")
+    try:
+        stored = await services.media.put(cut.data, cut.mime_type)
+    except StoreError as exc:
         raise RetryableError(f"media store: cannot write the thumbnail: {exc}") from None
-    return result, stored
+    return cut, stored

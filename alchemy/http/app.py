@@ -33,6 +33,7 @@ from alchemy.http.deps import DEPS, Access, ApiError, Deps, error_response, need
 from alchemy.http.handlers import ROUTES
 from alchemy.http.hosts import MALFORMED, HostCheck, host_of
 from alchemy.http.live import LiveFeed
+from alchemy.http.media import MEDIA_FILES, MEDIA_ROUTES, MediaFiles
 from alchemy.http.overview import OverviewUnavailable
 from alchemy.http.static import SECURITY_HEADERS, load_static
 from alchemy.worker.connections import RedisClients
@@ -140,12 +141,13 @@ def create_app(deps: Deps) -> web.Application:
     app[STATIC] = load_static()
     app[GROUPS] = {}
     app[LIVE] = _live_feed(deps)
+    app[MEDIA_FILES] = MediaFiles.of(deps.config)
     app.on_response_prepare.append(_security_headers)
     app.on_shutdown.append(_close_live)
     access: dict[Handler, Access] = {}
     ungated: set[Handler] = set()
     prefix = http.path_prefix
-    for route in (*ROUTES, *DASHBOARD):
+    for route in (*ROUTES, *DASHBOARD, *MEDIA_ROUTES):
         path = prefix + route.path
         if route.method == "GET":
             app.router.add_get(path, route.handler)  # and HEAD

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import structlog
 
-from alchemy.content.storage import Stored, store_bytes
 from alchemy.db import DEPENDENCY, TRANSIENT_DB_ERRORS, job_error_for
 from alchemy.errors import DependencyUnavailableError, JobError, RetryableError
 from alchemy.paid.ledger import CallEnd, CallStart
@@ -40,6 +39,7 @@ from alchemy.providers.base import (
     raise_failure,
 )
 from alchemy.storable import storable
+from alchemy.storage import ObjectMissingError, Stored, StoreError
 
 if TYPE_CHECKING:
     from alchemy.paid.piece import Piece
@@ -204,12 +204,13 @@ async def _image_end(piece: Piece, result: ImageResult, stored: list[Stored]) ->
     if result.failure:
         return end
     try:
-        kept = await store_bytes(piece.work.media_directory, result.data, result.mime_type)
-    except OSError as exc:
-        log.error("media_store_failed", error=f"{type(exc).__name__}: {exc}")
-        return replace(end, outcome="error", error=f"media store: {exc}")
+        kept = await piece.work.media.put(result.data, result.mime_type)
+    except StoreError as exc:
+        log.error("media_store_failed", error=str(exc))
+        return replace(end, outcome="error", error=str(exc))
     stored.append(kept)
     reply = {
+        "store": kept.store,
         "storage_path": kept.path,
         "sha256": kept.sha256,
         "bytes": kept.bytes,
@@ -227,11 +228,13 @@ async def _stored_image(piece: Piece, fingerprint: str, provider: str) -> PaidIm
     if stored is None:
         return None
     reply = stored.reply
-    path = piece.work.media_directory / reply["storage_path"]
+    store = reply.get("store", "local")  # replies kept before stores had names: local
     try:
-        data = await asyncio.to_thread(path.read_bytes)
-    except OSError:
+        data = await piece.work.media.get(store, reply["storage_path"])
+    except ObjectMissingError:
         data = b""
+    except StoreError as exc:  # the store is away: not a reason to pay again
+        raise RetryableError(str(exc)) from None
     if hashlib.sha256(data).hexdigest() != reply["sha256"]:
         log.warning("paid_image_missing", work_key=piece.key, path=reply["storage_path"])
         await piece.set_aside("file_missing")
@@ -248,7 +251,7 @@ async def _stored_image(piece: Piece, fingerprint: str, provider: str) -> PaidIm
         stored.request_id,
         Usage(stored.input_tokens, stored.output_tokens),
     )
-    return PaidImage(result, Stored(reply["storage_path"], reply["sha256"], len(data)))
+    return PaidImage(result, Stored(store, reply["storage_path"], reply["sha256"], len(data)))
 
 
 # -- the ledgered call ----------------------------------------------------------------

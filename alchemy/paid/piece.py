@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any, Final
 
 import structlog
@@ -38,6 +37,7 @@ from alchemy.providers.prices import shipped_prices
 from alchemy.queue.identity import IdentityClaims
 from alchemy.queue.job import Job
 from alchemy.queue.topology import RedisClient
+from alchemy.storage.stores import MediaStores
 
 log = structlog.get_logger("alchemy.paid")
 
@@ -60,13 +60,15 @@ SELECT count(*) FROM released
 
 class PaidWork:
     """The paid-work machinery of one process: its leases, the ledger, the Redis stash of
-    replies, the price table, and who hears of calls (the metrics)."""
+    replies, the price table, the media stores image bytes go to, and who hears of calls
+    (the metrics)."""
 
     def __init__(
         self,
         config: Config,
         redis: RedisClient,
         db: Callable[[], Awaitable[Any]],
+        media: MediaStores,
         observer: PaidObserver | None = None,
     ) -> None:
         self.lease_seconds = lease_seconds(config.providers, config.media)
@@ -74,7 +76,7 @@ class PaidWork:
         self.ledger = Ledger()
         self.stash = ReplyStash(redis, prefix=config.redis.prefix)
         self.prices = shipped_prices()
-        self.media_directory = Path(config.media.directory)
+        self.media = media
         self._db = db
         self.observer = observer
 

@@ -268,9 +268,12 @@ async def test_hostile_text_is_shown_as_text(
     await add_dead(redis, prefix, HOSTILE, message=HOSTILE, data={"note": HOSTILE})
     await start(spawn_worker, port)
     steps = [[0.5, HOSTILE, 0]]
+    returns = {"html": HOSTILE, "url": "javascript:window.__ran=1"}  # not http(s): no link
     await Producer(redis, prefix=prefix).enqueue(
-        "q", {"steps": steps, "returns": {"html": HOSTILE}}, id=HOSTILE + "-job"
+        "q", {"steps": steps, "returns": returns}, id=HOSTILE + "-job"
     )
+    media = {"url": "https://media.example/a.png?X-Amz-Signature=x&y=<b>"}
+    await Producer(redis, prefix=prefix).enqueue("q", {"returns": media}, id="media-job")
     base = f"http://127.0.0.1:{port}/"
     async with aiohttp.ClientSession() as http, http.get(base) as response:
         csp = response.headers["Content-Security-Policy"]
@@ -290,6 +293,17 @@ async def test_hostile_text_is_shown_as_text(
     await asyncio.to_thread(browser.get, in_url + "-job")
     await until(browser, lambda d: '"html": "' + HOSTILE in d.find_element(By.ID, "job-body").text)
     assert HOSTILE in browser.find_element(By.ID, "job-step").text
+    assert browser.find_elements(By.ID, "job-result-url") == []
+    # A result that carries an http(s) URL (a media job's) gets a link to it.
+    await asyncio.to_thread(browser.get, base + "#queue=q&job=media-job")
+    await until(browser, lambda d: d.find_elements(By.ID, "job-result-url"))
+    link = browser.find_element(By.ID, "job-result-url")
+    assert link.get_dom_attribute("href") == media["url"]
+    assert (link.get_attribute("rel"), link.get_attribute("target")) == (
+        "noopener noreferrer",
+        "_blank",
+    )
+    await asyncio.to_thread(browser.get, in_url + "-job")
     await asyncio.sleep(0.5)  # time for an image error to fire, had one been made
     assert browser.find_elements(By.TAG_NAME, "img") == []
     assert no_dialog_opened(browser)

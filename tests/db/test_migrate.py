@@ -70,12 +70,12 @@ async def test_a_fresh_database_is_migrated_and_a_second_run_does_nothing(
         rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations ORDER BY 1")
     finally:
         await conn.close()
-    assert [(r["version"], r["name"]) for r in rows][:3] == [
+    assert [(r["version"], r["name"]) for r in rows] == [
         (1, "initial"),
         (2, "paid_work"),
-        (3, "offline_output"),
+        (3, "media_store"),
+        (4, "offline_output"),
     ]
-    assert [r["version"] for r in rows] == [m.version for m in load_migrations()]
     assert [r["checksum"] for r in rows] == [m.checksum for m in load_migrations()]
 
 
@@ -110,7 +110,7 @@ async def test_a_failing_migration_leaves_nothing_behind(empty_database: str) ->
         versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")
     finally:
         await conn.close()
-    # every shipped one kept, 999 rolled back
+    # Every shipped migration kept, 999 rolled back.
     assert [v["version"] for v in versions] == [m.version for m in load_migrations()]
 
 
@@ -130,7 +130,8 @@ def run_cli(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
 async def test_migrate_command(empty_database: str) -> None:
     done = await asyncio.to_thread(run_cli, "migrate", database_url=empty_database)
     assert done.returncode == 0, done.stderr
-    assert "applied now: 0001_initial, 0002_paid_work, 0003_offline_output" in done.stdout
+    applied = "0001_initial, 0002_paid_work, 0003_media_store, 0004_offline_output"
+    assert f"applied now: {applied}" in done.stdout
     again = await asyncio.to_thread(run_cli, "migrate", database_url=empty_database)
     assert again.returncode == 0, again.stderr
     assert "applied now: none" in again.stdout

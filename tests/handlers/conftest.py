@@ -33,6 +33,7 @@ def make_app_config(
         providers: dict[str, Any] | None = None,
         queues: dict[str, Any] | None = None,
         database: dict[str, Any] | None = None,
+        media: dict[str, Any] | None = None,
     ) -> Config:
         raw = build_config_dict(
             prefix,
@@ -40,7 +41,7 @@ def make_app_config(
             redis={"block_timeout": 0.2},
             database={"url": database_url, "pool_size": 4, **(database or {})},
             providers=provider_settings(fake_ai, **(providers or {})),
-            media={"directory": str(media_dir), "allowed_hosts": [fake_ai.origin]},
+            media={"directory": str(media_dir), "allowed_hosts": [fake_ai.origin], **(media or {})},
         )
         return parse_config(raw)
 

@@ -137,7 +137,9 @@ async def test_thumbnails_generated_small_or_cut_from_an_image(
     media_dir: Path,
 ) -> None:
     brand_id = await create_brand(db)
-    fake_ai.script("images", Reply.image_b64(png_bytes(600, 300)), Reply.image_b64(png_bytes()))
+    fake_ai.script(
+        "images", Reply.image_b64(png_bytes(600, 300)), Reply.image_b64(png_bytes(1024, 1024))
+    )
     run_worker(make_app_config(providers={"image_size": "1536x1024"}))
     await push(redis, prefix, Q, "m-big", brand_id=str(brand_id), prompt="a field")
     source = await wait_status(db, "media", "m-big", ("completed",))
@@ -169,6 +171,11 @@ async def test_thumbnails_generated_small_or_cut_from_an_image(
     assert small["status"] == "completed", small["error"]
     body = fake_ai.bodies("images")[1]
     assert (body["size"], body["quality"]) == ("1024x1024", "low")  # smallest, cheapest
+    # ...and cut down here to [media] thumbnail_size (256) on its longest edge.
+    assert (small["width"], small["height"], small["size"]) == (256, 256, "256x256")
+    assert (small["provider"], small["model"]) == ("openai", "gpt-image-1.5")
+    with Image.open(media_dir / small["storage_path"]) as image:
+        assert image.size == (256, 256)
 
 
 async def test_a_retried_media_job_calls_nobody_and_keeps_one_row(
@@ -207,7 +214,7 @@ async def test_bad_media_jobs_are_permanent(
     entries = await wait_dead(redis, prefix, Q, count=4)
     errors = {e["id"]: e["error"]["message"] for e in entries}
     assert "'content_id' or 'brand_id'" in errors["m-none"]
-    assert "needs a 'prompt'" in errors["m-noprompt"]
+    assert "needs a 'prompt' for a brand image (or, for a thumbnail" in errors["m-noprompt"]
     assert "not found" in errors["m-gone"]
     assert "not valid for gpt-image-1.5" in errors["m-size"]
     row = await wait_status(db, "media", "m-size", ("failed",))
@@ -239,3 +246,34 @@ async def test_a_media_job_whose_processes_keep_dying_fails_its_row(
     assert "died" in row["error"]
     assert [e["reason"] for e in await wait_dead(redis, prefix, Q)] == ["poison"]
     assert fake_ai.count("images") == 0
+
+
+async def test_a_thumbnail_of_an_api_image_is_thumbnail_size_on_its_longest_edge(
+    db: asyncpg.Pool,
+    redis: Redis,
+    prefix: str,
+    fake_ai: FakeAI,
+    make_app_config: Any,
+    run_worker: Any,
+    media_dir: Path,
+) -> None:
+    """Acceptance 5 of issue 10, with a wide image and a size of its own."""
+    brand_id = await create_brand(db)
+    api_image = png_bytes(1536, 1024)
+    fake_ai.script("images", Reply.image_b64(api_image))
+    run_worker(make_app_config(media={"thumbnail_size": 120}))
+    await push(redis, prefix, Q, "m-thumb", brand_id=str(brand_id), prompt="x", kind="thumbnail")
+    row = await wait_status(db, "media", "m-thumb", ("completed", "failed"))
+    assert row["status"] == "completed", row["error"]
+    assert (row["width"], row["height"], row["size"], row["mime_type"]) == (
+        120,
+        80,
+        "120x80",
+        "image/png",
+    )
+    with Image.open(media_dir / row["storage_path"]) as image:
+        assert image.size == (120, 80)
+    # The API's full image is kept too (the ledger's reply, for a retry), under its own name.
+    original = media_dir / f"{hashlib.sha256(api_image).hexdigest()[:2]}"
+    assert any(original.iterdir())
+    assert row["sha256"] != hashlib.sha256(api_image).hexdigest()

@@ -15,6 +15,7 @@ from alchemy.ops.events import EventStream
 from alchemy.ops.records import JobRecords
 from alchemy.queue.admin import JobRecord, QueueAdmin
 from alchemy.queue.keys import QueueKeys
+from alchemy.storage.tokens import LinkSigner
 from tests.conftest import wait_for
 from tests.fakes.ai_server import FakeAI, Reply, png_bytes
 from tests.handlers.support import (
@@ -156,7 +157,9 @@ async def test_media_reports_its_steps_and_returns_its_file(
     brand_id = await create_brand(db)
     image = png_bytes(40, 30)
     fake_ai.script("images", Reply.image_b64(image))
-    start(run_worker, make_app_config(), prefix)
+    secret = "a-media-url-secret-0123456789"
+    media = {"url_secret": secret, "public_url": "https://media.example/alchemy"}
+    start(run_worker, make_app_config(media=media), prefix)
     await push(redis, prefix, "media-generation", "m-steps", brand_id=str(brand_id), prompt="a fox")
 
     record = await finished(redis, prefix, "media-generation", "m-steps")
@@ -165,16 +168,26 @@ async def test_media_reports_its_steps_and_returns_its_file(
     assert result == {
         "media_id": str(row["id"]),
         "kind": "image",
+        "store": "local",
         "storage_path": row["storage_path"],
+        "url": result["url"],
         "mime_type": "image/png",
         "bytes": len(image),
         "width": 40,
         "height": 30,
         "already_saved": False,
     }
+    # A signed link to the listener's /media/{token} route (tests/http/test_media_route.py).
+    base, _, token = result["url"].rpartition("/")
+    assert base == "https://media.example/alchemy/media"
+    link = LinkSigner(secret, "").check(token)
+    assert (link.store, link.key) == ("local", row["storage_path"])
     assert uuid.UUID(result["media_id"])
     assert (media_dir / result["storage_path"]).read_bytes() == image
     assert await steps_in_stream(redis, prefix, "media-generation", "m-steps") == STEPS
+    events = [f for _, f in await redis.xrange(QueueKeys(prefix, "media-generation").events)]
+    [done] = [f for f in events if f[b"event"] == b"completed"]
+    assert json.loads(done[b"result"])["url"] == result["url"]  # the events carry it too
     shown = await shown_by_cli(tmp_path, prefix, "media-generation", "m-steps")
     assert (shown["state"], shown["step"]) == ("completed", "saved")
     assert json.loads(shown["result"])["media_id"] == str(row["id"])

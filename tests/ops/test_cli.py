@@ -112,6 +112,9 @@ HELP_PATHS = [
     ["check-config"],
     ["migrate"],
     ["spend"],
+    ["media"],
+    ["media", "url"],
+    ["media", "copy-to-s3"],
 ]
 
 

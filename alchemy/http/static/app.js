@@ -479,11 +479,18 @@
         r.step ? h("span", { id: "job-step" }, ` – ${r.step}`) : ""),
       h("h3", {}, "Result"),
       r.result === null || r.result === undefined ? h("p", { class: "muted" }, "none") : text(JSON.stringify(r.result, null, 2)),
+      resultLink(r.result),
       h("h3", {}, `Attempts (${runs.length}${r.attempts_dropped ? `, and ${r.attempts_dropped} older` : ""})`),
       h("ol", { class: "runs" }, runs.map((run) => h("li", {},
         `#${run.attempt} ${run.outcome} – started ${when(run.started_ms)}, ${typeof run.duration_ms === "number" ? `${run.duration_ms} ms` : "–"}, ${run.worker}`,
         run.error ? h("div", { class: "text" }, errorText(run.error)) : ""))),
     ];
+  }
+  // A result that carries a URL (a media job's image) gets a link to it; only http(s).
+  function resultLink(result) {
+    const url = result && typeof result === "object" ? result.url : null;
+    if (typeof url !== "string" || !/^https?:\/\//i.test(url)) return "";
+    return h("p", {}, h("a", { id: "job-result-url", href: url, target: "_blank", rel: "noopener noreferrer" }, "Open the result's URL"));
   }
   function entryParts(entry) {
     const payload = entry.job !== undefined ? entry.job : entry.job_b64 !== undefined ? `(base64) ${entry.job_b64}` : "";

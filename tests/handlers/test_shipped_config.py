@@ -95,8 +95,8 @@ async def alchemy(config_path: Path, env: dict[str, str], command: str) -> str:
 async def run_every_queue(
     config_path: Path, env: dict[str, str], database_url: str, redis: Redis, prefix: str
 ) -> tuple[WorkerProcess, dict[str, Any]]:
-    """Migrate, start the worker, run a research job and a content job with an image; the
-    worker (stopped) and the ids."""
+    """Migrate, start the worker, run a research job, a content job with an image and a
+    thumbnail cut from that image; the worker (stopped) and the ids."""
     await alchemy(config_path, env, "migrate")
     worker = WorkerProcess(config_path, config_path.parent / "worker.log", env)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2, init=init_connection)
@@ -112,7 +112,17 @@ async def run_every_queue(
         )
         await wait_status(pool, "content_queue", row_id, ("completed",), within=30)
         await wait_status(pool, "ideas", idea_id, ("researched",), within=30)
-        await wait_status(pool, "media", "s-c:media", ("completed",), within=30)
+        image = await wait_status(pool, "media", "s-c:media", ("completed",), within=30)
+        await push(
+            redis,
+            prefix,
+            "media-generation",
+            "s-t",
+            brand_id=str(brand_id),
+            kind="thumbnail",
+            source_media_id=str(image["id"]),
+        )
+        await wait_status(pool, "media", "s-t", ("completed",), within=30)
         worker.signal(signal.SIGTERM)
         assert await wait_exited(worker) == 0
     finally:
@@ -150,7 +160,9 @@ async def test_shipped_config_without_keys_runs_offline_says_so_and_flags_every_
         assert set(counts) == set(FLAGGED_TABLES)
         assert counts["content_queue"] == counts["contents"] == counts["ideas"] == 1
         assert counts["research_runs"] >= 1
-        assert counts["media"] == 1
+        assert counts["media"] == 2  # the image and its thumbnail, cut locally
+        thumbnail = await conn.fetchrow("SELECT provider, offline FROM media WHERE job_id = 's-t'")
+        assert tuple(thumbnail) == ("local", True)
         requests = await conn.fetch(schema_example("offline-content-requests"))
         assert [r["content_queue_id"] for r in requests] == [ids["row"]]
         # Deleting the content clears its request's flag: it can be generated again.

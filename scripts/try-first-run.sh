@@ -101,7 +101,8 @@ for _ in $(seq 900); do
     fi
     sleep 1
 done
-grep -v '^{' /root/run.log | head -40
+# make's and ensure_services' lines, without pip's download progress
+grep -v '^{' /root/run.log | grep -vE '^ |Collecting|Downloading|Requirement|Obtaining|Using cached|INFO: pip|notice|━' | head -40
 echo "... worker log (JSON lines):"; grep '^{' /root/run.log | head -8
 echo "... the startup warning:"; grep '"offline_provider_in_use"' /root/run.log
 if [[ -z $ready ]]; then echo "make run: never ready"; tail -30 /root/run.log; exit 1; fi

@@ -30,6 +30,7 @@ from alchemy.config import (
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
 from alchemy.logs import configure_logging, flush_logs, redact, register_secrets
 from alchemy.ops.systemd import SystemdNotifier, check_watchdog
+from alchemy.paid.spend import GROUPINGS
 from alchemy.queue.admin import TRUNCATED_NOTE, QueueAdmin
 from alchemy.queue.producer import Producer
 from alchemy.queue.topology import RedisClient
@@ -52,6 +53,7 @@ COMMANDS: Final = (
     "check-config",
     "migrate",
     "spend",
+    "budget",
     "media",
 )
 
@@ -175,7 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     spend.add_argument("--job", help="one job's calls (its id)")
     spend.add_argument("--brand", type=_uuid, help="one brand's calls (its UUID)")
-    spend.add_argument("--day", type=_day, help="one day's calls, YYYY-MM-DD (UTC)")
+    spend.add_argument(
+        "--day", type=_day, help="one day's calls, YYYY-MM-DD ([budgets] time_zone, default UTC)"
+    )
+    spend.add_argument("--provider", help="one provider's calls (anthropic, openai, offline)")
+    spend.add_argument("--model", help="one model's calls")
+    spend.add_argument(
+        "--by", choices=GROUPINGS, default="model", help="one line per (default: model)"
+    )
+    from alchemy.cli_budget import add_parser as add_budget_parser
+
+    add_budget_parser(sub, [common, as_json], _uuid)
 
     media = sub.add_parser("media", parents=[common], help="the media store (docs/operations.md)")
     media_sub = media.add_subparsers(dest="media_command", required=True)
@@ -346,7 +358,10 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 else ("yes" if s.paused_for_ms < 0 else f"{s.paused_for_ms / 1000:.1f}s")
             )
             if s.held is not None:
-                paused += f"; held: {s.held.get('dependency')} is down ({s.held.get('reason')})"
+                paused += _held_text(s.held)
+            held_for_budget = sum(s.budget_held.values())
+            if held_for_budget:
+                paused += f"; {held_for_budget} job(s) held: budget_exhausted"
             print(f"{s.queue:<24}{s.wait:>8}{s.processing:>12}{s.delayed:>9}{s.dead:>8}  {paused}")
         print("\nprocesses:")
         seen = False
@@ -383,6 +398,14 @@ def _providers_line(config: Config) -> str:
     if p.offline_uses:
         line += f"  OFFLINE ({', '.join(p.offline_uses)}): no model is called, placeholders"
     return line
+
+
+def _held_text(held: Mapping[str, Any]) -> str:
+    dependency = str(held.get("dependency"))
+    if dependency.startswith("provider:"):
+        left = f"{int(held.get('left_ms', 0)) / 1000:.0f}s"
+        return f"; held: {dependency} spend limit ({held.get('reason')}); resume, or {left}"
+    return f"; held: {dependency} is down ({held.get('reason')})"
 
 
 def _dead(config: Config, args: argparse.Namespace) -> int:
@@ -700,7 +723,15 @@ def _spend(config: Config, args: argparse.Namespace) -> int:
     from alchemy.paid.spend import Filters, Spend, render, spend
     from alchemy.providers.prices import shipped_prices
 
-    filters = Filters(job_id=args.job, brand_id=args.brand, day=args.day)
+    filters = Filters(
+        job_id=args.job,
+        brand_id=args.brand,
+        day=args.day,
+        provider=args.provider,
+        model=args.model,
+        time_zone=config.budgets.time_zone,
+        by=args.by,
+    )
 
     async def read(url: str) -> Spend:
         conn = await asyncpg.connect(url)
@@ -713,6 +744,16 @@ def _spend(config: Config, args: argparse.Namespace) -> int:
     if isinstance(report, int):
         return report
     print(json.dumps(report.to_json(), indent=2) if args.json else render(report))
+    return 0
+
+
+def _budget(config: Config, args: argparse.Namespace) -> int:
+    from alchemy.cli_budget import budget_action, print_budget
+
+    result = _with_database(config, lambda url: budget_action(config, args, url))
+    if isinstance(result, int):
+        return result
+    print_budget(args, *result)
     return 0
 
 
@@ -738,5 +779,6 @@ COMMAND_TABLE: Final[dict[str, Callable[[Config, argparse.Namespace], int]]] = {
     "check-config": _check_config,
     "migrate": _migrate,
     "spend": _spend,
+    "budget": _budget,
     "media": _media,
 }

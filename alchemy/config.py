@@ -295,6 +295,32 @@ class ProvidersConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetsConfig:
+    """Spend budgets (alchemy.paid.budgets). Amounts in USD from the price table; 0 = no
+    budget of that kind. A brand's own row in ``brand_budgets`` overrides the defaults."""
+
+    daily_usd: float = _spec(0.0, min=0.0, max=1e9)
+    monthly_usd: float = _spec(0.0, min=0.0, max=1e9)
+    time_zone: str = _spec("UTC", pattern=r"^[A-Za-z0-9_+/-]{1,64}$")
+    # Global daily caps per provider, over every brand.
+    anthropic_daily_usd: float = _spec(0.0, min=0.0, max=1e9)
+    openai_daily_usd: float = _spec(0.0, min=0.0, max=1e9)
+    # Seconds before a job held for budget_exhausted is looked at again (sooner: the
+    # window's end, or an operator raising the budget).
+    recheck: float = _spec(60.0, min=0.05, max=86_400.0)
+    # Seconds a reservation counts while its call is in flight: the bound on a dead
+    # process's reservations. 0 = the paid-work lease (alchemy.paid.leases.lease_seconds).
+    reservation_timeout: float = _spec(0.0, min=0.0, max=86_400.0)
+    # Seconds a provider's own spend-limit refusal holds its queues (alchemy resume sooner).
+    provider_pause: float = _spec(3600.0, min=1.0, max=30 * 86_400.0)
+
+    def provider_cap(self, provider: str) -> float:
+        return {"anthropic": self.anthropic_daily_usd, "openai": self.openai_daily_usd}.get(
+            provider, 0.0
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class MediaConfig:
     directory: str = _spec(".local/media", pattern=r"^\S.{0,4095}$")
     allowed_hosts: tuple[str, ...] = _spec(
@@ -398,6 +424,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     records: RecordsConfig = field(default_factory=RecordsConfig)
+    budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
 
     def queue(self, name: str) -> QueueConfig:
         for queue in self.queues:
@@ -416,6 +443,7 @@ _SECTIONS: Final[Mapping[str, type]] = {
     "http": HttpConfig,
     "events": EventsConfig,
     "records": RecordsConfig,
+    "budgets": BudgetsConfig,
 }
 
 
@@ -589,8 +617,34 @@ def _check_relations(config: Config) -> None:
         if queue.rate_limit == 0 and queue.rate_burst:
             raise ConfigError(f"{path}.rate_burst", "needs rate_limit > 0")
     _check_providers(config.providers)
+    _check_budgets(config)
     _check_http(config.http)
     _check_media(config.media)
+
+
+def _check_budgets(config: Config) -> None:
+    _check_time_zone(config.budgets.time_zone)
+    bound = config.budgets.reservation_timeout
+    providers = config.providers
+    longest = (providers.max_retries + 1) * providers.timeout
+    if bound and bound < longest:
+        raise ConfigError(
+            "budgets.reservation_timeout",
+            f"must be at least the longest a provider call can take ({longest:g}s: providers"
+            " timeout x (max_retries + 1)), or 0 for the lease's time: a reservation that"
+            " ends before its call would let the budget be overspent",
+        )
+
+
+def _check_time_zone(name: str) -> None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            "budgets.time_zone", f"{name!r} is not a time zone (an IANA name: UTC, Europe/Paris)"
+        ) from None
 
 
 def _check_topology(redis: RedisConfig) -> None:

@@ -3,28 +3,40 @@
     AlchemyError
     ├── ConfigError            bad configuration; the process exits 78 (EX_CONFIG)
     ├── IdentityInUseError     another live process runs with this worker identity
+    ├── BudgetError            a budget cannot be set as asked (an unknown brand, say)
     ├── NotReplicatedError     a job was pushed, but not copied to as many replicas as the
     │                          producer asked for in time (``Producer.enqueue(replicas=)``):
     │                          push it again with the same id
     └── JobError               raised by handlers; the consumer decides from the type alone
         ├── PermanentError     never retried: straight to the dead-letter list
+        │   └── OverBudgetError    one call's worst case alone exceeds a whole budget
         └── RetryableError     retried with backoff, or after ``delay`` seconds when given
             ├── RateLimitedError   the upstream said "retry after N seconds": the whole
             │                      queue pauses for N seconds in every process and the job
             │                      is retried without spending an attempt
             ├── DeferredError      not now, and not a failure: the job comes back after
-            │                      ``delay`` seconds without spending an attempt (another
-            │                      runner holds the work, say); the queue goes on
+            │   │                  ``delay`` seconds without spending an attempt (another
+            │   │                  runner holds the work, say); the queue goes on
+            │   └── BudgetExhaustedError
+            │                      the brand's (or the provider's) budget window has no
+            │                      room for the call's worst case: the job is held
+            │                      (``budget_exhausted``) and looked at again after
+            │                      ``delay``, at once when an operator raises the budget
             └── DependencyUnavailableError
-                                   a dependency the handler needs (``dependency``, e.g.
-                                   "postgres") is down: the job goes back to the front of
-                                   its queue without spending an attempt, and every queue
-                                   that needs the dependency holds in every process until
-                                   a probe sees it answer again
+                │                  a dependency the handler needs (``dependency``, e.g.
+                │                  "postgres") is down: the job goes back to the front of
+                │                  its queue without spending an attempt, and every queue
+                │                  that needs the dependency holds in every process until
+                │                  a probe sees it answer again
+                └── ProviderPausedError
+                                   the provider refused for its own spend limit: the
+                                   queue holds for ``pause_for`` seconds (no probe) or
+                                   until an operator resumes it; no attempt spent
 
 Retry-after pauses and dependency holds are bounded per job (``max_deferrals``,
 ``max_deferred``): past them the job is dead-lettered as ``deferred_too_long``. A deferral
-is bounded by whoever defers (a paid-work lease expires), so it is not counted.
+is bounded by whoever defers (a paid-work lease expires, a budget window resets), and a
+provider's pause by its operator, so neither is counted.
 
 Any other exception raised by a handler (including a timeout) counts as a failed attempt
 and is retried with the queue's backoff until ``max_attempts``.
@@ -66,6 +78,10 @@ class NotReplicatedError(AlchemyError):
         self.acknowledged = acknowledged
 
 
+class BudgetError(AlchemyError):
+    """A budget cannot be read or set as asked (an unknown brand, a negative amount)."""
+
+
 class JobError(AlchemyError):
     """Base for errors a handler raises to steer what happens to its job."""
 
@@ -100,11 +116,26 @@ class RateLimitedError(RetryableError):
 class DeferredError(RetryableError):
     """Come back after ``delay`` seconds; no attempt is spent and the queue goes on.
 
-    For work that someone else is doing right now (a live lease held by another runner)."""
+    For work that someone else is doing right now (a live lease held by another runner).
+    ``reason`` names why the job waits (``budget_exhausted``) in the records and events."""
 
-    def __init__(self, delay: float, message: str = "") -> None:
+    def __init__(self, delay: float, message: str = "", *, reason: str | None = None) -> None:
         super().__init__(message or f"deferred for {delay:g}s", delay=delay)
         self.delay: float = delay
+        self.reason = reason
+
+
+class BudgetExhaustedError(DeferredError):
+    """No room in a budget window for the call's worst case: held, not failed. The message
+    names the brand as ``brand <uuid>`` (or the provider), which is how an operator's
+    raise of the budget finds the held jobs (:meth:`QueueStore.release_budget_holds`)."""
+
+    def __init__(self, delay: float, message: str) -> None:
+        super().__init__(delay, message, reason="budget_exhausted")
+
+
+class OverBudgetError(PermanentError):
+    """The worst case of one call is more than the whole budget: it can never run."""
 
 
 class DependencyUnavailableError(RetryableError):
@@ -116,3 +147,14 @@ class DependencyUnavailableError(RetryableError):
     def __init__(self, dependency: str, message: str = "") -> None:
         super().__init__(message or f"{dependency} is unavailable")
         self.dependency = dependency
+
+
+class ProviderPausedError(DependencyUnavailableError):
+    """The provider refused the call for its own spend limit (Anthropic's usage limit,
+    OpenAI's ``insufficient_quota``): an error answer, not billed. The queue holds for
+    ``pause_for`` seconds (set by the engine from ``[budgets] provider_pause``) with
+    dependency ``provider:<name>``, or until ``alchemy resume``; no probe, no attempt."""
+
+    def __init__(self, provider: str, message: str = "") -> None:
+        super().__init__(f"provider:{provider}", message or f"{provider}: spend limit reached")
+        self.provider = provider

@@ -142,6 +142,13 @@ def q(**settings: Any) -> dict[str, Any]:
             '"sentinel"',
         ),
         ({"redis": {"sentinel_password": "pw"}}, "redis.sentinel_password", '"sentinel"'),
+        ({"budgets": {"time_zone": "Mars/Olympus"}}, "budgets.time_zone", "not a time zone"),
+        ({"budgets": {"daily_usd": -1}}, "budgets.daily_usd", ">= 0"),
+        (
+            {"budgets": {"reservation_timeout": 10}},
+            "budgets.reservation_timeout",
+            "longest a provider call can take (120s",
+        ),
         ({"media": {"store": "s3"}}, "media.s3_bucket", 'because media.store = "s3"'),
         (
             {"media": {"store": "s3", "s3_bucket": "media"}},

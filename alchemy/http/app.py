@@ -28,6 +28,7 @@ from redis import exceptions as redis_errors
 
 from alchemy.errors import ConfigError
 from alchemy.http.board import snapshot
+from alchemy.http.budgets import BUDGET_ROUTES
 from alchemy.http.dashboard import DASHBOARD, GROUPS, LIVE, STATIC
 from alchemy.http.deps import DEPS, Access, ApiError, Deps, error_response, needs_token
 from alchemy.http.handlers import ROUTES
@@ -147,7 +148,7 @@ def create_app(deps: Deps) -> web.Application:
     access: dict[Handler, Access] = {}
     ungated: set[Handler] = set()
     prefix = http.path_prefix
-    for route in (*ROUTES, *DASHBOARD, *MEDIA_ROUTES):
+    for route in (*ROUTES, *BUDGET_ROUTES, *DASHBOARD, *MEDIA_ROUTES):
         path = prefix + route.path
         if route.method == "GET":
             app.router.add_get(path, route.handler)  # and HEAD

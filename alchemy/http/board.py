@@ -41,6 +41,7 @@ def _queue(status: QueueStatus, overview: Overview, config: QueueConfig | None) 
         "paused": status.paused,
         "paused_for_ms": status.paused_for_ms,
         "held": status.held,
+        "budget_held": status.budget_held,
         "oldest_wait_s": overview.oldest_wait_s.get(name),
         "serving": sum(c.alive for c in status.consumers),
         "concurrency": None if config is None else config.concurrency,

@@ -38,6 +38,8 @@ class Deps:
     started_at: float = field(default_factory=time.monotonic)
     # A new client for the live feed's blocking reads (the process's own when it runs).
     blocking: Callable[[], RedisClient] | None = None
+    # Brands' budgets (alchemy.http.budgets.BudgetBook), when the process uses PostgreSQL.
+    budgets: Any = None
 
     @property
     def queue_names(self) -> frozenset[str]:

@@ -91,6 +91,8 @@ async def metrics(request: web.Request) -> web.Response:
     # says so, and the counters are still worth serving.
     with contextlib.suppress(OverviewUnavailable):
         await deps.overview.get()
+    if deps.budgets is not None:  # the budget gauges, from PostgreSQL (absent when it is away)
+        deps.metrics.budgets.report = await deps.budgets.for_scrape()
     return web.Response(body=deps.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -126,6 +128,7 @@ def _queue_info(status: QueueStatus, throughput: queue_admin.Throughput | None) 
         "paused": status.paused,
         "paused_for_ms": status.paused_for_ms,
         "held": status.held,
+        "budget_held": status.budget_held,
         "consumers": consumers,
         "throughput": _throughput(throughput),
     }

@@ -16,6 +16,7 @@ from aiohttp import web
 from alchemy.config import Config
 from alchemy.errors import AlchemyError
 from alchemy.http.app import create_app
+from alchemy.http.budgets import BudgetBook
 from alchemy.http.deps import Deps
 from alchemy.http.overview import OverviewCache
 from alchemy.logs import redact
@@ -76,6 +77,7 @@ class HttpServer:
             self.metrics,
             self.readiness,
             blocking=running.blocking,
+            budgets=None if self._services is None else BudgetBook(cfg, self._services.db),
         )
         runner = web.AppRunner(create_app(deps), handle_signals=False, access_log=None)
         await runner.setup()

@@ -53,6 +53,7 @@ class QueueInfo(TypedDict):
     paused: bool
     paused_for_ms: int  # -1: paused until resumed
     held: dict[str, Any] | None  # a dependency is down: dependency, reason, since_ms, by, left_ms
+    budget_held: dict[str, int]  # delayed jobs held for budget_exhausted, per "brand:<uuid>"
     consumers: list[ConsumerInfo]
     throughput: Throughput | None  # None when no process writes events
 

@@ -39,6 +39,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from alchemy.logs import dropped_lines
+from alchemy.paid.brand_budgets import BudgetReport
 from alchemy.paid.observe import OUTCOMES, ProviderCall
 from alchemy.queue.admin import QueueStatus
 from alchemy.worker.observer import JobEvent, Transition
@@ -54,6 +55,12 @@ PICKUP_BUCKETS: Final = (
     10.0, 30.0, 60.0, 300.0,
 )  # fmt: skip
 PAUSED_SLEEP_MS: Final = 1000  # a paused consumer looks again after at most this
+# Transitions counted by one attribute of a queue's counts, and nothing else.
+COUNTED: Final = {
+    Transition.PAUSED: "rate_limited",
+    Transition.DEFERRED: "deferred",
+    Transition.HELD: "held",
+}
 
 
 class _Histogram:
@@ -251,6 +258,15 @@ class Metrics:
             ["queue", "event"],
             registry=r,
         )
+        self.budget_holds = Counter(
+            "alchemy_budget_holds",
+            "Times a job was held (budget_exhausted) because a budget had no room for the"
+            " worst case of its next provider call",
+            ["queue"],
+            registry=r,
+        )
+        self.budgets = BudgetGauges()
+        r.register(self.budgets)
         self.provider_in_use = Gauge(
             "alchemy_provider_in_use",
             "1 for the provider this process uses by default for each kind (text, image);"
@@ -301,12 +317,10 @@ class Metrics:
         elif transition is Transition.RETRYING:
             q.failed += 1
             q.retried += 1
-        elif transition is Transition.PAUSED:
-            q.rate_limited += 1
-        elif transition is Transition.DEFERRED:
-            q.deferred += 1
-        elif transition is Transition.HELD:
-            q.held += 1
+        elif transition in COUNTED:
+            setattr(q, COUNTED[transition], getattr(q, COUNTED[transition]) + 1)
+            if event.reason == "budget_exhausted":
+                self.budget_holds.labels(event.queue).inc()
         elif transition is Transition.DEAD:
             if event.duration_s is not None:  # ran and failed; bad input never ran
                 q.failed += 1
@@ -345,6 +359,56 @@ class Metrics:
         self.lease_events.labels(queue, event).inc()
 
 
+# -- budgets, read from PostgreSQL at scrape time ---------------------------------------------
+class BudgetGauges(Collector):
+    """Each budget's amount, spend, reservations and what remains in its current window
+    (``scope``: ``brand:<uuid>`` or ``provider:<name>``; ``window``: daily or monthly), from
+    the last report read at a scrape (:func:`alchemy.paid.brand_budgets.report`)."""
+
+    def __init__(self) -> None:
+        self.report: BudgetReport | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        names = {
+            "budget": ("alchemy_budget_usd", "The budget of the window, USD"),
+            "spent": ("alchemy_budget_spent_usd", "Spent in the window, from the ledger, USD"),
+            "reserved": (
+                "alchemy_budget_reserved_usd",
+                "Reserved by provider calls in flight (their worst case), USD",
+            ),
+            "remaining": (
+                "alchemy_budget_remaining_usd",
+                "Budget minus spent minus reserved, USD (a window without a budget: absent)",
+            ),
+        }
+        families = {
+            key: GaugeMetricFamily(name, text, labels=["scope", "window"])
+            for key, (name, text) in names.items()
+        }
+        report = self.report
+        uses = (
+            []
+            if report is None
+            else [
+                *(
+                    (f"brand:{b.brand_id}", use)
+                    for b in report.brands
+                    for use in (b.daily, b.monthly)
+                ),
+                *((f"provider:{cap.provider}", cap.daily) for cap in report.providers),
+            ]
+        )
+        for scope, use in uses:
+            labels = [scope, use.kind]
+            families["spent"].add_metric(labels, float(use.spent))
+            families["reserved"].add_metric(labels, float(use.reserved))
+            remaining = use.remaining
+            if remaining is not None:
+                families["budget"].add_metric(labels, float(use.budget))
+                families["remaining"].add_metric(labels, float(remaining))
+        yield from families.values()
+
+
 # -- queue depths, read from Redis at scrape time ------------------------------------------
 class QueueCollector(Collector):
     """Gauges of queue depth (from the last statuses read from Redis, see
@@ -369,6 +433,12 @@ class QueueCollector(Collector):
         consumers = GaugeMetricFamily(
             "alchemy_queue_consumers", "Live processes serving the queue", labels=["queue"]
         )
+        budget_held = GaugeMetricFamily(
+            "alchemy_queue_budget_held",
+            "Delayed jobs held because a budget is exhausted (budget_exhausted), per scope"
+            ' ("brand:<uuid>" or "provider:<name>")',
+            labels=["queue", "scope"],
+        )
         trimmed = CounterMetricFamily(
             "alchemy_dead_trimmed",
             "Dead-letter entries dropped, the oldest, to keep the list at max_dead (Redis)",
@@ -380,6 +450,8 @@ class QueueCollector(Collector):
             paused.add_metric([queue], 1.0 if s.paused else 0.0)
             consumers.add_metric([queue], sum(c.alive for c in s.consumers))
             trimmed.add_metric([queue], s.dead_trimmed)
+            for scope, count in s.budget_held.items():
+                budget_held.add_metric([queue, scope], count)
         running = GaugeMetricFamily(
             "alchemy_jobs_in_flight", "Attempts running in this process", labels=["queue"]
         )
@@ -387,4 +459,4 @@ class QueueCollector(Collector):
             running.add_metric([queue], count)
         up = GaugeMetricFamily("alchemy_redis_up", "1 if the last read of queue depths worked")
         up.add_metric([], 0.0 if statuses is None else 1.0)
-        yield from (depth, paused, consumers, trimmed, running, up)
+        yield from (depth, paused, consumers, budget_held, trimmed, running, up)

@@ -2,7 +2,9 @@
 ledgered call.
 
     no stored reply (or a fresh lease: nothing can be stored)
-    ├── ledger row in_flight (a remote provider; the connection goes back to the pool)
+    ├── ledger row in_flight with the call's worst-case cost reserved against the budgets
+    │   (a remote provider; :mod:`alchemy.paid.budgets`: no room holds the job instead;
+    │   the connection goes back to the pool)
     ├── the request, with the row's id as X-Alchemy-Call
     ├── the reply recorded: usage, request id, cost, the reply itself (an image: its bytes
     │   go to the media store first); PostgreSQL away: kept in Redis, the job held
@@ -20,12 +22,14 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import structlog
 
 from alchemy.db import DEPENDENCY, TRANSIENT_DB_ERRORS, job_error_for
 from alchemy.errors import DependencyUnavailableError, JobError, RetryableError
+from alchemy.paid.estimate import worst_image_cost, worst_text_cost
 from alchemy.paid.ledger import CallEnd, CallStart
 from alchemy.providers.base import (
     ImageProvider,
@@ -138,6 +142,8 @@ async def call_text(piece: Piece, provider: TextProvider, request: TextRequest) 
                 stored.request_id,
             )
     start = _start(piece, provider.name, request.model, fingerprint)
+    work = piece.work
+    worst = None if provider.local else worst_text_cost(work.prices, request, work.max_tokens)
 
     async def send() -> TextResult:
         return await provider.send(replace(request, call_id=str(start.id)))
@@ -145,7 +151,7 @@ async def call_text(piece: Piece, provider: TextProvider, request: TextRequest) 
     async def end_of(result: TextResult) -> CallEnd:
         return _text_end(piece, result)
 
-    result = await _paid(piece, start, send, end_of, local=provider.local)
+    result = await _paid(piece, start, send, end_of, local=provider.local, worst=worst)
     raise_failure(result)
     return result
 
@@ -184,6 +190,7 @@ async def call_image(piece: Piece, provider: ImageProvider, request: ImageReques
         if reused is not None:
             return reused
     start = _start(piece, provider.name, request.model, fingerprint)
+    worst = None if provider.local else worst_image_cost(piece.work.prices, request)
     stored: list[Stored] = []
 
     async def send() -> ImageResult:
@@ -192,7 +199,7 @@ async def call_image(piece: Piece, provider: ImageProvider, request: ImageReques
     async def end_of(result: ImageResult) -> CallEnd:
         return await _image_end(piece, result, stored)
 
-    result = await _paid(piece, start, send, end_of, local=provider.local)
+    result = await _paid(piece, start, send, end_of, local=provider.local, worst=worst)
     raise_failure(result)
     if not stored:  # the media store refused the bytes: recorded as an error
         raise RetryableError("media store: the image could not be written (logged)")
@@ -276,16 +283,18 @@ async def _paid(
     end_of: Callable[[R], Awaitable[CallEnd]],
     *,
     local: bool,
+    worst: Decimal | None = None,
 ) -> R:
-    """Ledger row, request, reply recorded: in that order, so no paid call goes
-    unrecorded (a kill between the first two leaves a row that is later marked
-    interrupted, counted although the request may never have left). A ``local``
-    provider (offline: in-process, free, never cut off mid-request) gets its row once,
-    with its reply."""
+    """Ledger row (with the reservation of ``worst`` against the budgets, or the job held
+    when they have no room for it), request, reply recorded: in that order, so no paid call
+    goes unrecorded (a kill between the first two leaves a row that is later marked
+    interrupted, counted although the request may never have left) and none starts beyond
+    a budget. A ``local`` provider (offline: in-process, free, never cut off mid-request)
+    gets its row once, with its reply."""
     ledger = piece.work.ledger
     begun = not local
     if begun:
-        await ledger.begin(await piece.db(), start)
+        await piece.work.budgets.begin(await piece.db(), start, worst)
         await piece.let_go()  # not held for the seconds a provider works
     try:
         result = await send()

@@ -1,6 +1,7 @@
 """The ledger of provider calls (``provider_calls``): one row per paid request.
 
-begin      before the request is sent: outcome ``in_flight``
+begin      before the request is sent: outcome ``in_flight`` (with a budget reservation:
+           :mod:`alchemy.paid.budgets`)
 finish     after it: ``ok`` (request id, usage, cost, the reply kept for reuse),
            ``refused``, ``rate_limited``, ``timeout``, ``error``, or ``interrupted``
            (cancelled while waiting for the reply)
@@ -24,6 +25,15 @@ BEGIN: Final = """
 INSERT INTO provider_calls (id, job_id, work_key, queue, brand_id, owner_token, provider,
                             model, fingerprint, outcome)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'in_flight')
+"""
+# BEGIN with the call's reservation (alchemy.paid.budgets): $10 its worst-case cost (NULL:
+# no price), $11 the seconds it counts while the call is in flight; the budgets' clock.
+BEGIN_RESERVED: Final = """
+INSERT INTO provider_calls (id, job_id, work_key, queue, brand_id, owner_token, provider,
+                            model, fingerprint, outcome, reserved_usd, reserved_until,
+                            started_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'in_flight', $10,
+        alchemy_now() + $11 * interval '1 second', alchemy_now())
 """
 FINISH: Final = """
 UPDATE provider_calls
@@ -130,7 +140,7 @@ def call_from_json(value: dict[str, Any]) -> tuple[CallStart, CallEnd]:
     return CallStart(**begun), CallEnd(**ended)
 
 
-def _start_args(start: CallStart) -> tuple[Any, ...]:
+def start_args(start: CallStart) -> tuple[Any, ...]:
     """$1-$9 of BEGIN and FINISH."""
     return (
         start.id,
@@ -161,7 +171,7 @@ def _end_args(end: CallEnd) -> tuple[Any, ...]:
 
 class Ledger:
     async def begin(self, executor: Any, start: CallStart) -> None:
-        await executor.execute(BEGIN, *_start_args(start))
+        await executor.execute(BEGIN, *start_args(start))
 
     async def finish(self, executor: Any, start: CallStart, end: CallEnd) -> None:
         """Record how the call ended (its row exists: :meth:`begin` wrote it)."""
@@ -170,7 +180,7 @@ class Ledger:
     async def finish_late(self, executor: Any, start: CallStart, end: CallEnd) -> None:
         """Write a call whole, row or not: one kept in Redis meanwhile (with its own time),
         or the one row of a local provider's call (``finished_at`` None: now)."""
-        await executor.execute(FINISH_LATE, *_start_args(start), *_end_args(end), end.finished_at)
+        await executor.execute(FINISH_LATE, *start_args(start), *_end_args(end), end.finished_at)
 
     async def reply_for(self, executor: Any, work_key: str, fingerprint: str) -> StoredReply | None:
         row = await executor.fetchrow(REPLY_FOR, work_key, fingerprint)

@@ -23,6 +23,7 @@ import structlog
 
 from alchemy.config import Config
 from alchemy.errors import PermanentError
+from alchemy.paid.budgets import Budgets
 from alchemy.paid.calls import PaidImage, PaidText, call_image, settle
 from alchemy.paid.leases import Lease, LeaseLostError, Leases, Owner, lease_seconds
 from alchemy.paid.ledger import CallEnd, CallStart, Ledger
@@ -74,6 +75,8 @@ class PaidWork:
         self.lease_seconds = lease_seconds(config.providers, config.media)
         self.leases = Leases(IdentityClaims(redis, prefix=config.redis.prefix), self.lease_seconds)
         self.ledger = Ledger()
+        self.budgets = Budgets(config.budgets, self.lease_seconds)
+        self.max_tokens = config.providers.max_tokens
         self.stash = ReplyStash(redis, prefix=config.redis.prefix)
         self.prices = shipped_prices()
         self.media = media

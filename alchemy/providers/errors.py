@@ -1,11 +1,14 @@
 """SDK exceptions mapped into the engine's error tree.
 
     what the SDK raised                                   job error
+    the provider's own spend limit: OpenAI 429            ProviderPausedError: the queue
+    insufficient_quota; Anthropic 402 billing_error, or   holds (no attempt spent) until
+    400 "usage limits" / "credit balance is too low"      resumed or [budgets] provider_pause
     429 rate limit (not insufficient_quota)               RateLimitedError(retry-after)
     408 / 409 / 5xx / 529 overloaded                      RetryableError (delay = retry-after)
     timeout, connection refused/reset, garbled body       RetryableError
     400 content_policy_violation / moderation_blocked     ContentPolicyError (permanent)
-    400 / 401 / 402 / 403 / 404 / 413 / 422, quota        PermanentError
+    400 / 401 / 403 / 404 / 413 / 422                     PermanentError
     reply that fails the SDK's schema (strict mode)       PermanentError
 
 Messages are short and readable ("anthropic 401 authentication_error: invalid x-api-key"),
@@ -24,7 +27,13 @@ from typing import Any, Final
 import anthropic
 import openai
 
-from alchemy.errors import JobError, PermanentError, RateLimitedError, RetryableError
+from alchemy.errors import (
+    JobError,
+    PermanentError,
+    ProviderPausedError,
+    RateLimitedError,
+    RetryableError,
+)
 from alchemy.providers.base import ContentPolicyError
 
 DEFAULT_RETRY_AFTER: Final = 30.0  # seconds, when a 429 names no retry-after
@@ -34,6 +43,10 @@ POLICY_CODES: Final = frozenset(
     {"content_policy_violation", "moderation_blocked", "content_filter"}
 )
 RETRYABLE_STATUS: Final = frozenset({408, 409})
+# Anthropic's refusals for money (the workspace's spend limit, an empty credit balance):
+# 400 invalid_request_error with one of these in the message (as reported by its users;
+# the wire-format reference does not show them), or 402 billing_error.
+ANTHROPIC_SPEND_LIMIT: Final = ("usage limit", "credit balance")
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
@@ -80,6 +93,8 @@ def map_provider_error(provider: str, exc: Exception, secrets: Iterable[str] = (
     """The job error for an exception raised by the anthropic or openai SDK."""
     mapped = _map(provider, exc)
     message = scrub(str(mapped), list(secrets))[:MAX_MESSAGE]
+    if isinstance(mapped, ProviderPausedError):
+        return ProviderPausedError(provider, message)
     if isinstance(mapped, RateLimitedError):
         return RateLimitedError(mapped.retry_after, message)
     if isinstance(mapped, RetryableError):
@@ -126,6 +141,8 @@ def _map_status(provider: str, exc: Any) -> JobError:
     label = " ".join(part for part in (f"{provider} {status}", kind or code) if part)
     text = f"{label}: {detail}" if detail else label
     headers = exc.response.headers if exc.response is not None else None
+    if _spend_limit(status, kind, code, detail):
+        return ProviderPausedError(provider, f"spend limit: {text}")
     if status == 429 and "insufficient_quota" not in (kind, code):
         delay = retry_after_seconds(headers)
         return RateLimitedError(DEFAULT_RETRY_AFTER if delay is None else delay, text)
@@ -134,6 +151,16 @@ def _map_status(provider: str, exc: Any) -> JobError:
     if code in POLICY_CODES or kind in POLICY_CODES:
         return ContentPolicyError(f"refused by the content policy: {text}")
     return PermanentError(text)
+
+
+def _spend_limit(status: int, kind: str | None, code: str | None, detail: str) -> bool:
+    """The provider refused because the account's money ran out, not because of the call."""
+    if "insufficient_quota" in (kind, code):
+        return True
+    if status == 402 or kind == "billing_error":
+        return True
+    lowered = detail.lower()
+    return status == 400 and any(phrase in lowered for phrase in ANTHROPIC_SPEND_LIMIT)
 
 
 def _error_fields(exc: Any) -> tuple[str | None, str | None, str]:

@@ -62,6 +62,8 @@ class QueueStatus:
     # While a dependency is down: {"dependency", "reason", "since_ms", "by", "left_ms"}
     held: dict[str, Any] | None = None
     dead_trimmed: int = 0  # dead-letter entries dropped, the oldest, to keep the list at its cap
+    # Delayed jobs held for a budget (budget_exhausted), per scope: "brand:<uuid>" -> count
+    budget_held: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +76,7 @@ class QueueStatus:
             "paused": self.paused,
             "paused_for_ms": self.paused_for_ms,
             "held": self.held,
+            "budget_held": self.budget_held,
             "consumers": [
                 {
                     "identity": c.identity,
@@ -167,6 +170,9 @@ def _sendable(job_id: str) -> bool:
     return True
 
 
+PROVIDER_HOLD: Final = "provider:"  # the held key's dependency for a provider's pause
+
+
 class QueueAdmin:
     def __init__(self, redis: RedisClient, *, prefix: str = "alchemy") -> None:
         self.redis = redis
@@ -236,6 +242,7 @@ class QueueAdmin:
             consumers=consumers,
             held=_hold(hold, int(hold_ms)),
             dead_trimmed=int(trimmed or 0),
+            budget_held=await self._store(queue).budget_holds() if delayed else {},
         )
 
     async def dead_list(self, queue: str, *, offset: int = 0, limit: int = 50) -> list[DeadEntry]:
@@ -345,8 +352,21 @@ class QueueAdmin:
         await self.redis.set(QueueKeys(self.prefix, queue).paused, "1")
 
     async def resume(self, queue: str) -> None:
+        """Start the queue again: its pause, its retry-after pause, and a provider's pause
+        for its own spend limit (a dependency's hold stays: its probe lifts it)."""
         k = QueueKeys(self.prefix, queue)
         await self.redis.delete(k.paused, k.paused_until)
+        hold = _hold(cast(bytes | None, await self.redis.get(k.held)), 0)
+        dependency = hold.get("dependency") if hold else None
+        if isinstance(dependency, str) and dependency.startswith(PROVIDER_HOLD):
+            await self._store(queue).release_hold(dependency)
+
+    async def release_budget_holds(self, queues: Sequence[str], scope: str) -> int:
+        """Jobs of ``queues`` held for ``scope``'s budget run now (the budget was raised)."""
+        released = 0
+        for queue in queues:
+            released += await self._store(queue).release_budget_holds(scope)
+        return released
 
     # -- what alchemy.ops writes next to a queue -------------------------------------------
     async def throughput(self, queues: Sequence[str]) -> dict[str, Throughput]:

@@ -251,6 +251,69 @@ if ok and type(hold) == 'table' and hold['dependency'] ~= ARGV[1] then return 0 
 return redis.call('DEL', KEYS[1])
 """
 
+# Delayed jobs waiting for a budget (their last error a BudgetExhaustedError, whose message
+# names the scope: "brand <uuid>" or "provider <name>"). A cheap plain-text test first, then
+# the envelope decoded. Needs `delayed` (key), `needle` (the scope, "" = any), `last` (the
+# last rank to look at, -1 = all) and `visit`.
+_BUDGET_HELD: Final = """
+local function each_budget_held(delayed, needle, last, visit)
+  local members = redis.call('ZRANGE', delayed, 0, last, 'WITHSCORES')
+  for i = 1, #members, 2 do
+    local member = members[i]
+    if string.find(member, 'BudgetExhaustedError', 1, true)
+        and (needle == '' or string.find(member, needle, 1, true)) then
+      local ok, obj = pcall(cjson.decode, member)
+      if ok and type(obj) == 'table' and type(obj['_alchemy']) == 'table' then
+        local last = obj['_alchemy']['last_error']
+        if type(last) == 'table' and last['type'] == 'BudgetExhaustedError'
+            and type(last['message']) == 'string'
+            and (needle == '' or string.find(last['message'], needle, 1, true)) then
+          visit(member, tonumber(members[i + 1]), last['message'])
+        end
+      end
+    end
+  end
+end
+"""
+
+# KEYS: delayed, wait   ARGV: scope ("brand <uuid>", "provider <name>" or "" for every one)
+# An operator raised a budget: its held jobs go onto the wait list now, as a due retry
+# would (a consumer blocked on the list wakes at once). Returns how many.
+RELEASE_BUDGET_HOLDS: Final = (
+    _BUDGET_HELD
+    + """
+local moved = 0
+each_budget_held(KEYS[1], ARGV[1], -1, function(member, score, message)
+  if redis.call('ZREM', KEYS[1], member) == 1 then
+    redis.call('LPUSH', KEYS[2], member)
+    moved = moved + 1
+  end
+end)
+return moved
+"""
+)
+
+# KEYS: delayed   ARGV: how many of the soonest due to look at
+# Returns {scope, count, ...}: the jobs held per budget scope among them (a held job is due
+# within [budgets] recheck, so it is among the soonest unless many retries come first).
+COUNT_BUDGET_HOLDS: Final = (
+    _BUDGET_HELD
+    + """
+local counts, order = {}, {}
+each_budget_held(KEYS[1], '', tonumber(ARGV[1]) - 1, function(member, score, message)
+  local scope = string.match(message, '^budget_exhausted: (%a+ [^ ]+)') or 'unknown'
+  if not counts[scope] then counts[scope] = 0; table.insert(order, scope) end
+  counts[scope] = counts[scope] + 1
+end)
+local reply = {}
+for _, scope in ipairs(order) do
+  table.insert(reply, scope)
+  table.insert(reply, counts[scope])
+end
+return reply
+"""
+)
+
 # KEYS: processing, wait   Every job left in a processing list back to the front of the
 # wait list, oldest first, unchanged.
 REQUEUE_ALL: Final = """

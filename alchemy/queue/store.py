@@ -117,6 +117,9 @@ class DeadScan:
         return OLDEST_END if position < self.length / 2 else NEWEST_END
 
 
+BUDGET_HOLDS_LOOK_AT: Final = 2000  # delayed jobs looked at to count those held for budgets
+
+
 class _Scripts:
     """The Lua steps, registered once per Redis client."""
 
@@ -139,6 +142,8 @@ class _Scripts:
         self.dead_scan = redis.register_script(scripts.DEAD_SCAN)
         self.retry_dead = redis.register_script(scripts.RETRY_DEAD)
         self.purge_dead = redis.register_script(scripts.PURGE_DEAD)
+        self.release_budget_holds = redis.register_script(scripts.RELEASE_BUDGET_HOLDS)
+        self.count_budget_holds = redis.register_script(scripts.COUNT_BUDGET_HOLDS)
 
 
 async def _run(script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
@@ -235,6 +240,21 @@ class QueueStore:
     async def release_hold(self, dependency: str) -> bool:
         """Lift the queue's hold if ``dependency`` is what holds it."""
         return bool(await _run(self._s.hold_release, [self.keys.held], [dependency]))
+
+    async def release_budget_holds(self, scope: str) -> int:
+        """The delayed jobs held for ``scope``'s budget (``brand <uuid>``, ``provider
+        <name>``) are due now: its operator raised the budget. Returns how many."""
+        keys = [self.keys.delayed, self.keys.wait]
+        return int(await _run(self._s.release_budget_holds, keys, [scope]))
+
+    async def budget_holds(self, look_at: int = BUDGET_HOLDS_LOOK_AT) -> dict[str, int]:
+        """Delayed jobs held for a budget, per scope (``brand:<uuid>``, ``provider:<name>``),
+        among the ``look_at`` soonest due (read every second for the dashboard and
+        /metrics: bounded, so a large delayed set costs no more)."""
+        reply = await _run(self._s.count_budget_holds, [self.keys.delayed], [look_at])
+        return {
+            _text(reply[i]).replace(" ", ":", 1): int(reply[i + 1]) for i in range(0, len(reply), 2)
+        }
 
     async def requeue_front(self, item: bytes, envelope: bytes) -> bool:
         """Back to the front of the wait list as ``envelope`` (no attempt spent)."""

@@ -37,7 +37,7 @@ from alchemy.queue.store import QueueStore
 from alchemy.queue.topology import RedisClient
 from alchemy.worker.acks import AckBatcher
 from alchemy.worker.connections import Backoff, Episode, until_done
-from alchemy.worker.dependencies import DependencyMonitor
+from alchemy.worker.dependencies import DependencyMonitor, pause_value
 from alchemy.worker.fetcher import Fetcher
 from alchemy.worker.handlers import HandlerModule, Unavailable
 from alchemy.worker.observer import JobEvent, Observers, Transition
@@ -80,8 +80,10 @@ class QueueConsumer:
         incarnation: str = "",
         observers: Observers | None = None,
         dependencies: DependencyMonitor | None = None,
+        provider_pause: float = 3600.0,
     ) -> None:
         self.config = config
+        self.provider_pause = provider_pause  # [budgets] provider_pause
         self.observers = observers or Observers()
         self.store = store
         self.handler = handler
@@ -282,7 +284,7 @@ class QueueConsumer:
     async def _after_failure(
         self, item: bytes, decoded: Decoded, meta: Meta, exc: Exception, error: ErrorInfo
     ) -> Outcome:
-        decision = decide(exc, meta, error, self.config)
+        decision = decide(exc, meta, error, self.config, provider_pause=self.provider_pause)
         return await self._apply(item, decoded, decision)
 
     async def _apply(self, item: bytes, decoded: Decoded, decision: Decision) -> Outcome:
@@ -301,7 +303,10 @@ class QueueConsumer:
         elif action is Action.HOLD:
             dependency = decision.dependency
             assert dependency is not None
-            if self.dependencies is None:  # nobody probes: a plain return to the front
+            if decision.hold_for is not None:  # a provider's pause: no probe, a TTL
+                hold = pause_value(dependency, error.message, self.store.identity)
+                step = partial(self.store.hold, item, envelope, hold, decision.hold_for)
+            elif self.dependencies is None:  # nobody probes: a plain return to the front
                 step = partial(self.store.requeue_front, item, envelope)
             else:
                 hold = self.dependencies.hold_value(dependency, error.message)
@@ -312,7 +317,7 @@ class QueueConsumer:
             step = partial(self.store.retry, item, envelope, delay)
         await until_done(step, what=action.value, queue=self.name)
         self.owned.release((item,))
-        reason = decision.dependency if action is Action.HOLD else None
+        reason = decision.dependency if action is Action.HOLD else decision.waiting_for
         retry_in = None if action is Action.HOLD else round(delay, 3)
         return Outcome(action.value, error=error, retry_in_s=retry_in, reason=reason)
 

@@ -36,6 +36,20 @@ PROBE_MAX: Final = 5.0  # ... up to this
 PROBE_TIMEOUT: Final = 5.0  # seconds one probe may take
 
 
+def pause_value(dependency: str, reason: str, identity: str) -> bytes:
+    """The held key's JSON for a provider's pause (its own spend limit): no prober renews
+    it; it lasts its TTL (``[budgets] provider_pause``) unless ``alchemy resume`` lifts it."""
+    return orjson.dumps(
+        {
+            "dependency": dependency,
+            "reason": redact(reason)[:500],
+            "since_ms": int(time.time() * 1000),
+            "by": identity,
+            "until": "resumed",
+        }
+    )
+
+
 class DependencyMonitor:
     """The dependencies this process found down, and their probes.
 

@@ -2,6 +2,9 @@
 bookkeeping and the queue's settings, so the rule lives in one place and tests call it.
 
     the attempt raised                         the decision
+    ProviderPausedError (a provider's own      HOLD for ``provider_pause`` seconds (or until
+    spend limit)                               ``alchemy resume``): back to the front of the
+                                               queue, no attempt spent, no probe, not counted
     DependencyUnavailableError                 HOLD: back to the front of the queue, no
                                                attempt spent; the queues needing the
                                                dependency hold until it answers
@@ -9,7 +12,8 @@ bookkeeping and the queue's settings, so the rule lives in one place and tests c
                                                least MIN_RETRY_AFTER), the job comes back
                                                after it, no attempt spent
     DeferredError(delay)                       DEFER: the job comes back after delay, no
-                                               attempt spent, the queue goes on
+                                               attempt spent, the queue goes on (its
+                                               ``reason``, e.g. ``budget_exhausted``, kept)
     PermanentError                             DEAD (permanent_error)
     anything else, attempts left               RETRY after the backoff (or the error's delay)
     anything else, last attempt                DEAD (max_attempts)
@@ -17,7 +21,7 @@ bookkeeping and the queue's settings, so the rule lives in one place and tests c
 HOLD and PAUSE count a deferral; a job deferred more than ``max_deferrals`` times, or
 (PAUSE) for more than ``max_deferred`` seconds in all, is DEAD (``deferred_too_long``)
 instead. DEFER is not counted: it is bounded by whoever raises it (a paid-work lease
-expires).
+expires, a budget window resets); nor is a provider's pause, which its operator ends.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from alchemy.errors import (
     DeferredError,
     DependencyUnavailableError,
     PermanentError,
+    ProviderPausedError,
     RateLimitedError,
     RetryableError,
 )
@@ -57,6 +62,8 @@ class Decision:
     delay: float = 0.0  # seconds until it is due (RETRY, DEFER, PAUSE)
     reason: DeadReason | None = None  # DEAD
     dependency: str | None = None  # HOLD
+    hold_for: float | None = None  # HOLD: seconds the hold lasts, without a probe
+    waiting_for: str | None = None  # DEFER: why the job waits (budget_exhausted)
 
 
 def decide(
@@ -65,9 +72,15 @@ def decide(
     error: ErrorInfo,
     queue: QueueConfig,
     rng: random.Random | None = None,
+    *,
+    provider_pause: float = 3600.0,
 ) -> Decision:
     """The fate of a job whose attempt ``meta.attempt`` failed with ``exc``."""
     failed = replace(meta, last_error=error)
+    if isinstance(exc, ProviderPausedError):
+        return Decision(
+            Action.HOLD, failed, error, dependency=exc.dependency, hold_for=provider_pause
+        )
     if isinstance(exc, DependencyUnavailableError):
         return _deferral(Action.HOLD, failed, 0.0, queue, dependency=exc.dependency)
     if isinstance(exc, RateLimitedError):
@@ -75,7 +88,9 @@ def decide(
     if isinstance(exc, DeferredError):
         # Bounded by whoever defers (a paid-work lease expires), so not counted: a job may
         # wait as long as the work someone else holds can take.
-        return Decision(Action.DEFER, failed, error, delay=max(0.0, exc.delay))
+        return Decision(
+            Action.DEFER, failed, error, delay=max(0.0, exc.delay), waiting_for=exc.reason
+        )
     if isinstance(exc, PermanentError):
         return Decision(Action.DEAD, failed, error, reason=DeadReason.PERMANENT_ERROR)
     if meta.attempt >= queue.max_attempts:

@@ -188,6 +188,7 @@ class Supervisor:
                         incarnation=membership.incarnation,
                         observers=self.observers,
                         dependencies=dependencies,
+                        provider_pause=cfg.budgets.provider_pause,
                     )
                 )
             if self.handle_signals:

@@ -82,6 +82,20 @@ class Reply:
         return Reply("status", body, status=status, headers=headers or {})
 
     @staticmethod
+    def spend_limit(provider: str) -> Reply:
+        """The provider's refusal when the account's own spend limit is reached: OpenAI's
+        429 ``insufficient_quota`` (type and code, per the wire-format reference), and
+        Anthropic's 400 for a workspace's usage limit (the wording its users report)."""
+        if provider == "openai":
+            message = "You exceeded your current quota, please check your plan and billing."
+            return Reply.error(429, "insufficient_quota", message, code="insufficient_quota")
+        message = (
+            "You have reached your specified workspace API usage limits."
+            " You will regain access on 2026-12-01 at 00:00 UTC."
+        )
+        return Reply.error(400, "invalid_request_error", message)
+
+    @staticmethod
     def raw(body: Any, status: int = 200) -> Reply:
         """Exactly this JSON body, e.g. one that drifted from the real schema."""
         return Reply("raw", body, status=status)
@@ -118,6 +132,12 @@ class FakeAI:
         self.port = 0
         self.delay = 0.0  # seconds before every reply (on top of a scripted slow one)
         self.on_call: Callable[[Call], Awaitable[None]] | None = None
+        # Usage reported by good text replies (None: 100 input tokens, and a quarter of the
+        # reply's characters as output tokens from Anthropic, 50 from OpenAI), and what every
+        # good text reply reported.
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.billed: list[tuple[str, int, int]] = []  # (model, input tokens, output tokens)
 
     # -- scripting and inspection ------------------------------------------------------
     def script(self, endpoint: str, *replies: Reply) -> None:
@@ -214,7 +234,7 @@ class FakeAI:
             "content": [{"type": "text", "text": text}] if text else [],
             "stop_reason": reply.stop_reason or stop,
             "stop_sequence": None,
-            "usage": {"input_tokens": 100, "output_tokens": max(1, len(text) // 4)},
+            "usage": self._usage(body["model"], text),
         }
         if details:
             message["stop_details"] = {"type": "refusal", "category": None, "explanation": details}
@@ -247,7 +267,7 @@ class FakeAI:
                     },
                 }
             ],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
+            "usage": self._chat_usage(body["model"]),
         }
         return web.json_response(completion, headers={"x-request-id": f"req_{next(_ids)}"})
 
@@ -259,6 +279,25 @@ class FakeAI:
             return str(reply.payload), "end_turn", None
         value = reply.payload if reply.payload is not None else schema_instance(schema)
         return json.dumps(value), "end_turn", None
+
+    def _chat_usage(self, model: str) -> dict[str, int]:
+        """OpenAI's usage: 100 and 50 tokens unless the test set its own figures."""
+        prompt = 100 if self.input_tokens is None else self.input_tokens
+        completion = self.output_tokens or 50
+        self.billed.append((model, prompt, completion))
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    def _usage(self, model: str, text: str) -> dict[str, int]:
+        usage = {
+            "input_tokens": 100 if self.input_tokens is None else self.input_tokens,
+            "output_tokens": self.output_tokens or max(1, len(text) // 4),
+        }
+        self.billed.append((model, usage["input_tokens"], usage["output_tokens"]))
+        return usage
 
     async def _images(self, request: web.Request) -> web.Response:
         body, reply = await self._record("images", request)

@@ -34,6 +34,7 @@ def make_app_config(
         queues: dict[str, Any] | None = None,
         database: dict[str, Any] | None = None,
         media: dict[str, Any] | None = None,
+        budgets: dict[str, Any] | None = None,
     ) -> Config:
         raw = build_config_dict(
             prefix,
@@ -42,6 +43,7 @@ def make_app_config(
             database={"url": database_url, "pool_size": 4, **(database or {})},
             providers=provider_settings(fake_ai, **(providers or {})),
             media={"directory": str(media_dir), "allowed_hosts": [fake_ai.origin], **(media or {})},
+            budgets=budgets or {},
         )
         return parse_config(raw)
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from alchemy.errors import PermanentError, RateLimitedError, RetryableError
+from alchemy.errors import PermanentError, ProviderPausedError, RateLimitedError, RetryableError
 from alchemy.providers.base import OutputInvalidError, ProviderRefusedError
 from alchemy.providers.errors import DEFAULT_RETRY_AFTER
 from alchemy.providers.registry import Providers
@@ -175,17 +175,16 @@ async def test_error_messages_never_carry_the_key(
     assert "invalid api key ***" in str(caught.value)
 
 
-async def test_quota_exhausted_is_permanent_not_a_pause(
-    fake_ai: FakeAI, providers: Providers
+async def test_the_providers_own_spend_limit_pauses_the_provider(
+    fake_ai: FakeAI, providers: Providers, name: str
 ) -> None:
-    fake_ai.script(
-        "chat",
-        Reply.error(
-            429, "insufficient_quota", "You exceeded your quota", code="insufficient_quota"
-        ),
-    )
-    with pytest.raises(PermanentError, match="quota"):
-        await generate(providers, "openai")
+    """OpenAI's insufficient_quota and Anthropic's spend-limit refusal are neither a rate
+    limit nor a permanent failure: the provider is paused (issue 13)."""
+    fake_ai.script(ENDPOINT[name], Reply.spend_limit(name))
+    with pytest.raises(ProviderPausedError, match="spend limit") as caught:
+        await generate(providers, name)
+    assert caught.value.dependency == f"provider:{name}"
+    assert caught.value.provider == name
 
 
 async def test_slow_reply_past_the_timeout_is_retryable(fake_ai: FakeAI, name: str) -> None:

@@ -9,9 +9,12 @@ import pytest
 
 from alchemy.config import QueueConfig
 from alchemy.errors import (
+    BudgetExhaustedError,
     DeferredError,
     DependencyUnavailableError,
+    OverBudgetError,
     PermanentError,
+    ProviderPausedError,
     RateLimitedError,
     RetryableError,
 )
@@ -105,3 +108,31 @@ def test_jitter_only_shortens_the_backoff() -> None:
     delays = [decide(ValueError(), Meta(id="j"), ERROR, jittery, rng).delay for _ in range(50)]
     assert all(2.5 <= d <= 5.0 for d in delays)
     assert len(set(delays)) > 1
+
+
+def test_a_budget_hold_defers_with_its_reason_and_is_never_counted() -> None:
+    meta = Meta(id="j", attempt=2, deferrals=QUEUE.max_deferrals)  # at the limit already
+    exc = BudgetExhaustedError(60.0, "budget_exhausted: brand b daily budget $1.00 ...")
+    decision = decide(exc, meta, ERROR, QUEUE)
+    assert (decision.action, decision.delay, decision.waiting_for) == (
+        Action.DEFER,
+        60.0,
+        "budget_exhausted",
+    )
+    assert (decision.meta.attempt, decision.meta.deferrals) == (2, QUEUE.max_deferrals)
+
+
+def test_a_providers_spend_limit_holds_for_the_pause_and_is_never_counted() -> None:
+    meta = Meta(id="j", deferrals=QUEUE.max_deferrals)
+    decision = decide(ProviderPausedError("openai"), meta, ERROR, QUEUE, provider_pause=900.0)
+    assert (decision.action, decision.dependency, decision.hold_for) == (
+        Action.HOLD,
+        "provider:openai",
+        900.0,
+    )
+    assert (decision.meta.attempt, decision.meta.deferrals) == (1, QUEUE.max_deferrals)
+
+
+def test_a_call_over_the_whole_budget_dies_at_once() -> None:
+    decision = decide(OverBudgetError("over_budget: ..."), Meta(id="j"), ERROR, QUEUE)
+    assert (decision.action, decision.reason) == (Action.DEAD, DeadReason.PERMANENT_ERROR)

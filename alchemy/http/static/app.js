@@ -234,8 +234,10 @@
   }
   function badges(q) {
     const out = [];
-    if (q.held) out.push(h("span", { class: "badge bad" }, `held: ${q.held.dependency || "?"} down`));
+    if (q.held) out.push(h("span", { class: "badge bad" }, (q.held.dependency || "").startsWith("provider:") ? `held: ${q.held.dependency.slice(9)} spend limit` : `held: ${q.held.dependency || "?"} down`));
     else if (q.paused) out.push(h("span", { class: "badge warn" }, q.paused_for_ms > 0 ? `paused ${duration(q.paused_for_ms / 1000)}` : "paused"));
+    const budgetHeld = Object.values(q.budget_held || {}).reduce((a, b) => a + b, 0);
+    if (budgetHeld) out.push(h("span", { class: "badge warn", "data-badge": "budget-exhausted", title: Object.entries(q.budget_held).map(([scope, n]) => `${scope}: ${n}`).join("\n") }, `${budgetHeld} held: budget_exhausted`));
     if (!q.serving) out.push(h("span", { class: "badge bad", "data-badge": "no-process" }, "no process serving"));
     if (!out.length) out.push(h("span", { class: "badge ok" }, `${q.serving} serving`));
     if (q.dead_trimmed) out.push(h("span", { class: "badge warn" }, `${q.dead_trimmed} dead dropped at the cap`));

@@ -766,7 +766,7 @@ def offline_refusal(config: Config) -> ConfigError | None:
         keys = "ANTHROPIC_API_KEY or OPENAI_API_KEY" if kind == "text" else "OPENAI_API_KEY"
         why = f"is auto and no key is set: set {keys}"
     else:
-        why = f'= "offline" (env ALCHEMY_{kind.upper()}_PROVIDER): name a real provider'
+        why = f'is "offline" (env ALCHEMY_{kind.upper()}_PROVIDER): name a real provider'
     return ConfigError(
         f"providers.{kind}_provider",
         f"{why}; providers.forbid_offline = true (env ALCHEMY_FORBID_OFFLINE) refuses to "

@@ -203,9 +203,9 @@ class WorkerConfig:
     name: str = _spec("main", pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
     host: str = _spec("", pattern=r"^[A-Za-z0-9_.-]{0,128}$")
     shutdown_timeout: float = _spec(25.0, min=0.0, max=3600.0)
-    heartbeat_interval: float = _spec(2.0, min=0.1, max=60.0)
-    heartbeat_ttl: float = _spec(8.0, min=0.5, max=600.0)
-    recovery_interval: float = _spec(2.0, min=0.1, max=600.0)
+    heartbeat_interval: float = _spec(0.5, min=0.1, max=60.0)
+    heartbeat_ttl: float = _spec(3.0, min=0.5, max=600.0)
+    recovery_interval: float = _spec(0.5, min=0.1, max=600.0)
     reconcile_interval: float = _spec(10.0, min=0.5, max=3600.0)
     max_recoveries: int = _spec(2, min=0, max=1000)
 
@@ -591,9 +591,13 @@ def _check_bounds(value: Any, checks: Mapping[str, Any], key: str) -> None:
 
 def _check_relations(config: Config) -> None:
     worker = config.worker
-    if worker.heartbeat_ttl < 2 * worker.heartbeat_interval:
+    # Twice: one late heartbeat never makes a live process look dead. Three times: a Redis
+    # stall long enough to expire a heartbeat also holds one of ours for longer than the
+    # slow-answer limit, (ttl - 2 * interval) / 2, so it is never taken for a death
+    # (alchemy.worker.membership).
+    if worker.heartbeat_ttl < 3 * worker.heartbeat_interval:
         raise ConfigError(
-            "worker.heartbeat_ttl", "must be at least twice worker.heartbeat_interval"
+            "worker.heartbeat_ttl", "must be at least three times worker.heartbeat_interval"
         )
     # A job taken by a fetch whose reply is still on its way sits in our processing list
     # unowned for up to block_timeout + socket_timeout; a reconcile that returned it in that

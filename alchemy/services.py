@@ -6,26 +6,35 @@ leases, the ledger of provider calls).
 The supervisor opens the services once and makes them current for every job task it starts;
 a handler reads them with :func:`current_services`. Tests open their own with
 :func:`open_services`.
+
+Opening them imports and builds nothing heavy: the providers (pydantic, the SDKs), the
+paid-work machinery (the price table, the ledger) and asyncpg are loaded the first time a
+handler asks, or before the first fetch by a handler module's ``warm`` hook
+(:mod:`alchemy.worker.handlers`). A worker whose queues never use them (the no-op handler)
+never holds them in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import importlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from alchemy.config import Config
-from alchemy.paid.leases import worst_call_seconds
+from alchemy.paid.leases import lease_seconds, worst_call_seconds
 from alchemy.paid.observe import PaidObserver
-from alchemy.paid.piece import PaidWork
-from alchemy.providers.registry import Providers
 from alchemy.queue.producer import Producer
 from alchemy.queue.topology import RedisClient
 from alchemy.storage.stores import MediaStores, open_stores
+
+if TYPE_CHECKING:
+    from alchemy.paid.piece import PaidWork
+    from alchemy.providers.registry import Providers
 
 log = structlog.get_logger("alchemy.services")
 
@@ -46,11 +55,30 @@ class Services:
         self.redis = redis
         self.media = media
         self.producer = Producer(redis, prefix=config.redis.prefix)
-        self.providers = Providers(config.providers, config.media)
-        self.paid = PaidWork(config, redis, self.db, media, paid_observer)
+        self.paid_observer = paid_observer
+        self._providers: Providers | None = None
+        self._paid: PaidWork | None = None
         self._db: Any = None
         self._db_lock = asyncio.Lock()
-        self._closers: list[Any] = []
+        self._connections_warmed = False  # tried once per process, whatever the outcome
+
+    @property
+    def providers(self) -> Providers:
+        """The provider clients (each built on first use), imported on first access."""
+        if self._providers is None:
+            from alchemy.providers.registry import Providers
+
+            self._providers = Providers(self.config.providers, self.config.media)
+        return self._providers
+
+    @property
+    def paid(self) -> PaidWork:
+        """The paid-work machinery (leases, ledger, prices), built on first access."""
+        if self._paid is None:
+            from alchemy.paid.piece import PaidWork
+
+            self._paid = PaidWork(self.config, self.redis, self.db, self.media, self.paid_observer)
+        return self._paid
 
     async def db(self) -> Any:
         """The process's asyncpg pool, created on first use."""
@@ -69,6 +97,51 @@ class Services:
                     )
         return self._db
 
+    async def warm(
+        self,
+        *,
+        text: bool = False,
+        images: bool = False,
+        load: Sequence[Callable[[], object]] = (),
+    ) -> None:
+        """Load before the first job what it would load on the event loop (a handler
+        module's ``warm`` hook calls this): the paid-work machinery, the SDK clients of the
+        text providers a job may use (``text``) and of the image provider (``images``),
+        whatever ``load`` loads (a dictionary), and the database pool's first connection.
+
+        The imports and ``load`` run in a thread (the SDKs take about a second), the rest
+        on the loop. A database that does not answer within ``PING_TIMEOUT`` is left for
+        the first job (and the dependency probe) to report."""
+        modules = ["alchemy.paid.piece", *self.providers.modules(text=text, images=images)]
+
+        def load_all() -> None:
+            for name in modules:
+                importlib.import_module(name)
+            for step in load:
+                step()
+
+        await asyncio.to_thread(load_all)
+        _ = self.paid
+        self.providers.warm(text=text, images=images)
+        if self._connections_warmed:
+            return  # another handler module's hook did (or could not): once is enough
+        self._connections_warmed = True
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                await self.open_connections()
+        except Exception as exc:  # warming is best effort; the first job reports it
+            log.warning("database_not_warmed", error=f"{type(exc).__name__}: {exc}")
+
+    async def open_connections(self) -> None:
+        """Open as many pooled connections as the queues' jobs can use at once (at most
+        ``pool_size``), so the first jobs do not each wait for a connection of their own."""
+        pool = await self.db()
+        running = sum(queue.concurrency for queue in self.config.queues if queue.enabled)
+        wanted = max(1, min(self.config.database.pool_size, running))
+        held = await asyncio.gather(*(pool.acquire() for _ in range(wanted)))
+        for connection in held:
+            await pool.release(connection)
+
     async def ping_database(self) -> None:
         """Return when PostgreSQL answers ``SELECT 1`` through the pool within
         ``PING_TIMEOUT`` seconds; raise what went wrong otherwise (the probe of the ``postgres``
@@ -83,7 +156,8 @@ class Services:
                 await pool.fetchval("SELECT 1")
 
     async def aclose(self) -> None:
-        await self.providers.aclose()
+        if self._providers is not None:
+            await self._providers.aclose()
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -158,7 +232,7 @@ async def open_services(
     async with open_stores(config) as media:
         services = Services(config, redis, media, paid_observer=paid_observer)
         log_providers(config)
-        warn_if_the_lease_is_short(config, services.paid.lease_seconds)
+        warn_if_the_lease_is_short(config, lease_seconds(config.providers, config.media))
         token = _current.set(services)
         try:
             yield services

@@ -37,12 +37,15 @@ from redis.asyncio import Redis
 from bench.dashboards import measure_dashboards
 from bench.handler import HandlerResult, HandlerSettings, add_arguments, describe
 from bench.handler import measure_handler as measure_handler_line
+from bench.lifecycle import add_arguments as add_lifecycle_arguments
+from bench.lifecycle import measure as measure_lifecycle
+from bench.lifecycle import settings_from as lifecycle_settings
 from bench.limiter import LimiterResult, measure_limiter
 from bench.measure import Drain, Results, Settings, run
 
 GOAL_RATIO = 1.0
 GOAL_P99_MS = 5.0
-GOAL_RSS_MB = 80.0
+GOAL_RSS_MB = 40.0  # issue 12: the engine with the no-op handler
 GOAL_WINDOW_PCT = 100.0  # no window of one period holds more than the limit
 GOAL_THROUGHPUT_PCT = 95.0  # a backlog runs at the limit
 
@@ -151,6 +154,7 @@ def parse_args(argv: list[str]) -> tuple[Settings, HandlerSettings]:
         help="turn the events stream and job records off in the worker (on by default)",
     )
     add_arguments(parser)
+    add_lifecycle_arguments(parser)
     args = parser.parse_args(argv)
     if min(args.jobs, args.concurrency, args.rounds) < 1 or args.rate <= 0 or args.seconds <= 0:
         parser.error("every option must be positive")
@@ -185,6 +189,9 @@ def main(argv: list[str]) -> int:
     if handler_settings.jobs:
         handler = asyncio.run(measure_handler_line(handler_settings))
     dashboards = asyncio.run(measure_dashboards(settings))
+    lifecycle, lifecycle_json = asyncio.run(
+        measure_lifecycle(lifecycle_settings(argv, settings.url))
+    )
     print(report(settings, results, limiter, server))
     summary: dict[str, Any] = {**results.to_json(), **limiter.to_json()}
     if handler is not None:
@@ -192,6 +199,8 @@ def main(argv: list[str]) -> int:
         summary["handler_jobs_per_s"] = round(handler.jobs_per_s, 1)
     print("\n".join(["", "dashboards:", *dashboards.lines()]))
     summary.update(dashboards.to_json())
+    print("\n".join(["", "lifecycle (bench/lifecycle.py):", *lifecycle]))
+    summary.update(lifecycle_json)
     print(f"(took {time.monotonic() - started:.1f}s)\n")
     print(json.dumps(summary), flush=True)
     return 0

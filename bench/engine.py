@@ -140,10 +140,17 @@ class EngineWorker:
 
     def peak_rss_mb(self) -> float:
         """VmHWM (the peak resident set) of the worker, in MiB."""
+        return self._status_mb("VmHWM")
+
+    def rss_mb(self) -> float:
+        """VmRSS (the resident set now) of the worker, in MiB."""
+        return self._status_mb("VmRSS")
+
+    def _status_mb(self, field: str) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM in /proc status")
+        raise RuntimeError(f"no {field} in /proc status")
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM by pid and wait; SIGKILL if it does not stop in time."""

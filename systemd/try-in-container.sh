@@ -285,7 +285,7 @@ c "systemctl status alchemy 'alchemy@*' --no-pager -n 0"
 
 if [[ ${WATCHDOG_TEST:-0} == 1 ]]; then
     say "13b. the watchdog (docs: The watchdog): freeze alchemy@research with SIGSTOP"
-    # no WATCHDOG=1 while stopped; systemd sends SIGABRT (then SIGCONT) after WatchdogSec=5
+    # no WATCHDOG=1 while stopped; systemd sends SIGABRT (then SIGCONT) after WatchdogSec=2
     c 'systemctl kill -s SIGSTOP alchemy@research; date -u +%T'
     CT=60 c 'for i in $(seq 50); do [ "$(systemctl show -P Result alchemy@research)" = watchdog ] && break; sleep 1; done; date -u +%T; systemctl show -P Result alchemy@research'
     sleep 7   # RestartSec=5

@@ -74,7 +74,7 @@ def q(**settings: Any) -> dict[str, Any]:
         (
             {"worker": {"heartbeat_ttl": 1.0, "heartbeat_interval": 1.0}},
             "worker.heartbeat_ttl",
-            "twice",
+            "three times",
         ),
         (
             {"worker": {"reconcile_interval": 6.0}},  # = block_timeout 1 + socket_timeout 5

@@ -4,7 +4,8 @@ Six parts, each scored 0.0-1.0 and weighted (weights add up to 100):
 
     part              weight  1.0 when                                   falls to 0.0
     readability       25      Flesch reading ease inside the platform's   30 points outside
-                              band (textstat)                             the band
+                              band (textstat's formula and dictionary,    the band
+                              alchemy.content.readability)
     length            20      word count inside the platform's range      at 0 words, or at
                               (and under its character limit)             twice the maximum;
                                                                           0 over the limit
@@ -25,8 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import textstat
-
+from alchemy.content import readability
 from alchemy.content.platforms import Platform
 
 WEIGHTS: Final = {
@@ -82,7 +82,7 @@ def quality_score(
 
 def readability_part(body: str, platform: Platform) -> tuple[float, dict[str, Any]]:
     low, high = platform.readability
-    ease = float(textstat.flesch_reading_ease(body)) if body.strip() else 0.0
+    ease = readability.flesch_reading_ease(body) if body.strip() else 0.0
     distance = max(low - ease, ease - high, 0.0)
     value = max(0.0, 1 - distance / READABILITY_FALLOFF)
     return value, {"flesch_reading_ease": round(ease, 2), "target": [low, high]}

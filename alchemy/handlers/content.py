@@ -26,6 +26,7 @@ from typing import Any, Final
 import asyncpg
 import structlog
 
+from alchemy.content import readability
 from alchemy.content.platforms import Platform, platform_for
 from alchemy.content.prompts import Brand, Idea, content_prompt
 from alchemy.content.quality import Draft, Quality, quality_score
@@ -43,7 +44,7 @@ from alchemy.handlers.media import media_fields
 from alchemy.paid.piece import Piece
 from alchemy.providers.base import TEXT_PROVIDERS, TextRequest
 from alchemy.providers.registry import choose_text
-from alchemy.providers.structured import Structured, generate_structured
+from alchemy.providers.structured import Structured, generate_structured, strict_schema
 from alchemy.queue.job import MAX_ID_LENGTH, Death, Job
 from alchemy.services import Services, current_services
 
@@ -182,6 +183,13 @@ async def on_dead(job: Job, death: Death) -> None:
     """The engine gave the job up (attempts spent, cancelled at the queue timeout on its
     last attempt, poison...): the row it left ``processing`` is ``failed``."""
     await mark_dead(job, death, MARK_FAILED_BY_ENGINE)
+
+
+async def warm() -> None:
+    """Before the first job: the text providers' SDK clients, the reply schema, the
+    syllable table and hyphenation dictionary of the quality score, the database pool."""
+    await current_services().warm(text=True, load=[readability.load])
+    strict_schema(ContentDraft)
 
 
 async def generate_content(job: Job, services: Services) -> dict[str, Any]:

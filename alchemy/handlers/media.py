@@ -153,6 +153,18 @@ async def on_dead(job: Job, death: Death) -> None:
     await mark_dead(job, death, MARK_FAILED_BY_ENGINE)
 
 
+async def warm() -> None:
+    """Before the first job: the image provider's SDK client and HTTP session, Pillow,
+    the database pool."""
+    await current_services().warm(images=True, load=[load_pillow])
+
+
+def load_pillow() -> None:
+    from PIL import Image
+
+    Image.preinit()  # the common formats' plugins, as the first Image.open would
+
+
 async def make_media(job: Job, services: Services) -> dict[str, Any]:
     request = MediaJob.parse(job.data)
     async with services.paid.piece(job, f"media:{job.id}") as piece:

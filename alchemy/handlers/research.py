@@ -43,7 +43,7 @@ from alchemy.handlers.common import (
 from alchemy.paid.piece import Piece
 from alchemy.providers.base import TEXT_PROVIDERS, TextRequest
 from alchemy.providers.registry import choose_text
-from alchemy.providers.structured import Structured, generate_structured
+from alchemy.providers.structured import Structured, generate_structured, strict_schema
 from alchemy.queue.job import Death, Job
 from alchemy.services import Services, current_services
 
@@ -134,6 +134,14 @@ async def on_dead(job: Job, death: Death) -> None:
     """The engine gave the job up (attempts spent, cancelled at the queue timeout on its
     last attempt, poison...): the idea it left ``researching`` is ``failed``."""
     await mark_dead(job, death, MARK_FAILED_BY_ENGINE)
+
+
+async def warm() -> None:
+    """Before the first job: the text providers' SDK clients, the reply schemas, the
+    database pool."""
+    await current_services().warm(text=True)
+    for model in RESEARCH_MODELS.values():
+        strict_schema(model)
 
 
 async def run_research(job: Job, services: Services) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def check_watchdog(environ: Mapping[str, str], pid: int, worker: WorkerConfig) -
     ``heartbeat_interval`` earlier, so it can expire as soon as ``heartbeat_ttl -
     heartbeat_interval``; its last ``WATCHDOG=1`` may have gone out just before 0, so the
     watchdog fires by ``WatchdogSec`` at the latest. Hence ``WatchdogSec < heartbeat_ttl -
-    heartbeat_interval`` (the shipped units: 5 s < 8 s - 2 s)."""
+    heartbeat_interval`` (the shipped units: 2 s < 3 s - 0.5 s)."""
     usec = _watchdog_usec(environ, pid)
     if not usec:
         return

@@ -4,7 +4,7 @@ reply constrained by ``output_config.format`` (a JSON schema)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import anthropic
 
@@ -21,6 +21,17 @@ from alchemy.providers.base import (
 from alchemy.providers.errors import map_provider_error
 from alchemy.providers.structured import repair_prompt, strict_schema
 
+SAMPLE_REPLY: Final[dict[str, Any]] = {
+    "id": "msg_warm",
+    "type": "message",
+    "role": "assistant",
+    "model": "warm",
+    "content": [{"type": "text", "text": "{}"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 0, "output_tokens": 0},
+}
+
 
 class ClaudeText:
     name = "anthropic"
@@ -32,6 +43,15 @@ class ClaudeText:
         self.client = client
         self.max_tokens = max_tokens
         self._secrets = tuple(secrets)
+
+    def warm(self) -> None:
+        """Load what the SDK would load on the first call: the resource, and the reply
+        type built from a sample as the SDK builds a reply (the type adapters of its
+        nested unions are made on first use), checked and not (strict_responses or not).
+        No request is sent."""
+        _ = self.client.messages
+        anthropic.types.Message.construct(**SAMPLE_REPLY)
+        anthropic.types.Message.model_validate(SAMPLE_REPLY)
 
     async def generate(self, request: TextRequest) -> TextResult:
         result = await self.send(request)

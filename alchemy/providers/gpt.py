@@ -4,7 +4,7 @@ constrained by a strict ``json_schema`` response format."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import openai
 
@@ -22,6 +22,17 @@ from alchemy.providers.base import (
 from alchemy.providers.errors import map_provider_error
 from alchemy.providers.structured import repair_prompt, strict_schema
 
+SAMPLE_REPLY: Final[dict[str, Any]] = {
+    "id": "chatcmpl-warm",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "warm",
+    "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "{}"}}
+    ],
+    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+}
+
 
 class GptText:
     name = "openai"
@@ -33,6 +44,14 @@ class GptText:
         self.client = client
         self.max_tokens = max_tokens
         self._secrets = tuple(secrets)
+
+    def warm(self) -> None:
+        """Load what the SDK would load on the first call: the resource, and the reply
+        type built from a sample as the SDK builds a reply, checked and not. No request
+        is sent."""
+        _ = self.client.chat.completions
+        openai.types.chat.ChatCompletion.construct(**SAMPLE_REPLY)
+        openai.types.chat.ChatCompletion.model_validate(SAMPLE_REPLY)
 
     async def generate(self, request: TextRequest) -> TextResult:
         result = await self.send(request)

@@ -77,6 +77,15 @@ class OpenAIImages:
         self.session = session
         self._secrets = tuple(secrets)
 
+    def warm(self) -> None:
+        """Load what the SDK would load on the first call: the resource, and the reply
+        type built from a sample as the SDK builds a reply, checked and not. No request
+        is sent."""
+        _ = self.client.images
+        sample: dict[str, Any] = {"created": 0, "data": [{"b64_json": ""}]}
+        openai.types.ImagesResponse.construct(**sample)
+        openai.types.ImagesResponse.model_validate(sample)
+
     async def generate(self, request: ImageRequest) -> ImageResult:
         result = await self.send(request)
         raise_failure(result)

@@ -7,6 +7,7 @@ retry policy, so SDK retries never multiply API spend) and an explicit ``timeout
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,40 @@ class Providers:
     def secrets(self) -> tuple[str, ...]:
         keys = (self.config.anthropic_api_key.reveal(), self.config.openai_api_key.reveal())
         return tuple(key for key in keys if key)
+
+    def usable_text(self) -> list[str]:
+        """The text providers a job could pick: the configured one and every one with a key
+        (a job, row or brand may name another provider than the configured one)."""
+        names = [self.config.text_provider]
+        for name, key in KEY_NAMES.items():
+            if getattr(self.config, key).reveal() and name not in names:
+                names.append(name)
+        return [name for name in names if name != "offline"]
+
+    def modules(self, *, text: bool, images: bool) -> list[str]:
+        """The modules the providers of :meth:`warm` import (slow: import them in a thread
+        first, then call :meth:`warm` on the loop)."""
+        wanted = {"anthropic": "alchemy.providers.claude", "openai": "alchemy.providers.gpt"}
+        names = [wanted[name] for name in self.usable_text()] if text else []
+        if images and self.config.image_provider == "openai":
+            names.append("alchemy.providers.images")
+        return names
+
+    def warm(self, *, text: bool, images: bool) -> None:
+        """Build now the clients a first job would build: each usable text provider
+        (``text``), the configured image provider (``images``), and what their SDKs load
+        on a first call. Call it on the event loop (the image provider's HTTP session
+        belongs to it). A provider without its key is left for the job to report."""
+        built: list[Any] = []
+        with contextlib.suppress(PermanentError):
+            if text:
+                built += [self.text(name) for name in self.usable_text()]
+            if images:
+                built.append(self.images())
+        for provider in built:
+            prepare = getattr(provider, "warm", None)
+            if prepare is not None:
+                prepare()
 
     def text(self, name: str) -> TextProvider:
         self._refuse_if_forbidden(name)

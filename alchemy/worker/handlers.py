@@ -1,6 +1,6 @@
 """Loading queue handlers named ``"module:callable"`` in the configuration.
 
-A handler module gives the engine up to three things:
+A handler module gives the engine up to four things:
 
 - the handler itself (the named async callable): runs one job; raise an
   :mod:`alchemy.errors` JobError to steer what happens next;
@@ -11,7 +11,12 @@ A handler module gives the engine up to three things:
   dead-letter list; what it raises is logged and otherwise ignored;
 - ``REQUIRES`` (optional): the names of the dependencies it needs (``("postgres",)``). A
   handler that raises :class:`~alchemy.errors.DependencyUnavailableError` for one of them
-  holds every queue that requires it until the dependency's probe answers.
+  holds every queue that requires it until the dependency's probe answers;
+- ``warm`` (optional): ``async def warm() -> None``, awaited once per process after the
+  services are open and before the first fetch (and so before systemd hears READY=1): it
+  loads and builds what a first job would otherwise load on the event loop (SDK clients,
+  schemas, dictionaries, a database connection), so the first job runs like the
+  thousandth. What it raises is logged and otherwise ignored (the first job loads it).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class Handler(Protocol):
 
 
 DeadHook = Callable[[Job, Death], Awaitable[object]]
+WarmHook = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,7 @@ class HandlerModule:
     handle: Handler
     on_dead: DeadHook | None = None
     requires: tuple[str, ...] = ()
+    warm: WarmHook | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +78,10 @@ def load_handler(path: str) -> HandlerModule | Unavailable:
     on_dead = getattr(module, "on_dead", None)
     if on_dead is not None and not _is_async(on_dead):
         return Unavailable(f"{module_name}.on_dead is not an async callable")
+    warm = getattr(module, "warm", None)
+    if warm is not None and not _is_async(warm):
+        return Unavailable(f"{module_name}.warm is not an async callable")
     requires = getattr(module, "REQUIRES", ())
     if isinstance(requires, str) or not all(isinstance(name, str) for name in requires):
         return Unavailable(f"{module_name}.REQUIRES must be a tuple of dependency names")
-    return HandlerModule(handle=handler, on_dead=on_dead, requires=tuple(requires))
+    return HandlerModule(handle=handler, on_dead=on_dead, requires=tuple(requires), warm=warm)

@@ -4,6 +4,16 @@ Each process has a stable identity (``host:name``) and, per queue it serves, a h
 with a TTL plus an entry in the queue's consumer registry. A process returns its own
 leftovers at once when it starts; every process sweeps the registry on a timer and returns
 the processing list of any member whose heartbeat has expired.
+
+A heartbeat also expires when Redis itself stops answering for long enough, without anyone
+dying: a server down (every client gets errors) or stalled (a long script, a fork, a
+swapped-out server: every client waits, no error until ``socket_timeout``). So a process
+judges others only while Redis has answered it promptly for a whole ``heartbeat_ttl``:
+a heartbeat or sweep step that failed, or took longer than :attr:`Membership.slow_s`,
+starts the wait again, and so does a heartbeat still waiting for its answer after that
+long. A stall long enough to expire a live process's heartbeat (at least ``heartbeat_ttl -
+heartbeat_interval``) always holds one of our heartbeats for more than ``slow_s`` (half of
+``heartbeat_ttl - 2 * heartbeat_interval``): we beat every ``heartbeat_interval``.
 """
 
 from __future__ import annotations
@@ -131,9 +141,26 @@ class Membership:
         self.host = config.host or socket.gethostname()
         self.incarnation = uuid.uuid4().hex
         self.started_ms = int(time.time() * 1000)
-        # Sweeping others waits until Redis has answered us for a whole heartbeat TTL, so a
-        # Redis outage (which expires everyone's heartbeat) never looks like deaths.
+        # Sweeping others waits until Redis has answered us promptly for a whole heartbeat
+        # TTL, so a Redis outage or stall (which expires everyone's heartbeat) never looks
+        # like deaths (module docstring).
         self._healthy_since = time.monotonic()
+        self._beat_started: float | None = None  # while a heartbeat waits for Redis
+
+    @property
+    def slow_s(self) -> float:
+        """A Redis answer slower than this counts as Redis not answering (seconds)."""
+        return max(0.0, self.config.heartbeat_ttl - 2 * self.config.heartbeat_interval) / 2
+
+    def _unhealthy(self) -> None:
+        self._healthy_since = time.monotonic()
+
+    def _may_judge_others(self) -> bool:
+        """Redis has answered us promptly for a whole TTL, and is not keeping us waiting."""
+        now = time.monotonic()
+        if self._beat_started is not None and now - self._beat_started > self.slow_s:
+            self._unhealthy()
+        return now - self._healthy_since >= self.config.heartbeat_ttl
 
     def heartbeat_value(self) -> str:
         return json.dumps(
@@ -349,32 +376,51 @@ class Membership:
     async def heartbeat_loop(self) -> None:
         episode = Episode("heartbeat")
         while True:
+            self._beat_started = started = time.monotonic()
             try:
                 await self.beat()
                 episode.succeeded()
             except Exception as exc:
-                self._healthy_since = time.monotonic()
+                self._unhealthy()
                 episode.failed(exc, step="heartbeat")
+            else:
+                if time.monotonic() - started > self.slow_s:
+                    self._unhealthy()
+            finally:
+                self._beat_started = None
             await asyncio.sleep(self.config.heartbeat_interval)
 
     async def recovery_loop(self) -> None:
         episode = Episode("recovery")
         while True:
             await asyncio.sleep(self.config.recovery_interval)
-            if time.monotonic() - self._healthy_since < self.config.heartbeat_ttl:
+            if not self._may_judge_others():
                 continue
             try:
                 await self.sweep()
                 episode.succeeded()
             except Exception as exc:
-                self._healthy_since = time.monotonic()
+                self._unhealthy()
                 episode.failed(exc, step="recovery")
 
     async def sweep(self) -> None:
-        """Return the processing lists of every registered process whose heartbeat expired."""
+        """Return the processing lists of every registered process whose heartbeat expired,
+        judged only on prompt answers (module docstring): a look that took longer than
+        :attr:`slow_s`, or made while one of our heartbeats waits that long, proves
+        nothing and ends the sweep."""
         for store in self.stores:
-            for member in await store.consumers():
-                if member == self.identity or await store.heartbeat_of(member) is not None:
+            looked_at = time.monotonic()
+            members = await store.consumers()
+            for member in members:
+                if member == self.identity:
+                    continue
+                expired = await store.heartbeat_of(member) is None
+                if time.monotonic() - looked_at > self.slow_s:
+                    self._unhealthy()
+                if not self._may_judge_others():
+                    return
+                looked_at = time.monotonic()
+                if not expired:
                     continue
                 jobs = await store.recover(
                     member, max_recoveries=self.config.max_recoveries, require_dead=True

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import textstat
 
+from alchemy.content import readability
 from alchemy.content.platforms import platform_for
 from alchemy.content.quality import (
     WEIGHTS,
@@ -66,7 +69,7 @@ def test_full_score_on_a_fixed_draft() -> None:
 def test_readability_falls_off_over_30_points_outside_the_band(
     monkeypatch: pytest.MonkeyPatch, ease: float, expected: float
 ) -> None:
-    monkeypatch.setattr(textstat, "flesch_reading_ease", lambda _text: ease)
+    monkeypatch.setattr(readability, "flesch_reading_ease", lambda _text: ease)
     instagram = platform_for("instagram")
     assert instagram.readability == (60, 90)
     value, detail = readability_part("Some text.", instagram)
@@ -131,3 +134,17 @@ def test_word_count_and_platform_names() -> None:
     assert platform_for(" Blog ").name == "blog"
     with pytest.raises(PermanentError, match="unknown platform 'myspace'"):
         platform_for("myspace")
+
+
+def test_reading_ease_is_textstats_figure_from_a_smaller_table() -> None:
+    """The same value as textstat (en_US) on words in the CMU dictionary, words outside it
+    (pyphen), punctuation, contractions, hyphens and several sentences."""
+    rng = random.Random(12)
+    words = readability.load().words()[::7]
+    texts = [BODY, "Hello world", "A. B. C.", "Xyzzyq blorf! Gnarfle-wozzle isn't d'artagnan's?"]
+    for n in range(300):
+        picked = [rng.choice(words) for _ in range(rng.randint(1, 40))] + [f"qwzxt{n}"]
+        marks = [rng.choice([" ", " ", " ", ". ", ", ", "! ", "? ", " - "]) for _ in picked]
+        texts.append("".join(w + m for w, m in zip(picked, marks, strict=True)).capitalize())
+    for text in texts:
+        assert readability.flesch_reading_ease(text) == textstat.flesch_reading_ease(text), text

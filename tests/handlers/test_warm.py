@@ -1,0 +1,44 @@
+"""The shipped handlers' warm hooks build, before any job, what a first job would: both
+SDK clients (both keys are set), the image provider, the paid-work machinery, the
+syllable table and the database pool's connections; without touching the network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+
+from alchemy.config import Config
+from alchemy.content import readability
+from alchemy.handlers import content, media, research
+from alchemy.services import open_services
+from tests.fakes.ai_server import FakeAI
+
+
+async def test_the_three_warm_hooks_build_what_a_first_job_needs(
+    redis: Redis, make_app_config: Callable[..., Config], fake_ai: FakeAI
+) -> None:
+    config = make_app_config()
+    async with open_services(config, redis) as services:
+        for hook in (content.warm, research.warm, media.warm):
+            await hook()
+        providers = services.providers
+        assert sorted(providers._clients) == ["anthropic", "openai"]
+        assert {"anthropic", "openai"} <= set(providers._text)
+        assert "openai" in providers._images
+        assert services._paid is not None
+        assert services._db is not None
+        assert services._db.get_size() == min(
+            config.database.pool_size, sum(q.concurrency for q in config.queues)
+        )
+        assert readability._table is not None
+    assert fake_ai.calls == []
+
+
+async def test_warm_leaves_out_a_provider_without_a_key(
+    redis: Redis, make_app_config: Callable[..., Config]
+) -> None:
+    config = make_app_config(providers={"text_provider": "openai", "anthropic_api_key": ""})
+    async with open_services(config, redis) as services:
+        await research.warm()
+        assert sorted(services.providers._clients) == ["openai"]

@@ -125,12 +125,12 @@ class Membership:
         claims: IdentityClaims,
         handlers: Mapping[str, HandlerModule | Unavailable] | None = None,
         on_identity_lost: Callable[[], None] = lambda: None,
-        facts: Mapping[str, Any] | None = None,
+        extras: Mapping[str, Any] | None = None,
     ) -> None:
         self.stores = stores
         # More about this process for its heartbeat (which providers serve it), read by
         # `alchemy status` and the admin API; never a secret.
-        self.facts = dict(facts or {})
+        self.extras = dict(extras or {})
         self.claims = claims
         self.handlers = handlers or {}
         self.on_identity_lost = on_identity_lost
@@ -171,7 +171,7 @@ class Membership:
                 "incarnation": self.incarnation,
                 "started_ms": self.started_ms,
                 "queues": [s.queue for s in self.stores],
-                **self.facts,
+                **self.extras,
             },
             separators=(",", ":"),
         )

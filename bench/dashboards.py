@@ -276,7 +276,7 @@ async def measure_dashboards(settings: Settings) -> DashboardResult:
 def main() -> int:
     from bench.__main__ import parse_args
 
-    result = asyncio.run(measure_dashboards(parse_args(sys.argv[1:])))
+    result = asyncio.run(measure_dashboards(parse_args(sys.argv[1:])[0]))
     print("\n".join(result.lines()))
     print(json.dumps(result.to_json()))
     return 0

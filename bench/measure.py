@@ -1,18 +1,22 @@
-"""The four measurements and the run that ties them together."""
+"""The drain and pickup measurements of three systems and the run that ties them together:
+the floor (bench/floor.py), the engine (bench/engine.py) and, when node and npm are there,
+BullMQ (bench/bullmq.py), on the same Redis, drains interleaved round by round."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
-from bench import floor
+from bench import bullmq, floor
 from bench.common import (
     delete_prefix,
     feed,
@@ -27,6 +31,9 @@ from bench.engine import QUEUE, EngineWorker
 REPO = Path(__file__).resolve().parent.parent
 
 
+LINES: Final = ("drain", "pickup", "limiter", "handler", "dashboards", "lifecycle")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     url: str
@@ -36,6 +43,8 @@ class Settings:
     seconds: float
     rounds: int
     ops: bool = True  # the events stream and job records on, as shipped
+    lines: frozenset[str] = frozenset(LINES)  # what to measure (``--only``)
+    peer: bool = True  # BullMQ too, when node and npm are there (``--without-bullmq``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,45 +54,93 @@ class Drain:
 
 
 @dataclass(frozen=True, slots=True)
+class Pickup:
+    """Pickup times (ms) of jobs fed at a steady rate into an idle consumer."""
+
+    times_ms: list[float]
+
+    @property
+    def p50_ms(self) -> float:
+        return percentile(self.times_ms, 50)
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(self.times_ms, 99)
+
+
+def median_rate(rounds: list[Drain]) -> float:
+    return statistics.median(d.jobs_per_s for d in rounds) if rounds else math.nan
+
+
+def median_cpu(rounds: list[Drain]) -> float:
+    return statistics.median(d.cpu_us_per_job for d in rounds) if rounds else math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """What was measured of one system: its drains (in order), its pickup, its peak RSS."""
+
+    rounds: list[Drain] = field(default_factory=list)
+    pickup: Pickup | None = None
+    rss_mb: float = math.nan
+
+    @property
+    def jobs_per_s(self) -> float:
+        return median_rate(self.rounds)
+
+    @property
+    def cpu_us(self) -> float:
+        return median_cpu(self.rounds)
+
+
+@dataclass(frozen=True, slots=True)
 class Results:
-    engine_rounds: list[Drain]  # in order
-    floor_rounds: list[Drain]
-    p50_ms: float
-    p99_ms: float
-    rss_mb: float
-    latency_jobs: int
-    floor_p50_ms: float  # the control: the floor's pickup latency, fed the same way
-    floor_p99_ms: float
-
-    @property
-    def engine_jobs_per_s(self) -> float:
-        return statistics.median(d.jobs_per_s for d in self.engine_rounds)
-
-    @property
-    def floor_jobs_per_s(self) -> float:
-        return statistics.median(d.jobs_per_s for d in self.floor_rounds)
-
-    @property
-    def engine_cpu_us(self) -> float:
-        return statistics.median(d.cpu_us_per_job for d in self.engine_rounds)
-
-    @property
-    def floor_cpu_us(self) -> float:
-        return statistics.median(d.cpu_us_per_job for d in self.floor_rounds)
+    engine: Side
+    floor: Side
+    bullmq: Side | None  # None: not measured (``peer_note`` says why)
+    peer_note: str | None = None
 
     @property
     def ratio(self) -> float:
-        return self.engine_jobs_per_s / self.floor_jobs_per_s
+        """Engine ÷ floor, drain medians."""
+        return self.engine.jobs_per_s / self.floor.jobs_per_s if self.floor.rounds else math.nan
+
+    @property
+    def bullmq_ratio(self) -> float:
+        """Engine ÷ BullMQ, drain medians (nan when BullMQ did not run)."""
+        if self.bullmq is None or not self.bullmq.rounds or not self.engine.rounds:
+            return math.nan
+        return self.engine.jobs_per_s / self.bullmq.jobs_per_s
+
+    @property
+    def per_round_bullmq_ratios(self) -> list[float]:
+        if self.bullmq is None:
+            return []
+        pairs = zip(self.engine.rounds, self.bullmq.rounds, strict=False)
+        return [e.jobs_per_s / b.jobs_per_s for e, b in pairs]
 
     def to_json(self) -> dict[str, float]:
-        return {
-            "engine_jobs_per_s": round(self.engine_jobs_per_s, 1),
-            "floor_jobs_per_s": round(self.floor_jobs_per_s, 1),
-            "ratio": round(self.ratio, 3),
-            "p50_ms": round(self.p50_ms, 3),
-            "p99_ms": round(self.p99_ms, 3),
-            "rss_mb": round(self.rss_mb, 1),
-        }
+        out: dict[str, float] = {}
+        if self.engine.rounds:
+            out["engine_jobs_per_s"] = round(self.engine.jobs_per_s, 1)
+            out["floor_jobs_per_s"] = round(self.floor.jobs_per_s, 1)
+            out["ratio"] = round(self.ratio, 3)
+        if self.engine.pickup is not None:
+            out["p50_ms"] = round(self.engine.pickup.p50_ms, 3)
+            out["p99_ms"] = round(self.engine.pickup.p99_ms, 3)
+        if not math.isnan(self.engine.rss_mb):
+            out["rss_mb"] = round(self.engine.rss_mb, 1)
+        bull = self.bullmq
+        if bull is not None:
+            if bull.rounds:
+                out["bullmq_jobs_per_s"] = round(bull.jobs_per_s, 1)
+                out["bullmq_ratio"] = round(self.bullmq_ratio, 3)
+            if bull.pickup is not None:
+                out["bullmq_p50_ms"] = round(bull.pickup.p50_ms, 3)
+                out["bullmq_p99_ms"] = round(bull.pickup.p99_ms, 3)
+            if not math.isnan(bull.rss_mb):
+                out["bullmq_rss_mb"] = round(bull.rss_mb, 1)
+        return out
 
 
 async def measure_floor(redis: Redis, s: Settings, prefix: str) -> Drain:
@@ -155,12 +212,31 @@ async def measure_pickup(redis: Redis, s: Settings, worker: EngineWorker) -> lis
     return picked
 
 
+async def start_peer(s: Settings) -> tuple[bullmq.BullWorker | None, str | None]:
+    """The BullMQ worker, started, or None and why not."""
+    if not s.peer:
+        return None, "BullMQ left out (--without-bullmq)"
+    if not s.lines & {"drain", "pickup"}:
+        return None, "BullMQ not measured (neither the drain nor the pickup line runs)"
+    why = bullmq.missing()
+    if why is not None:
+        return None, why
+    await asyncio.to_thread(bullmq.prepare)
+    peer = bullmq.BullWorker(s.url, f"bench-bullmq-{uuid.uuid4().hex[:10]}", s.concurrency)
+    await peer.start()
+    return peer, None
+
+
 async def run(s: Settings) -> Results:
-    """Drain rounds alternate floor and engine, so a busy neighbour slows both alike."""
+    """Drain rounds alternate floor, engine and BullMQ, so a busy neighbour slows all alike;
+    then each one's pickup latency, fed the same way, and each worker's peak RSS."""
     prefix = f"bench-{uuid.uuid4().hex[:10]}"
     redis = Redis.from_url(s.url)
     floor_rounds: list[Drain] = []
     engine_rounds: list[Drain] = []
+    bull_rounds: list[Drain] = []
+    floor_pickup = engine_pickup = bull_pickup = None
+    peer, note = await start_peer(s)
     try:
         with tempfile.TemporaryDirectory(prefix="alchemy-bench-") as workdir:
             worker = EngineWorker(
@@ -171,26 +247,38 @@ async def run(s: Settings) -> Results:
                 ops=s.ops,
             )
             try:
-                for _ in range(s.rounds):
-                    floor_rounds.append(await measure_floor(redis, s, prefix))
-                    engine_rounds.append(await measure_engine_drain(redis, s, worker))
-                floor_picked = await measure_floor_pickup(redis, s, prefix)
-                picked = await measure_pickup(redis, s, worker)
-                rss_mb = worker.peak_rss_mb()
+                if "drain" in s.lines:
+                    for _ in range(s.rounds):
+                        floor_rounds.append(await measure_floor(redis, s, prefix))
+                        engine_rounds.append(await measure_engine_drain(redis, s, worker))
+                        if peer is not None:
+                            drained = await peer.drain(s.jobs)
+                            bull_rounds.append(Drain(drained.jobs_per_s, drained.cpu_us_per_job))
+                if "pickup" in s.lines:
+                    if worker.proc is None:
+                        worker.start(REPO)
+                        await worker.wait_started()
+                    floor_pickup = Pickup(await measure_floor_pickup(redis, s, prefix))
+                    engine_pickup = Pickup(await measure_pickup(redis, s, worker))
+                    if peer is not None:
+                        bull_pickup = Pickup(await peer.pickup(s.rate, s.seconds))
+                rss_mb = worker.peak_rss_mb() if worker.proc is not None else math.nan
+                bull_rss = peer.peak_rss_mb() if peer is not None else math.nan
             finally:
                 code = await asyncio.to_thread(worker.stop)
-            if code != 0:
+                if peer is not None:
+                    await peer.stop()
+            if worker.proc is not None and code != 0:
                 raise RuntimeError(f"worker exited {code}")
+        bull_side = None if peer is None else Side(bull_rounds, bull_pickup, bull_rss)
         return Results(
-            engine_rounds=engine_rounds,
-            floor_rounds=floor_rounds,
-            p50_ms=percentile(picked, 50),
-            p99_ms=percentile(picked, 99),
-            rss_mb=rss_mb,
-            latency_jobs=len(picked),
-            floor_p50_ms=percentile(floor_picked, 50),
-            floor_p99_ms=percentile(floor_picked, 99),
+            engine=Side(engine_rounds, engine_pickup, rss_mb),
+            floor=Side(floor_rounds, floor_pickup),
+            bullmq=bull_side,
+            peer_note=note,
         )
     finally:
         await delete_prefix(redis, prefix)
+        if peer is not None:
+            await delete_prefix(redis, peer.prefix)
         await redis.aclose()

@@ -23,6 +23,7 @@ from alchemy.logs import (
     _UtcStamper,
     configure_logging,
     dropped_lines,
+    fast_info,
     flush_logs,
     register_secrets,
 )
@@ -64,6 +65,41 @@ def test_each_event_is_one_json_line_with_a_utc_timestamp(out: CountingStream) -
     assert (second["level"], second["note"]) == ("warning", "two\nlines")
     stamp = datetime.strptime(first["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     assert before - 0.001 <= stamp.timestamp() <= after + 0.001
+
+
+def test_the_fast_line_is_the_line_structlog_would_write(out: CountingStream) -> None:
+    """The consumer's per-job line skips the processors: same fields (the bound context
+    too, a field given winning over a bound one), secrets masked; and it steps aside when
+    the configuration in force is not this module's (capture_logs)."""
+    register_secrets(["sk-very-secret-key"])
+    structlog.contextvars.bind_contextvars(queue="q", job_id="sk-very-secret-key", attempt=2)
+    try:
+        structlog.get_logger().info("job_finished", outcome="completed", attempt=3, ms=1.5)
+        assert fast_info("job_finished", {"outcome": "completed", "attempt": 3, "ms": 1.5})
+        with structlog.testing.capture_logs() as captured:
+            assert not fast_info("job_finished", {"outcome": "completed"})
+        assert captured == []
+    finally:
+        structlog.contextvars.clear_contextvars()
+    slow, fast = lines(out)
+    assert slow.pop("ts")
+    assert fast.pop("ts")
+    assert (
+        fast
+        == slow
+        == {
+            "event": "job_finished",
+            "level": "info",
+            "outcome": "completed",
+            "attempt": 3,
+            "ms": 1.5,
+            "queue": "q",
+            "job_id": "***",
+        }
+    )
+    configure_logging(level="warning", fmt="json", stream=out)
+    assert fast_info("job_finished", {"outcome": "completed"})  # filtered, like structlog
+    assert len(lines(out)) == 2
 
 
 def test_the_stamper_matches_the_clock_across_seconds() -> None:

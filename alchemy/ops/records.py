@@ -93,6 +93,19 @@ def _record(history: Sequence[_Noted]) -> tuple[JobRecord, int]:
     """The record of a job after the events of ``history`` (one batch, oldest first), and
     the flags that say what the stored record (an earlier run, maybe in another process)
     must lend it (:data:`LEND`, :data:`PATCH`, :data:`JOINS`)."""
+    if len(history) == 2:
+        (begun, begun_at), (ended, ended_at) = history
+        if (
+            begun.transition is Transition.STARTED
+            and ended.transition is not Transition.STARTED
+            and ended.transition is not Transition.PROGRESS
+            and ended.attempt == begun.attempt
+        ):
+            return _one_run(begun, begun_at, ended, ended_at)
+    return _record_general(history)
+
+
+def _record_general(history: Sequence[_Noted]) -> tuple[JobRecord, int]:
     ran = [noted for noted in history if noted[0].transition is not Transition.PROGRESS]
     reports = [noted[0] for noted in history if noted[0].transition is Transition.PROGRESS]
     if not ran:
@@ -131,6 +144,50 @@ def _record(history: Sequence[_Noted]) -> tuple[JobRecord, int]:
     if any(e.first_run for e, _ in ran):
         return record, 0
     return record, LEND | (JOINS if joins else 0)
+
+
+def _one_run(begun: JobEvent, begun_at: int, event: JobEvent, at: int) -> tuple[JobRecord, int]:
+    """:func:`_record` of the usual batch, a start and the end of that run (under load a
+    job's start and finish share a batch), without its loops: the same record, at a third
+    of the cost."""
+    transition = event.transition
+    duration = event.duration_s
+    duration_ms = None if duration is None else round(duration * 1e3, 3)
+    started = None if duration is None else at - round(duration * 1000)
+    retry_in = event.retry_in_s
+    error = event.error if event.error is not None else begun.error
+    record: JobRecord = {
+        "id": event.job_id or "",
+        "queue": event.queue,
+        "state": transition,
+        "attempt": event.attempt,
+        "worker": event.worker,
+        "updated_ms": at,
+        "started_ms": started,
+        "first_started_ms": begun_at if begun.attempt == 1 else None,
+        "finished_ms": at if transition in FINISHED else None,
+        "duration_ms": duration_ms,
+        "retry_at_ms": None if retry_in is None else at + round(retry_in * 1000),
+        "reason": event.reason,
+        "last_error": _error(error),
+        "progress": event.progress,
+        "step": event.step,
+        "result": event.result,
+        "attempts": [
+            {
+                "attempt": event.attempt,
+                "worker": event.dead_worker or event.worker,
+                "outcome": str(transition),
+                "started_ms": begun_at,
+                "finished_ms": at,
+                "duration_ms": duration_ms,
+                "error": _error(event.error),
+                "reason": event.reason,
+            }
+        ],
+        "attempts_dropped": 0,
+    }
+    return record, 0 if begun.first_run or event.first_run else LEND
 
 
 def _blank(event: JobEvent, at: int, state: str) -> JobRecord:

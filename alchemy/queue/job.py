@@ -191,16 +191,26 @@ def max_item_bytes(max_bytes: int) -> int:
     return ESCAPED_BYTES_PER_BYTE * max_bytes + ENVELOPE_ALLOWANCE
 
 
-def decode_item(item: bytes, *, queue: str, max_bytes: int) -> Decoded | BadJob:
+def decode_item(
+    item: bytes,
+    *,
+    queue: str,
+    max_bytes: int,
+    runner: Runner = Runner(),
+    reporter: ProgressReporter | None = None,
+) -> Decoded | BadJob:
     """Parse one item taken from a wait list. Never raises: an item that cannot be read for
-    any reason, foreseen or not, is a :class:`BadJob`."""
+    any reason, foreseen or not, is a :class:`BadJob`. ``runner`` and ``reporter`` go into
+    the :class:`Job` (the engine's, for the run it starts)."""
     try:
-        return _decode_item(item, queue, max_bytes)
+        return _decode_item(item, queue, max_bytes, runner, reporter)
     except Exception as exc:  # a case nobody foresaw is still this item's end, not a loop
         return BadJob(item, DeadReason.INVALID_JSON, f"could not be read: {_describe(exc)}")
 
 
-def _decode_item(item: bytes, queue: str, max_bytes: int) -> Decoded | BadJob:
+def _decode_item(
+    item: bytes, queue: str, max_bytes: int, runner: Runner, reporter: ProgressReporter | None
+) -> Decoded | BadJob:
     meta: Meta | None = None
     raw_job = item
     if _looks_like_envelope(item):
@@ -229,8 +239,8 @@ def _decode_item(item: bytes, queue: str, max_bytes: int) -> Decoded | BadJob:
     if problem:
         return BadJob(raw_job, DeadReason.INVALID_FIELD, problem, _m(meta, obj))
     if meta is None:
-        job_id = obj.get("id")
-        meta = Meta(id=job_id if _valid_id(job_id) else derived_id(raw_job))
+        job_id = obj.get("id")  # valid when there (_check_reserved)
+        meta = Meta(id=job_id if job_id is not None else derived_id(raw_job))
     data = {k: v for k, v in obj.items() if k not in RESERVED_FIELDS}
     job = Job(
         id=meta.id,
@@ -239,6 +249,8 @@ def _decode_item(item: bytes, queue: str, max_bytes: int) -> Decoded | BadJob:
         data=data,
         recoveries=meta.recoveries,
         enqueued_at=obj.get("enqueued_at"),
+        runner=runner,
+        reporter=reporter,
     )
     return Decoded(raw_job=raw_job, job=job, meta=meta)
 

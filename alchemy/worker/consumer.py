@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from functools import partial
@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from alchemy.config import QueueConfig
-from alchemy.logs import redact
+from alchemy.logs import fast_info, redact
 from alchemy.queue.job import (
     BadJob,
     DeadReason,
@@ -48,6 +48,14 @@ from alchemy.worker.progress import ProgressThrottle, encode_result
 log = structlog.get_logger("alchemy.consumer")
 
 DEAD_HOOK_TIMEOUT = 10.0  # seconds a handler module's on_dead may take
+# Jobs are claimed ahead (up to four times ``concurrency`` beyond the free slots) while the
+# queue's recent jobs took less than this in their handler and it has no rate limit: with
+# quick jobs the next ones are already here when slots free, instead of a round trip away;
+# and once some are here, the next claim waits until twice ``concurrency`` fit, so each
+# round trip brings many (a claim in flight takes as long as a loaded Redis answers). Slow
+# jobs claim only for free slots, so other processes get the rest.
+PREFETCH_JOB_S = 0.01
+RECENT_WEIGHT = 0.1  # the weight of the latest job in the recent handler time
 OFF_LOOP_BYTES = 1_048_576  # a too_large job longer than this is encoded in a thread
 
 
@@ -65,6 +73,8 @@ class Outcome:
 
 
 COMPLETED = Outcome("completed")
+# Outcome names to transitions: Transition(name) goes through the Enum machinery (~1 us).
+_TRANSITIONS: dict[str, Transition] = {t.value: t for t in Transition}
 
 
 class QueueConsumer:
@@ -103,10 +113,19 @@ class QueueConsumer:
             wait_for_slot=self._wait_for_slot,
             start=self._start,
             observers=self.observers,
+            give_back=self.give_back,
         )
         self._running: dict[asyncio.Task[None], bytes] = {}
+        # Claimed while every slot was busy (see PREFETCH_JOB_S): item, claim time in ms.
+        # Owned and in the processing list; started in order as slots free.
+        self._ready: deque[tuple[bytes, float]] = deque()
+        self._prefetch = 0 if config.rate_limit else 4 * config.concurrency
+        # The recent handler time of this queue's jobs (weighted); no claiming ahead until
+        # jobs have shown to be quick.
+        self._recent_s = PREFETCH_JOB_S
         self._timed_out: set[asyncio.Task[None]] = set()  # cancelled by the queue timeout
         self._slot_free = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one running the jobs
         self._runs = itertools.count(1)
 
     @property
@@ -119,28 +138,58 @@ class QueueConsumer:
 
     # -- slots and starting ---------------------------------------------------------------
     def _free_slots(self) -> int:
-        return self.config.concurrency - len(self._running)
+        """How many jobs the next claim may take: the free slots, and (quick jobs) a batch
+        ahead of them."""
+        concurrency = self.config.concurrency
+        ahead = self._prefetch if self._recent_s < PREFETCH_JOB_S else 0
+        room = concurrency + ahead - len(self._running) - len(self._ready)
+        if self._ready and room < 2 * concurrency:
+            return 0  # enough here to go on with: claim again once a batch fits
+        return room
 
     async def _wait_for_slot(self) -> None:
         self._slot_free.clear()
         await self._slot_free.wait()
 
+    async def give_back(self) -> None:
+        """Return the jobs claimed ahead, unstarted, to the front of the wait list, in
+        their order (the queue is paused, held or throttled now)."""
+        while self._ready:
+            item, _ = self._ready.pop()  # the newest first: the oldest ends at the front
+            await until_done(partial(self.store.requeue, item), what="requeue", queue=self.name)
+            self.owned.release((item,))
+
     def request_stop(self) -> None:
-        """Stop fetching; running jobs go on (see :meth:`drain`)."""
+        """Stop fetching and starting; running jobs go on (see :meth:`drain`); jobs claimed
+        ahead stay in the processing list, which :meth:`drain` returns."""
         self.fetcher.request_stop()
         self._slot_free.set()
 
     def _start(self, item: bytes, picked_ms: float, after_s: float = 0.0) -> None:
         """Run the job of ``item`` (taken at ``picked_ms``), ``after_s`` seconds from now
-        (the rate limit's next token), in a task of its own."""
+        (the rate limit's next token), in a task of its own; or, every slot busy, once one
+        frees."""
         self.owned.take(item)
+        if len(self._running) >= self.config.concurrency and not after_s:
+            self._ready.append((item, picked_ms))
+            return
+        self._run_task(item, picked_ms, after_s)
+
+    def _run_task(self, item: bytes, picked_ms: float, after_s: float = 0.0) -> None:
+        # The loop, looked up once: asyncio.get_running_loop() (inside create_task() and
+        # current_task()) makes a getpid() system call each time.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         run = self._run_job(item, picked_ms)
-        task = asyncio.create_task(_after(after_s, run) if after_s > 0 else run)
+        task = loop.create_task(_after(after_s, run) if after_s > 0 else run)
         self._running[task] = item
         task.add_done_callback(self._on_done)
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
         item = self._running.pop(task)
+        if self._ready and not self.fetcher.stopping.is_set():
+            self._run_task(*self._ready.popleft())
         self._slot_free.set()
         if task.cancelled():
             return
@@ -190,11 +239,12 @@ class QueueConsumer:
         finally:
             latest = self.progress.finish(job)  # None unless the handler reported
         duration = time.perf_counter() - started
+        self._recent_s += RECENT_WEIGHT * (duration - self._recent_s)
         self._log_finished(outcome, round(duration * 1000, 3), pickup_s)
         self.observers.on_job(
             JobEvent(
                 self.name,
-                Transition(outcome.name),
+                _TRANSITIONS[outcome.name],
                 job.id,
                 job.attempt,
                 self.store.identity,
@@ -212,15 +262,18 @@ class QueueConsumer:
 
     def _prepare(self, item: bytes, picked_ms: float) -> tuple[Decoded, float | None] | BadJob:
         """The job of ``item`` with its runner, and its pickup time (first attempts)."""
-        decoded = decode_item(item, queue=self.name, max_bytes=self.config.max_payload_bytes)
+        runner = Runner(self.store.identity, self.incarnation, next(self._runs))
+        max_bytes = self.config.max_payload_bytes
+        decoded = decode_item(
+            item, queue=self.name, max_bytes=max_bytes, runner=runner, reporter=self.progress
+        )
         if isinstance(decoded, BadJob):
             return decoded
-        runner = Runner(self.store.identity, self.incarnation, next(self._runs))
-        job = replace(decoded.job, runner=runner, reporter=self.progress)
+        job = decoded.job
         pickup_s = None
         if job.enqueued_at is not None and job.attempt == 1 and job.recoveries == 0:
             pickup_s = (picked_ms - job.enqueued_at) / 1000
-        return replace(decoded, job=job), pickup_s
+        return decoded, pickup_s
 
     async def _call_handler(self, item: bytes, decoded: Decoded, picked_ms: float) -> Outcome:
         meta = decoded.meta
@@ -233,9 +286,10 @@ class QueueConsumer:
             )
         # The queue timeout: a timer that cancels this task (a plain loop timer costs a third
         # of asyncio.timeout(), which matters at thousands of jobs a second).
-        task = asyncio.current_task()
+        loop = self._loop
+        assert loop is not None
+        task = asyncio.current_task(loop)
         assert task is not None
-        loop = task.get_loop()
         timer = loop.call_at(loop.time() + self.config.timeout, self._time_out, task)
         timed_out, other_cancels = False, 0
         try:
@@ -402,7 +456,8 @@ class QueueConsumer:
         if outcome.reason is not None:
             fields["reason"] = str(outcome.reason)
         if outcome.name == "completed":
-            log.info("job_finished", **fields)
+            if not fast_info("job_finished", fields):
+                log.info("job_finished", **fields)
         else:
             log.warning("job_finished", **fields)
 
@@ -437,6 +492,8 @@ class QueueConsumer:
     async def abandon(self) -> None:
         """Cancel every running job without a Redis step: the processing list is no longer
         ours (another process took our identity and returned what was in it)."""
+        self.owned.release(item for item, _ in self._ready)
+        self._ready.clear()
         tasks = list(self._running)
         for task in tasks:
             task.cancel()

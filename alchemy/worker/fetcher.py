@@ -52,7 +52,9 @@ class Fetcher:
         wait_for_slot: Callable[[], Awaitable[None]],
         start: Callable[[bytes, float, float], None],
         observers: Observers,
+        give_back: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``give_back``: return the jobs claimed ahead of free slots (paused or held)."""
         self.config = config
         self.store = store
         self.blocking = blocking
@@ -62,6 +64,7 @@ class Fetcher:
         self.wait_for_slot = wait_for_slot
         self.start = start
         self.observers = observers
+        self.give_back = give_back
         self.stopping = asyncio.Event()
 
     @property
@@ -109,6 +112,8 @@ class Fetcher:
         elif claim.kind in (ClaimKind.PAUSED, ClaimKind.HELD):
             why = "paused" if claim.kind is ClaimKind.PAUSED else "held"
             self.observers.on_held_back(self.name, why, claim.wait_ms)
+            if self.give_back is not None:
+                await self.give_back()
             wait_s = claim.wait_ms / 1000 if claim.wait_ms >= 0 else PAUSED_LOOK_S
             await sleep_unless(self.stopping, min(wait_s, PAUSED_LOOK_S))
 

@@ -14,6 +14,11 @@ starts the wait again, and so does a heartbeat still waiting for its answer afte
 long. A stall long enough to expire a live process's heartbeat (at least ``heartbeat_ttl -
 heartbeat_interval``) always holds one of our heartbeats for more than ``slow_s`` (half of
 ``heartbeat_ttl - 2 * heartbeat_interval``): we beat every ``heartbeat_interval``.
+
+After Redis refused or dropped us (a restart, a Sentinel or Cluster failover), the wait is
+two TTLs: every process reconnects on its own schedule (its backoff, its turn on a loaded
+machine), and one that is back a moment after us must get to beat before we judge it. A
+process that dies while Redis is fine is still judged after one TTL.
 """
 
 from __future__ import annotations
@@ -145,6 +150,7 @@ class Membership:
         # TTL, so a Redis outage or stall (which expires everyone's heartbeat) never looks
         # like deaths (module docstring).
         self._healthy_since = time.monotonic()
+        self._wait_s = config.heartbeat_ttl  # how long answers must be prompt (docstring)
         self._beat_started: float | None = None  # while a heartbeat waits for Redis
 
     @property
@@ -152,15 +158,21 @@ class Membership:
         """A Redis answer slower than this counts as Redis not answering (seconds)."""
         return max(0.0, self.config.heartbeat_ttl - 2 * self.config.heartbeat_interval) / 2
 
-    def _unhealthy(self) -> None:
+    def _unhealthy(self, *, refused: bool = False) -> None:
+        """Redis kept us waiting (or, ``refused``, failed us): start the wait again."""
         self._healthy_since = time.monotonic()
+        if refused:
+            self._wait_s = 2 * self.config.heartbeat_ttl
 
     def _may_judge_others(self) -> bool:
         """Redis has answered us promptly for a whole TTL, and is not keeping us waiting."""
         now = time.monotonic()
         if self._beat_started is not None and now - self._beat_started > self.slow_s:
             self._unhealthy()
-        return now - self._healthy_since >= self.config.heartbeat_ttl
+        if now - self._healthy_since < self._wait_s:
+            return False
+        self._wait_s = self.config.heartbeat_ttl
+        return True
 
     def heartbeat_value(self) -> str:
         return json.dumps(
@@ -381,7 +393,7 @@ class Membership:
                 await self.beat()
                 episode.succeeded()
             except Exception as exc:
-                self._unhealthy()
+                self._unhealthy(refused=True)
                 episode.failed(exc, step="heartbeat")
             else:
                 if time.monotonic() - started > self.slow_s:
@@ -400,7 +412,7 @@ class Membership:
                 await self.sweep()
                 episode.succeeded()
             except Exception as exc:
-                self._unhealthy()
+                self._unhealthy(refused=True)
                 episode.failed(exc, step="recovery")
 
     async def sweep(self) -> None:

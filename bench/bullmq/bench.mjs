@@ -6,18 +6,25 @@
 //       commands on stdin, one per line, and answers each with one JSON line:
 //         drain N   time from the next job's start to the Nth completion after it:
 //                   {"jobs":N,"seconds":S,"jobs_per_s":R,"cpu_us_per_job":U}
-//         pickup    start recording each job's pickup (start - job.timestamp, ms)
+//         pickup    start recording each job's pickup (start - data.enqueued_at, ms)
 //         report    {"pickup_ms":[...]} (and stop recording)
 //         quit      close the worker and exit
 //   node bench.mjs fill --url URL --prefix P --jobs N
 //       pause the queue, add N no-op jobs (addBulk), print {"added":N}
 //   node bench.mjs resume --url URL --prefix P
 //   node bench.mjs feed --url URL --prefix P --rate R --seconds S
-//       add R jobs per second for S seconds; print {"added":N}
+//       add R jobs per second for S seconds, each stamped with data.enqueued_at (ms, with
+//       a fraction, as alchemy's producer stamps enqueued_at); print {"added":N}
 import { createInterface } from "node:readline";
 import { Queue, Worker } from "bullmq";
 
 const QUEUE = "bench";
+
+// Wall-clock milliseconds with a fraction, like alchemy's time.time() * 1000 (Date.now()
+// and job.timestamp are whole milliseconds, half a millisecond too coarse for a pickup).
+function nowMs() {
+  return performance.timeOrigin + performance.now();
+}
 
 function options(argv) {
   const out = {};
@@ -37,7 +44,7 @@ async function worker(o) {
   const w = new Worker(
     QUEUE,
     async (job) => {
-      if (picked !== null) picked.push(Date.now() - job.timestamp);
+      if (picked !== null) picked.push(nowMs() - (job.data.enqueued_at ?? job.timestamp));
       if (drain !== null && drain.first === null) {
         drain.first = process.hrtime.bigint();
         drain.cpu = process.cpuUsage();
@@ -106,7 +113,7 @@ async function feed(o) {
   for (let n = 0; n < total; n++) {
     const wait = began + (n * 1000) / rate - Date.now();
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-    await queue.add("noop", {});
+    await queue.add("noop", { enqueued_at: nowMs() });
   }
   await queue.close();
   console.log(JSON.stringify({ added: total }));

@@ -188,3 +188,47 @@ async def test_recovered_and_poisoned_jobs_have_records(
 async def _state(redis: Redis, prefix: str, job_id: str) -> str | None:
     record = await read_record(redis, prefix, "q", job_id)
     return record["state"] if record else None
+
+
+def test_the_usual_batch_makes_the_same_record_as_the_general_rule() -> None:
+    """A start and the end of that run in one batch take a shortcut: it must build exactly
+    what the general rule builds, whatever the end was."""
+    from alchemy.ops import records
+
+    error = ErrorInfo("Boom", "it broke")
+    ends = [
+        JobEvent("q", Transition.COMPLETED, "j", 1, "h:w", duration_s=0.0123, result='{"a":1}'),
+        JobEvent(
+            "q", Transition.RETRYING, "j", 2, "h:w", duration_s=1.5, error=error, retry_in_s=2.25
+        ),
+        JobEvent(
+            "q",
+            Transition.DEAD,
+            "j",
+            3,
+            "h:w",
+            duration_s=0.2,
+            error=error,
+            reason="max_attempts",
+            progress=0.5,
+            step="two",
+        ),
+        JobEvent(
+            "q", Transition.HELD, "j", 1, "h:w", duration_s=0.001, error=error, reason="postgres"
+        ),
+        JobEvent("q", Transition.DEAD, "j", 1, "h:w", error=error, reason="invalid_json"),
+    ]
+    for end in ends:
+        for first_run in (True, False):
+            begun = JobEvent(
+                "q",
+                Transition.STARTED,
+                "j",
+                end.attempt,
+                "h:w",
+                pickup_s=0.001,
+                first_run=first_run,
+            )
+            history = [(begun, 1_000), (end._replace(first_run=first_run), 1_500)]
+            general = records._record_general(history)
+            assert records._record(history) == general, end

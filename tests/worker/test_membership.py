@@ -8,6 +8,8 @@ import json
 import time
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from alchemy.config import WorkerConfig
 from alchemy.queue.identity import IdentityClaims
@@ -74,3 +76,35 @@ async def test_a_prompt_sweep_recovers_the_dead(redis: Redis, prefix: str) -> No
     keys = QueueKeys(prefix, QUEUE)
     assert await redis.llen(keys.processing(dead)) == 0
     assert await redis.llen(keys.wait) == 1
+
+
+async def test_after_redis_failed_us_others_get_two_ttls_to_come_back(
+    redis: Redis, prefix: str
+) -> None:
+    """A failover or restart: others reconnect on their own schedule, so judging them waits
+    two TTLs of prompt answers; a slow answer alone restarts the wait of one TTL."""
+    member = membership(redis, prefix)  # TTL 2 s
+    member._unhealthy(refused=True)
+    member._healthy_since = time.monotonic() - 3.0  # back for 1.5 TTLs
+    assert not member._may_judge_others()
+    member._healthy_since = time.monotonic() - 4.1
+    assert member._may_judge_others()
+    member._unhealthy()  # slow, not refused: one TTL again
+    member._healthy_since = time.monotonic() - 2.1
+    assert member._may_judge_others()
+
+
+async def test_a_failed_heartbeat_means_redis_failed_us(prefix: str) -> None:
+    # Nothing listens there; no retries inside redis-py, so the first beat fails at once.
+    gone = Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    try:
+        member = membership(gone, prefix)
+        task = asyncio.create_task(member.heartbeat_loop())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        member._healthy_since = time.monotonic() - 3.0  # back for 1.5 TTLs since
+        assert not member._may_judge_others()
+        member._healthy_since = time.monotonic() - 4.1
+        assert member._may_judge_others()
+    finally:
+        await gone.aclose()

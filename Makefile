@@ -18,7 +18,7 @@ VENV_PY := $(VENV)/bin/python
 IS_PY311 := -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
 
 .DEFAULT_GOAL := help
-.PHONY: help venv services tools run test lint bench systemd-trial clean
+.PHONY: help venv services tools run test lint bench systemd-trial first-run-trial clean
 
 help:
 	@echo "make run      set up .venv, make sure Redis + Postgres answer, migrate, run python -m alchemy \$$ARGS"
@@ -28,6 +28,7 @@ help:
 	@echo "make services make sure Redis and Postgres answer at the configured URLs"
 	@echo "make tools    make sure systemd-analyze, chromium and chromedriver are there (apt-get as root)"
 	@echo "make systemd-trial  boot systemd in a container (root) and run docs/operations.md's systemctl steps"
+	@echo "make first-run-trial  make run + make test in a clean Debian 12 container without Redis/PostgreSQL (root)"
 	@echo "make venv     create .venv with Python 3.11 and install the package with [dev] extras"
 	@echo "make clean    remove .venv and tool caches (keeps .local/ and running services)"
 
@@ -101,6 +102,12 @@ bench: venv services
 # systemctl/journalctl steps of docs/operations.md (see the script's header). Root only.
 systemd-trial: venv services
 	systemd/try-in-container.sh $(TRIAL_ARGS)
+
+# The README's two commands on a clean Debian 12 rootfs (Python 3.11 and make, no Redis, no
+# PostgreSQL) under systemd-nspawn with its own network: make run installs and starts both,
+# then make test (PYTEST_ARGS for part of the suite). Root only; see the script's header.
+first-run-trial: venv
+	PYTEST_ARGS="$(PYTEST_ARGS)" scripts/try-first-run.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

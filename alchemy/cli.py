@@ -24,6 +24,7 @@ from alchemy.config import (
     Secret,
     load_config,
     mask_url,
+    offline_refusal,
     url_secrets,
 )
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
@@ -284,6 +285,9 @@ def _sections(config: Config) -> list[Any]:
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
+    refusal = offline_refusal(config)
+    if refusal is not None:
+        raise refusal  # the production guard: one line, exit 78
     configure_logging(config.log.level, config.log.format, buffer_lines=config.log.buffer_lines)
     names = [n.strip() for n in args.queues.split(",") if n.strip()] if args.queues else None
     extensions: list[Extension] = []
@@ -342,7 +346,9 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         admin = QueueAdmin(redis, prefix=config.redis.prefix)
         statuses = [await admin.status(q.name) for q in config.queues]
         if args.json:
-            print(json.dumps({"queues": [s.to_json() for s in statuses]}, indent=2))
+            queues = [s.to_json() for s in statuses]
+            providers = config.providers.in_use()
+            print(json.dumps({"queues": queues, "providers": providers}, indent=2))
             return 0
         print(f"{'queue':<24}{'wait':>8}{'processing':>12}{'delayed':>9}{'dead':>8}  paused")
         for s in statuses:
@@ -368,13 +374,30 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 beat = "?" if age is None else f"{age:.1f}s"
                 print(
                     f"  {c.identity:<40} {s.queue:<22} pid={pid} {state} beat={beat} ago"
-                    f" processing={c.processing}"
+                    f" processing={c.processing}{_offline_note(c.heartbeat)}"
                 )
         if not seen:
             print("  none")
+        print(f"\nproviders (this config): {_providers_line(config)}")
         return 0
 
     return _with_redis(config, action)
+
+
+def _offline_note(heartbeat: Mapping[str, Any] | None) -> str:
+    """`` OFFLINE (text, image)`` for a process whose heartbeat says the offline provider
+    serves it, else nothing."""
+    providers = (heartbeat or {}).get("providers")
+    offline = providers.get("offline") if isinstance(providers, dict) else None
+    return f" OFFLINE ({', '.join(map(str, offline))})" if offline else ""
+
+
+def _providers_line(config: Config) -> str:
+    p = config.providers
+    line = f"text={p.text} image={p.image}"
+    if p.offline_uses:
+        line += f"  OFFLINE ({', '.join(p.offline_uses)}): no model is called, placeholders"
+    return line
 
 
 def _held_text(held: Mapping[str, Any]) -> str:
@@ -597,13 +620,19 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
         if isinstance(handler := load_handler(q.handler), Unavailable)
     }
     failing = any(q.enabled and q.name in problems for q in config.queues)
+    refusal = offline_refusal(config)
+    status = EX_CONFIG if refusal else 1 if failing else 0
     if args.json:
         for name, table in settings["queues"].items():
             table["handler_error"] = problems.get(name)
         report = {"source": config.source, "valid": True, "handlers_ok": not failing}
+        report |= {"providers": config.providers.in_use(), "refused": refusal and str(refusal)}
         print(json.dumps({**report, "config": settings}, indent=2, ensure_ascii=False))
-        return 1 if failing else 0
+        return status
     print(f"# {config.source}: valid")
+    print(f"# providers in use: {_providers_line(config)}")
+    if refusal is not None:
+        print(f"# refused by the production guard: {refusal}")
     for section, table in settings.items():
         if section != "queues":
             for key, value in table.items():
@@ -612,7 +641,7 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
         state = f"UNAVAILABLE: {problems[name]}" if name in problems else "ok"
         keys = " ".join(f"{key}={_shown(value)}" for key, value in table.items())
         print(f"queues.{name}: {keys} ({state})")
-    return 1 if failing else 0
+    return status
 
 
 def _effective_config(config: Config) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, get_type_hints
+from typing import Any, Final, TypedDict, get_type_hints
 from urllib.parse import unquote, urlsplit
 
 from alchemy.errors import ConfigError
@@ -39,12 +39,19 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "ALCHEMY_HTTP_PORT": "http.port",
     "ALCHEMY_ADMIN_TOKEN": "http.admin_token",
     "ALCHEMY_REDIS_SENTINEL_PASSWORD": "redis.sentinel_password",
+    "ALCHEMY_TEXT_PROVIDER": "providers.text_provider",
+    "ALCHEMY_IMAGE_PROVIDER": "providers.image_provider",
+    "ALCHEMY_FORBID_OFFLINE": "providers.forbid_offline",
     "ALCHEMY_MEDIA_URL_SECRET": "media.url_secret",
     "AWS_ACCESS_KEY_ID": "media.s3_access_key_id",
     "AWS_SECRET_ACCESS_KEY": "media.s3_secret_access_key",
 }
 # Overrides whose value is parsed as an integer.
 ENV_INTEGERS: Final = frozenset({"ALCHEMY_HTTP_PORT"})
+# Overrides whose value is parsed as a boolean (1/true/yes/on, 0/false/no/off).
+ENV_BOOLEANS: Final = frozenset({"ALCHEMY_FORBID_OFFLINE"})
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,12 +226,27 @@ MAX_URL_LIFETIME: Final = 7 * 86_400.0  # SigV4's limit on a presigned URL
 MIN_URL_SECRET: Final = 16
 
 
+class ProvidersInUse(TypedDict):
+    """The providers a process uses, as ``/readyz``, ``status`` and its heartbeat show them."""
+
+    text: str  # anthropic | openai | offline ("auto" resolved)
+    image: str  # openai | offline
+    offline: list[str]  # what the offline provider serves: "text", "image"; [] = nothing
+
+
 @dataclass(frozen=True, slots=True)
 class ProvidersConfig:
+    """The AI providers. ``text_provider`` / ``image_provider`` ``"auto"`` (the default)
+    picks the real provider whose key is set and ``offline`` only when none is:
+    :attr:`text` and :attr:`image` are the ones in use."""
+
     anthropic_api_key: Secret = _spec(Secret(""))
     openai_api_key: Secret = _spec(Secret(""))
-    text_provider: str = _spec("offline", choices=("offline", "anthropic", "openai"))
-    image_provider: str = _spec("offline", choices=("offline", "openai"))
+    text_provider: str = _spec("auto", choices=("auto", "offline", "anthropic", "openai"))
+    image_provider: str = _spec("auto", choices=("auto", "offline", "openai"))
+    # The production guard: refuse to start (exit 78) with the offline provider in use, and
+    # refuse any job, row or brand that names it.
+    forbid_offline: bool = _spec(False)
     anthropic_model: str = _spec("claude-sonnet-5-5", pattern=r"^\S{1,128}$")
     anthropic_base_url: str = _spec("", pattern=_BASE_URL)
     openai_model: str = _spec("gpt-5.5", pattern=r"^\S{1,128}$")
@@ -240,6 +262,36 @@ class ProvidersConfig:
     image_size: str = _spec("1024x1024", pattern=r"^(auto|\d{2,5}x\d{2,5})$")
     image_quality: str = _spec("", pattern=r"^[a-z]{0,16}$")
     image_style: str = _spec("", choices=("", "vivid", "natural"))
+
+    @property
+    def text(self) -> str:
+        """The text provider in use: ``text_provider`` with ``auto`` resolved (Anthropic's
+        key first, then OpenAI's, else ``offline``)."""
+        if self.text_provider != "auto":
+            return self.text_provider
+        if self.anthropic_api_key:
+            return "anthropic"
+        return "openai" if self.openai_api_key else "offline"
+
+    @property
+    def image(self) -> str:
+        """The image provider in use: ``image_provider`` with ``auto`` resolved."""
+        if self.image_provider != "auto":
+            return self.image_provider
+        return "openai" if self.openai_api_key else "offline"
+
+    def in_use(self) -> ProvidersInUse:
+        """The providers in use as JSON, the shape ``/readyz``, ``status`` and the
+        heartbeat show: ``text``, ``image`` and ``offline``, what the offline provider
+        serves (``[]``: nothing)."""
+        return {"text": self.text, "image": self.image, "offline": list(self.offline_uses)}
+
+    @property
+    def offline_uses(self) -> tuple[str, ...]:
+        """What the offline provider serves by default: ``("text", "image")``, one, or
+        none."""
+        in_use = (("text", self.text), ("image", self.image))
+        return tuple(kind for kind, provider in in_use if provider == "offline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,7 +488,19 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         table = raw.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(section, "must be a table")
-        table[key] = _env_int(variable, dotted, value) if variable in ENV_INTEGERS else value
+        if variable in ENV_INTEGERS:
+            table[key] = _env_int(variable, dotted, value)
+        elif variable in ENV_BOOLEANS:
+            table[key] = _env_bool(variable, dotted, value)
+        else:
+            table[key] = value
+
+
+def _env_bool(variable: str, dotted: str, value: str) -> bool:
+    word = value.strip().lower()
+    if word in _TRUE | _FALSE:
+        return word in _TRUE
+    raise ConfigError(dotted, f"must be 1/true/yes/on or 0/false/no/off (env {variable})")
 
 
 def _env_int(variable: str, dotted: str, value: str) -> int:
@@ -682,6 +746,36 @@ def _is_ipv6(text: str) -> bool:
         return ipaddress.ip_address(text).version == 6
     except ValueError:
         return False
+
+
+MEDIA_HANDLER_MODULE: Final = "alchemy.handlers.media"
+
+
+def offline_refusal(config: Config) -> ConfigError | None:
+    """The production guard's refusal, naming the key to set, or None when it lets the
+    process start: ``providers.forbid_offline`` off, or no offline provider in use. The
+    image provider counts only while an enabled queue runs the media handler."""
+    providers = config.providers
+    uses = list(providers.offline_uses)
+    media_runs = any(
+        q.enabled and q.handler.partition(":")[0] == MEDIA_HANDLER_MODULE for q in config.queues
+    )
+    if "image" in uses and not media_runs:
+        uses.remove("image")
+    if not providers.forbid_offline or not uses:
+        return None
+    kind = uses[0]
+    chosen = getattr(providers, f"{kind}_provider")
+    if chosen == "auto":
+        keys = "ANTHROPIC_API_KEY or OPENAI_API_KEY" if kind == "text" else "OPENAI_API_KEY"
+        why = f"is auto and no key is set: set {keys}"
+    else:
+        why = f'is "offline" (env ALCHEMY_{kind.upper()}_PROVIDER): name a real provider'
+    return ConfigError(
+        f"providers.{kind}_provider",
+        f"{why}; providers.forbid_offline = true (env ALCHEMY_FORBID_OFFLINE) refuses to "
+        "start with the offline provider",
+    )
 
 
 def _check_providers(providers: ProvidersConfig) -> None:

@@ -447,6 +447,14 @@ def dropped_lines() -> int:
 atexit.register(flush_logs)
 
 
+# Standard-library loggers that ``[log] level = "debug"`` opens to their debug lines: the AI
+# SDKs (each request's options, each response, each SDK retry) and their HTTP client (one line
+# per request). Every other library (asyncio, redis, aiohttp, httpcore's per-socket steps)
+# stays at info whatever the level: their debug lines are noise, not a diagnosis. Secrets are
+# masked in these lines as in every other.
+DEBUG_LIBRARIES: Final = ("anthropic", "openai", "httpx", "httpx2")
+
+
 def configure_logging(
     level: str = "info",
     fmt: str = "auto",
@@ -509,3 +517,5 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric_level, logging.INFO))
+    for name in DEBUG_LIBRARIES:
+        logging.getLogger(name).setLevel(numeric_level if numeric_level < logging.INFO else 0)

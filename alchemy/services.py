@@ -186,6 +186,43 @@ def warn_if_the_lease_is_short(config: Config, lease: float) -> None:
         )
 
 
+OFFLINE_CONSEQUENCE: Final = (
+    "no model is called: text is drafts marked [OFFLINE DRAFT], images are placeholders, and"
+    " every row written is flagged offline (docs/schema.md); set ANTHROPIC_API_KEY /"
+    " OPENAI_API_KEY, and providers.forbid_offline = true where placeholders must never go out"
+)
+
+
+def log_providers(config: Config) -> None:
+    """Say once at startup which providers serve by default: a warning, loud, when the
+    offline provider does (``offline_provider_in_use``), else ``providers_in_use``."""
+    providers = config.providers
+    chosen = {
+        "text_provider": f"{providers.text_provider} -> {providers.text}",
+        "image_provider": f"{providers.image_provider} -> {providers.image}",
+    }
+    uses = providers.offline_uses
+    if not uses:
+        log.info("providers_in_use", **chosen)
+        return
+    keys = [
+        name
+        for name, key in (
+            ("ANTHROPIC_API_KEY", providers.anthropic_api_key),
+            ("OPENAI_API_KEY", providers.openai_api_key),
+        )
+        if key
+    ]
+    log.warning(
+        "offline_provider_in_use",
+        provider="offline",
+        uses=list(uses),
+        keys_set=keys,
+        consequence=OFFLINE_CONSEQUENCE,
+        **chosen,
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_services(
     config: Config, redis: RedisClient, *, paid_observer: PaidObserver | None = None
@@ -194,6 +231,7 @@ async def open_services(
     refuses its credentials raises :class:`~alchemy.errors.ConfigError` here, at startup."""
     async with open_stores(config) as media:
         services = Services(config, redis, media, paid_observer=paid_observer)
+        log_providers(config)
         warn_if_the_lease_is_short(config, lease_seconds(config.providers, config.media))
         token = _current.set(services)
         try:

@@ -11,8 +11,15 @@ When a service does not answer and its URL points at this machine (127.0.0.1, lo
   (``pg_ctlcluster``) when its port matches the URL, otherwise a throwaway trust-auth
   cluster in ``.local/postgres`` of this repository (``initdb`` + ``pg_ctl``).
 
+When a local service is down and its program is not installed at all, the distribution's
+package is installed first, as ``make tools`` does: with ``apt-get`` when run as root
+(``redis-server``; ``postgresql``, whose fresh ``main`` cluster Debian creates with password
+authentication over TCP, so this script drops that empty cluster again and starts the
+throwaway trust-auth one below). Not root, or no ``apt-get``: it prints the exact command and
+exits 69.
+
 A missing database named in a local URL is created. Remote services are never started,
-and nothing is ever stopped or killed.
+and nothing else is ever stopped or killed.
 
 URLs, in order of precedence: the ``REDIS_URL`` / ``DATABASE_URL`` environment variables,
 ``[redis] url`` / ``[database] url`` in the config file (``$ALCHEMY_CONFIG``, else
@@ -28,6 +35,7 @@ the ``alchemy`` package, so it works before the package does.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import pwd
 import re
@@ -56,6 +64,7 @@ CHECK_TIMEOUT: Final = 3.0  # seconds for one connection attempt
 START_TIMEOUT: Final = 20.0  # seconds to wait for a service we started
 POLL_INTERVAL: Final = 0.5
 COMMAND_TIMEOUT: Final = 60.0  # seconds for initdb / pg_ctl / redis-server to return
+APT_TIMEOUT: Final = 900.0  # seconds for apt-get update + install (downloads)
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 THROWAWAY_PG: Final = REPO_ROOT / ".local" / "postgres"
@@ -65,6 +74,8 @@ SOCKET_PATH_MAX: Final = 100  # a Unix socket path must fit in 107 bytes
 
 INSTALL_REDIS: Final = "install Redis 7 (Debian/Ubuntu: apt-get install redis-server)"
 INSTALL_POSTGRES: Final = "install PostgreSQL (Debian/Ubuntu: apt-get install postgresql)"
+# The distribution package that provides each service's programs.
+PACKAGES: Final = {"redis": "redis-server", "postgres": "postgresql"}
 
 
 class ConfigError(Exception):
@@ -254,19 +265,28 @@ def require_local(target: Target, reason: str) -> None:
         )
 
 
-async def run_command(cmd: list[str], what: str) -> None:
+async def run_command(
+    cmd: list[str],
+    what: str,
+    *,
+    limit: float = COMMAND_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+) -> None:
     """Run a short-lived command; raise SetupError with its last output line on failure."""
     proc = await asyncio.create_subprocess_exec(
         *cmd,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env=None if env is None else {**os.environ, **env},
     )
     try:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
+        async with asyncio.timeout(limit):
             output, _ = await proc.communicate()
     except TimeoutError as exc:
-        raise SetupError(f"{what} did not return within {COMMAND_TIMEOUT:.0f} s") from exc
+        proc.kill()  # our own child, by its pid
+        await proc.wait()
+        raise SetupError(f"{what} did not return within {limit:.0f} s") from exc
     if proc.returncode != 0:
         lines = [line for line in output.decode(errors="replace").splitlines() if line.strip()]
         last = lines[-1].strip() if lines else "no output"
@@ -334,11 +354,12 @@ async def start_postgres(target: Target) -> tuple[str, str]:
             f"postgres is not reachable at {target.shown} and cannot be started here "
             f"({'; '.join(notes)}): {INSTALL_POSTGRES} or set {target.env}"
         )
-    await start_throwaway_cluster(target, bindir)
-    how = "started throwaway cluster in .local/postgres"
+    place = await start_throwaway_cluster(target, bindir)
+    shown = ".local/postgres" if place == THROWAWAY_PG else str(place)
+    how = f"started throwaway cluster in {shown}"
     if notes:
         how += f"; {'; '.join(notes)}"
-    return how, f"see {THROWAWAY_PG / 'postgres.log'}"
+    return how, f"see {place / 'postgres.log'}"
 
 
 def version_key(name: str) -> tuple[int, ...]:
@@ -373,11 +394,15 @@ def find_pg_bindir() -> Path | None:
     return None
 
 
-def unprivileged_prefix() -> list[str]:
-    """initdb and pg_ctl refuse to run as root: run them as ``postgres`` when we are root."""
+async def throwaway_place() -> tuple[list[str], Path]:
+    """The command prefix for initdb and pg_ctl and the directory of the throwaway cluster.
+
+    initdb and pg_ctl refuse to run as root: as root they run as ``postgres``, and when that
+    user cannot reach ``.local/postgres`` (a checkout in root's home, mode 700) the cluster
+    lives in ``postgres``'s home instead, one per checkout."""
     THROWAWAY_PG.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
-        return []
+        return [], THROWAWAY_PG
     try:
         owner = pwd.getpwnam("postgres")
     except KeyError as exc:
@@ -385,25 +410,36 @@ def unprivileged_prefix() -> list[str]:
             "postgres cannot be started: initdb refuses to run as root and there is no "
             "'postgres' user (create one, or run as a normal user, or set DATABASE_URL)"
         ) from exc
+    prefix = ["runuser", "-u", "postgres", "--"]
     os.chown(THROWAWAY_PG, owner.pw_uid, owner.pw_gid)
-    return ["runuser", "-u", "postgres", "--"]
+    try:
+        await run_command([*prefix, "test", "-w", str(THROWAWAY_PG)], "test -w")
+        return prefix, THROWAWAY_PG
+    except SetupError:
+        checkout = hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:12]
+        place = Path(owner.pw_dir) / f"alchemy-throwaway-{checkout}"
+        place.mkdir(mode=0o700, exist_ok=True)
+        os.chown(place, owner.pw_uid, owner.pw_gid)
+        return prefix, place
 
 
-async def start_throwaway_cluster(target: Target, bindir: Path) -> None:
-    prefix = unprivileged_prefix()
-    data = THROWAWAY_PG / "data"
+async def start_throwaway_cluster(target: Target, bindir: Path) -> Path:
+    """Start the throwaway cluster; return its directory."""
+    prefix, place = await throwaway_place()
+    data = place / "data"
     if not (data / "PG_VERSION").is_file():
         user = unquote(urlsplit(target.url).username or "") or "postgres"
         initdb = [str(bindir / "initdb"), "-D", str(data), "-U", user, "--auth=trust"]
         await run_command([*prefix, *initdb, "-E", "UTF8"], "initdb")
-        sockets = str(THROWAWAY_PG) if len(str(THROWAWAY_PG)) < SOCKET_PATH_MAX else ""
+        sockets = str(place) if len(str(place)) < SOCKET_PATH_MAX else ""
         with (data / "postgresql.conf").open("a") as conf:
             conf.write("\n# added by scripts/ensure_services.py\n")
             conf.write(f"unix_socket_directories = {quote_literal(sockets)}\n")
     listen = target.host if target.host in {"127.0.0.1", "::1"} else "localhost"
     options = f"-p {target.port} -c listen_addresses={listen}"
-    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(THROWAWAY_PG / "postgres.log")]
+    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(place / "postgres.log")]
     await run_command([*prefix, *pg_ctl, "-o", options, "-w", "-t", "20", "start"], "pg_ctl")
+    return place
 
 
 def quote_literal(text: str) -> str:
@@ -437,6 +473,76 @@ async def create_database(target: Target, reason: str) -> None:
         ) from exc
 
 
+# --- installing what is missing ----------------------------------------------------
+
+
+def is_installed(target: Target) -> bool:
+    """Whether this machine has the programs to start ``target``'s service."""
+    if target.name == "redis":
+        return shutil.which("redis-server") is not None
+    return find_pg_bindir() is not None or debian_main_cluster([]) is not None
+
+
+async def needs_package(target: Target, probe: Probe) -> bool:
+    """A local service that does not answer and whose programs are not installed."""
+    if not target.is_local or is_installed(target):
+        return False
+    try:
+        return await answers(target, probe) is not None
+    except (SetupError, MissingDatabase):
+        return False  # something answers there: not ours to install
+
+
+def apt_command(packages: list[str]) -> str:
+    return f"apt-get install -y {' '.join(packages)}"
+
+
+async def install_packages(packages: list[str]) -> None:
+    """``apt-get install`` the packages, as root; else SetupError with the exact command."""
+    command = apt_command(packages)
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        where = "as root" if shutil.which("apt-get") else "with the system's package manager"
+        raise SetupError(
+            f"not installed: {', '.join(packages)}; install {where} ({command}), "
+            "or run make as root to have it done"
+        )
+    print(command, flush=True)
+    clusters_before = set(DEBIAN_PG_CONF.glob("*/main"))
+    noninteractive = {"DEBIAN_FRONTEND": "noninteractive"}
+    await run_command(["apt-get", "update", "-qq"], "apt-get update", limit=APT_TIMEOUT)
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
+    await run_command(install, "apt-get install", limit=APT_TIMEOUT, env=noninteractive)
+    for cluster in sorted(set(DEBIAN_PG_CONF.glob("*/main")) - clusters_before):
+        await drop_new_cluster(cluster.parent.name)
+
+
+async def drop_new_cluster(version: str) -> None:
+    """Debian's package made an empty ``main`` cluster that asks for a password over TCP,
+    which the configured URL does not have: drop it, and start the throwaway trust-auth
+    cluster as on any machine without one."""
+    cmd = ["pg_dropcluster", "--stop", version, "main"]
+    await run_command(cmd, "pg_dropcluster")
+    print(
+        f"postgres: dropped the empty cluster {version}/main the package created (password "
+        "authentication over TCP); a throwaway trust-auth cluster is used instead",
+        flush=True,
+    )
+
+
+async def install_missing(checks: list[tuple[Target, Probe]]) -> bool:
+    """Install the packages of local services that are down and not installed; print one
+    line and return False when that cannot be done here."""
+    packages = [PACKAGES[t.name] for t, probe in checks if await needs_package(t, probe)]
+    if not packages:
+        return True
+    try:
+        await install_packages(packages)
+    except SetupError as exc:
+        print(f"ensure_services: {exc}", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
 # --- main --------------------------------------------------------------------------
 
 
@@ -452,6 +558,12 @@ async def report(target: Target, ensure: Callable[[Target], Awaitable[str]]) -> 
 
 
 async def ensure_all(redis_target: Target, postgres_target: Target) -> int:
+    checks: list[tuple[Target, Probe]] = [
+        (redis_target, probe_redis),
+        (postgres_target, probe_postgres),
+    ]
+    if not await install_missing(checks):
+        return EX_UNAVAILABLE
     results = [
         await report(redis_target, ensure_redis),
         await report(postgres_target, ensure_postgres),

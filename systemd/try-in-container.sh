@@ -193,7 +193,7 @@ CT=300 c '/opt/alchemy/.venv/bin/pip install --quiet --disable-pip-version-check
 c 'install -d -m 750 -g alchemy /etc/alchemy && install -m 640 -g alchemy /opt/alchemy/config.toml /etc/alchemy/config.toml && install -m 600 /opt/alchemy/systemd/alchemy.env.example /etc/alchemy/alchemy.env' || exit 1
 # "Then edit both files": the media directory, and the secrets for this machine
 c "sed -i 's|^directory = \".local/media\"|directory = \"/var/lib/alchemy/media\"|' /etc/alchemy/config.toml && grep -n '^directory' /etc/alchemy/config.toml"
-c "printf '%s\n' 'REDIS_URL=redis://127.0.0.1:6379/$REDIS_DB' 'DATABASE_URL=postgresql://postgres@127.0.0.1:5432/$PGDB' 'ANTHROPIC_API_KEY=' 'OPENAI_API_KEY=' > /etc/alchemy/alchemy.env && ls -l /etc/alchemy && cat /etc/alchemy/alchemy.env"
+c "printf '%s\n' 'REDIS_URL=redis://127.0.0.1:6379/$REDIS_DB' 'DATABASE_URL=postgresql://postgres@127.0.0.1:5432/$PGDB' 'ANTHROPIC_API_KEY=' 'OPENAI_API_KEY=' 'ALCHEMY_FORBID_OFFLINE=0' > /etc/alchemy/alchemy.env && ls -l /etc/alchemy && cat /etc/alchemy/alchemy.env"
 
 say "9. step 4: check the configuration, create the schema"
 c 'alchemy check-config | head -3' || exit 1

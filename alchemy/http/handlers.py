@@ -73,7 +73,12 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     deps = _deps(request)
     reasons = await deps.readiness()
-    body: Readiness = {"ready": not reasons, "worker": deps.identity, "reasons": reasons}
+    body: Readiness = {
+        "ready": not reasons,
+        "worker": deps.identity,
+        "reasons": reasons,
+        "providers": deps.config.providers.in_use(),
+    }
     return json_response(body, status=503 if reasons else 200)
 
 

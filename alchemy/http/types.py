@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+from alchemy.config import ProvidersInUse
+
 
 class ErrorBody(TypedDict):
     """Every response that is not a success."""
@@ -22,6 +24,7 @@ class Readiness(TypedDict):
     ready: bool
     worker: str
     reasons: list[str]  # empty when ready
+    providers: ProvidersInUse  # offline output does not make a process unready
 
 
 class ThroughputWindow(TypedDict):

@@ -23,6 +23,7 @@ import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
@@ -266,7 +267,20 @@ class Metrics:
         )
         self.budgets = BudgetGauges()
         r.register(self.budgets)
+        self.provider_in_use = Gauge(
+            "alchemy_provider_in_use",
+            "1 for the provider this process uses by default for each kind (text, image);"
+            ' provider="offline" means placeholders: no model is called',
+            ["kind", "provider"],
+            registry=r,
+        )
         self._collector: QueueCollector | None = None
+
+    def providers_in_use(self, text: str, image: str) -> None:
+        """Set once at assembly from the configuration (``auto`` resolved)."""
+        self.provider_in_use.clear()
+        self.provider_in_use.labels("text", text).set(1)
+        self.provider_in_use.labels("image", image).set(1)
 
     @classmethod
     def for_process(cls) -> Metrics:

@@ -45,6 +45,7 @@ def operations(
         from alchemy.ops.metrics import Metrics  # the Prometheus client, only where it serves
 
         ops.metrics = metrics = Metrics.for_process()
+        metrics.providers_in_use(config.providers.text, config.providers.image)
         ops.observers.insert(0, metrics)
         ops.paid_observer = metrics if install_metrics else None
     prefix = config.redis.prefix

@@ -64,7 +64,7 @@ def choose_text(levels: Sequence[tuple[str, Mapping[str, Any]]], cfg: ProvidersC
         if provider not in TEXT_PROVIDERS:
             raise PermanentError(f"{source}: unknown text provider {provider!r}")
         return Choice(provider, model or default_model(provider, cfg), source)
-    return Choice(cfg.text_provider, default_model(cfg.text_provider, cfg), "config")
+    return Choice(cfg.text, default_model(cfg.text, cfg), "config")
 
 
 def default_model(provider: str, cfg: ProvidersConfig) -> str:
@@ -127,6 +127,7 @@ class Providers:
                 prepare()
 
     def text(self, name: str) -> TextProvider:
+        self._refuse_if_forbidden(name)
         provider = self._text.get(name)
         if provider is None:
             provider = self._build_text(name)
@@ -134,7 +135,8 @@ class Providers:
         return provider
 
     def images(self, name: str | None = None) -> ImageProvider:
-        name = name or self.config.image_provider
+        name = name or self.config.image
+        self._refuse_if_forbidden(name)
         provider = self._images.get(name)
         if provider is None:
             if name != "openai":
@@ -149,6 +151,13 @@ class Providers:
             )
             self._images[name] = provider
         return provider
+
+    def _refuse_if_forbidden(self, name: str) -> None:
+        """Production (``forbid_offline``) never writes placeholders, whoever asks."""
+        if name == "offline" and self.config.forbid_offline:
+            raise PermanentError(
+                "the offline provider is refused here (providers.forbid_offline = true)"
+            )
 
     def _build_text(self, name: str) -> TextProvider:
         if name == "anthropic":

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import structlog
 
@@ -130,8 +130,12 @@ class Membership:
         claims: IdentityClaims,
         handlers: Mapping[str, HandlerModule | Unavailable] | None = None,
         on_identity_lost: Callable[[], None] = lambda: None,
+        extras: Mapping[str, Any] | None = None,
     ) -> None:
         self.stores = stores
+        # More about this process for its heartbeat (which providers serve it), read by
+        # `alchemy status` and the admin API; never a secret.
+        self.extras = dict(extras or {})
         self.claims = claims
         self.handlers = handlers or {}
         self.on_identity_lost = on_identity_lost
@@ -179,6 +183,7 @@ class Membership:
                 "incarnation": self.incarnation,
                 "started_ms": self.started_ms,
                 "queues": [s.queue for s in self.stores],
+                **self.extras,
             },
             separators=(",", ":"),
         )

@@ -157,6 +157,7 @@ class Supervisor:
                 claims=IdentityClaims(redis, prefix=cfg.redis.prefix),
                 handlers=self.handlers,
                 on_identity_lost=lambda: self.request_stop("identity lost"),
+                extras={"providers": cfg.providers.in_use()},
             )
             dependencies = DependencyMonitor(
                 identity=identity,

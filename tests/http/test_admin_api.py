@@ -265,7 +265,12 @@ async def test_health_readiness_and_metrics(client_for: Any) -> None:
     reasons.append("redis: down")
     response = await client.get("/readyz")
     assert response.status == 503
-    assert await response.json() == {"ready": False, "worker": "test:w", "reasons": ["redis: down"]}
+    assert await response.json() == {
+        "ready": False,
+        "worker": "test:w",
+        "reasons": ["redis: down"],
+        "providers": {"text": "offline", "image": "offline", "offline": ["text", "image"]},
+    }
     metrics.on_job(JobEvent("q", Transition.STARTED, "a", 1, "w"))
     response = await client.get("/metrics")
     assert response.status == 200

@@ -206,11 +206,23 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def test_env_example_is_a_valid_override(tmp_path: Path) -> None:
     env = read_env_file(ENV_EXAMPLE)
-    assert set(env) == {"REDIS_URL", "DATABASE_URL", "ANTHROPIC_API_KEY", "OPENAI_API_KEY"}
+    assert set(env) == {
+        "REDIS_URL",
+        "DATABASE_URL",
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "ALCHEMY_FORBID_OFFLINE",
+    }
     assert "ALCHEMY_WORKER_NAME" not in env
     config = load_config(None, env)
     assert config.redis.url.reveal() == env["REDIS_URL"]
     assert config.database.url.reveal() == env["DATABASE_URL"]
+    assert config.providers.forbid_offline  # the production guard is on
+
+
+@pytest.mark.parametrize("name", UNIT_NAMES)
+def test_units_turn_the_production_guard_on(name: str) -> None:
+    assert "ALCHEMY_FORBID_OFFLINE=1" in Unit.read(UNITS / name).all("Environment")
 
 
 def service_command(unit_path: Path, instance: str) -> tuple[list[str], dict[str, str], Path]:

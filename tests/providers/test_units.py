@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from alchemy.config import parse_config
+from alchemy.config import load_config, parse_config
 from alchemy.content.schemas import RESEARCH_MODELS, ContentDraft
 from alchemy.errors import ConfigError, PermanentError
 from alchemy.providers.base import ImageRequest
 from alchemy.providers.download import is_allowed
 from alchemy.providers.errors import retry_after_seconds
 from alchemy.providers.offline import MARK, OfflineImages, OfflineText
-from alchemy.providers.registry import choose_text
+from alchemy.providers.registry import Providers, choose_text
 from alchemy.providers.structured import parse_output, strict_schema
 from tests.fakes.wire import check_strict_schema
 from tests.providers.support import GOOD, Pitch, request
@@ -155,9 +155,11 @@ def test_retry_after(headers: dict[str, str], expected: float | None) -> None:
     assert retry_after_seconds(headers) == expected
 
 
-def test_shipped_defaults_are_offline_and_current_models() -> None:
+def test_defaults_are_auto_offline_without_keys_and_current_models() -> None:
     cfg = parse_config({}).providers
-    assert (cfg.text_provider, cfg.image_provider) == ("offline", "offline")
+    assert (cfg.text_provider, cfg.image_provider) == ("auto", "auto")
+    assert (cfg.text, cfg.image, cfg.offline_uses) == ("offline", "offline", ("text", "image"))
+    assert not cfg.forbid_offline
     assert cfg.anthropic_model == "claude-sonnet-5-5"
     assert cfg.image_model == "gpt-image-1.5"
     assert cfg.max_retries == 0
@@ -190,6 +192,57 @@ def test_bad_provider_settings_name_their_key(
         parse_config({"providers": providers})
     assert caught.value.key == key
     assert words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "text", "image"),
+    [
+        ({}, "offline", "offline"),
+        ({"ANTHROPIC_API_KEY": "sk-ant-x"}, "anthropic", "offline"),
+        ({"OPENAI_API_KEY": "sk-o-x"}, "openai", "openai"),
+        ({"ANTHROPIC_API_KEY": "sk-ant-x", "OPENAI_API_KEY": "sk-o-x"}, "anthropic", "openai"),
+        (
+            {"ANTHROPIC_API_KEY": "a", "OPENAI_API_KEY": "o", "ALCHEMY_TEXT_PROVIDER": "openai"},
+            "openai",
+            "openai",
+        ),
+        (
+            {"OPENAI_API_KEY": "o", "ALCHEMY_IMAGE_PROVIDER": "offline"},
+            "openai",
+            "offline",
+        ),
+    ],
+)
+def test_auto_picks_the_provider_whose_key_is_set(
+    env: dict[str, str], text: str, image: str
+) -> None:
+    cfg = load_config(None, env).providers
+    assert (cfg.text, cfg.image) == (text, image)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("1", True), ("true", True), ("off", False), ("0", False)]
+)
+def test_forbid_offline_from_the_environment(value: str, expected: bool) -> None:
+    env = {"ALCHEMY_FORBID_OFFLINE": value}
+    assert load_config(None, env).providers.forbid_offline is expected
+
+
+def test_forbid_offline_env_must_be_a_boolean() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"ALCHEMY_FORBID_OFFLINE": "maybe"})
+    assert caught.value.key == "providers.forbid_offline"
+
+
+def test_the_guard_refuses_offline_whoever_names_it() -> None:
+    config = parse_config(
+        {"providers": {"anthropic_api_key": "sk-ant-x", "forbid_offline": True}},
+    )
+    providers = Providers(config.providers, config.media)
+    with pytest.raises(PermanentError, match="forbid_offline"):
+        providers.text("offline")
+    with pytest.raises(PermanentError, match="forbid_offline"):
+        providers.images()  # auto without an OpenAI key: offline
 
 
 def test_a_real_provider_with_its_key_is_fine() -> None:

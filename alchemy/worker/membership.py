@@ -406,8 +406,8 @@ class Membership:
         episode = Episode("recovery")
         while True:
             await asyncio.sleep(self.config.recovery_interval)
-            if not self._may_judge_others():
-                continue
+            # Always look (the sweep judges nobody until the wait is over), so an episode of
+            # failed sweeps ends, logged, as soon as Redis answers, not when judging resumes.
             try:
                 await self.sweep()
                 episode.succeeded()

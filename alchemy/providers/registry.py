@@ -93,9 +93,9 @@ class Providers:
         return tuple(key for key in keys if key)
 
     def usable_text(self) -> list[str]:
-        """The text providers a job could pick: the configured one and every one with a key
-        (a job, row or brand may name another provider than the configured one)."""
-        names = [self.config.text_provider]
+        """The text providers a job could pick: the one in use (``auto`` resolved) and every
+        one with a key (a job, row or brand may name another provider than the default)."""
+        names = [self.config.text]
         for name, key in KEY_NAMES.items():
             if getattr(self.config, key).reveal() and name not in names:
                 names.append(name)
@@ -106,7 +106,7 @@ class Providers:
         first, then call :meth:`warm` on the loop)."""
         wanted = {"anthropic": "alchemy.providers.claude", "openai": "alchemy.providers.gpt"}
         names = [wanted[name] for name in self.usable_text()] if text else []
-        if images and self.config.image_provider == "openai":
+        if images and self.config.image == "openai":
             names.append("alchemy.providers.images")
         return names
 

@@ -42,3 +42,29 @@ async def test_warm_leaves_out_a_provider_without_a_key(
     async with open_services(config, redis) as services:
         await research.warm()
         assert sorted(services.providers._clients) == ["openai"]
+
+
+async def test_warm_follows_the_auto_choice_of_the_shipped_config(
+    redis: Redis, make_app_config: Callable[..., Config], fake_ai: FakeAI
+) -> None:
+    """``auto`` (the shipped default) warms the providers it resolves to: with both keys,
+    Anthropic's and OpenAI's clients; with none, the offline provider (nothing to build)."""
+    config = make_app_config(providers={"text_provider": "auto", "image_provider": "auto"})
+    async with open_services(config, redis) as services:
+        for hook in (content.warm, research.warm, media.warm):
+            await hook()
+        assert sorted(services.providers._clients) == ["anthropic", "openai"]
+        assert "openai" in services.providers._images
+    keyless = make_app_config(
+        providers={
+            "text_provider": "auto",
+            "image_provider": "auto",
+            "anthropic_api_key": "",
+            "openai_api_key": "",
+        }
+    )
+    async with open_services(keyless, redis) as services:
+        for hook in (content.warm, research.warm, media.warm):
+            await hook()
+        assert services.providers._clients == {}
+    assert fake_ai.calls == []

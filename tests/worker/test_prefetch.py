@@ -19,7 +19,7 @@ async def test_jobs_claimed_ahead_wait_for_a_slot_and_a_stop_returns_them_unstar
     config = make_config(queue_table("q", concurrency=2), worker={"shutdown_timeout": 10.0})
     producer = Producer(redis, prefix=prefix)
     keys = QueueKeys(prefix, "q")
-    processing = keys.processing("vm:w1")
+    processing = keys.processing(config.worker.identity)
     quick = f"{prefix}:quick"
     for _ in range(20):  # the consumer learns that this queue's jobs are quick
         await producer.enqueue("q", {"record": quick})

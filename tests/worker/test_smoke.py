@@ -18,7 +18,7 @@ async def test_jobs_run_and_are_acknowledged(redis: Redis, prefix: str, make_con
     done = [json.loads(x)["id"] for x in await redis.lrange(f"{prefix}:seen:done", 0, -1)]
     assert sorted(done) == sorted(ids)
     keys = QueueKeys(prefix, "q")
-    await wait_for(lambda: _empty(redis, keys.processing("vm:w1")))
+    await wait_for(lambda: _empty(redis, keys.processing(config.worker.identity)))
 
 
 async def _count(redis: Redis, key: str, n: int) -> bool:

@@ -50,8 +50,9 @@ end
 
 # KEYS: wait, processing, delayed, bucket, paused_until, paused, held
 # ARGV: max_jobs, rate (tokens per ms, 0 = unlimited), cap, bucket_ttl_ms, promote_batch
-# Returns {1, item...} claimed, one token each | {6, ms, item} claimed with the next token,
-# which comes in ms: start it then | {0, ms} nothing waiting (no token taken), the next
+# Returns {1, now, item...} claimed, one token each | {6, ms, now, item} claimed with the
+# next token, which comes in ms: start it then (now: Redis's clock, ms, to tell a late
+# start) | {0, ms} nothing waiting (no token taken), the next
 # retry is due in ms (-1: none) | {2, ms} throttled: the next token is spoken for, look
 # again in ms (when it arrives, to take the one after) |
 # {3, ms} paused for ms (-1: until resumed) | {4, ms, hold} held: a dependency is down
@@ -89,15 +90,15 @@ if rate > 0 then
     local wait_ms = math.ceil((1 - tokens) / rate)
     tokens = tokens - 1
     save_bucket()
-    return {6, wait_ms, redis.call('LMOVE', wait, processing, 'RIGHT', 'LEFT')}
+    return {6, wait_ms, now, redis.call('LMOVE', wait, processing, 'RIGHT', 'LEFT')}
   end
   take = math.min(take, math.floor(tokens))
   tokens = tokens - take
   save_bucket()
 end
-local out = {1}
+local out = {1, now}
 for i = 1, take do
-  out[i + 1] = redis.call('LMOVE', wait, processing, 'RIGHT', 'LEFT')
+  out[i + 2] = redis.call('LMOVE', wait, processing, 'RIGHT', 'LEFT')
 end
 return out
 """
@@ -105,8 +106,9 @@ return out
 
 # KEYS: processing, wait, paused_until, paused, held, bucket
 # ARGV: item, rate, cap, bucket_ttl_ms
-# After a blocking fetch took `item` (without a token): go on with a token, or put it back
-# at the front of the wait list. Returns {1} go | {6, ms} go in ms (the next token) | {5}
+# After a blocking fetch took `item` (without a token), or a start came too late for its
+# token: go on with a token, or put it back at the front of the wait list. Returns
+# {1, now} go | {6, ms, now} go in ms (the next token; now: Redis's clock, ms) | {5}
 # the item is no longer in our processing list (a re-send after a lost reply: it went back
 # already) | {2, ms} throttled | {3, ms} paused | {4, ms, hold} held.
 CONFIRM: Final = (
@@ -136,9 +138,9 @@ if rate > 0 then
   end
   tokens = tokens - 1
   save_bucket()
-  if tokens < 0 then return {6, math.ceil(-tokens / rate)} end
+  if tokens < 0 then return {6, math.ceil(-tokens / rate), now} end
 end
-return {1}
+return {1, now}
 """
 )
 

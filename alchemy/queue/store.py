@@ -38,6 +38,9 @@ class Claim:
     # retry is due (-1: none); SCHEDULED: when to start the job
     wait_ms: int = 0
     hold: bytes | None = None  # HELD: the held key's JSON (dependency, reason...)
+    # JOBS / SCHEDULED: Redis's clock (ms) when the tokens were taken; a job's token is due
+    # at redis_ms + wait_ms
+    redis_ms: int = 0
 
 
 # The refill is slower than limit/period by GUARD_PER_WINDOW seconds per period (within
@@ -70,6 +73,13 @@ class RateLimit:
         if not self.limit:
             return 0.0
         return self.limit / (self.period * 1000.0) / (1.0 + rate_guard(self.period))
+
+    @property
+    def late_start_ms(self) -> float:
+        """How much later than its token a start may come: half of what the guard leaves
+        per window (the other half covers what no check sees, the moment between the check
+        and the handler's first step)."""
+        return rate_guard(self.period) * self.period * 1000.0 / 2
 
     @property
     def capacity(self) -> int:
@@ -199,9 +209,10 @@ class QueueStore:
         )
         kind = int(reply[0])
         if kind == ClaimKind.JOBS.value:
-            return Claim(ClaimKind.JOBS, items=(item,))
+            return Claim(ClaimKind.JOBS, items=(item,), redis_ms=int(reply[1]))
         if kind == ClaimKind.SCHEDULED.value:
-            return Claim(ClaimKind.SCHEDULED, items=(item,), wait_ms=int(reply[1]))
+            wait_ms, redis_ms = int(reply[1]), int(reply[2])
+            return Claim(ClaimKind.SCHEDULED, items=(item,), wait_ms=wait_ms, redis_ms=redis_ms)
         return _claim(reply)
 
     # -- finishing ------------------------------------------------------------------------
@@ -356,11 +367,11 @@ class QueueStore:
 def _claim(reply: Sequence[Any]) -> Claim:
     kind = ClaimKind(int(reply[0]))
     if kind is ClaimKind.JOBS:
-        return Claim(kind, items=reply[1:])
+        return Claim(kind, items=reply[2:], redis_ms=int(reply[1]))
     if kind is ClaimKind.GONE:
         return Claim(kind)
     if kind is ClaimKind.SCHEDULED:
-        return Claim(kind, items=reply[2:], wait_ms=int(reply[1]))
+        return Claim(kind, items=reply[3:], wait_ms=int(reply[1]), redis_ms=int(reply[2]))
     hold = _bytes(reply[2]) if kind is ClaimKind.HELD else None
     return Claim(kind, wait_ms=int(reply[1]), hold=hold)
 

@@ -33,7 +33,7 @@ from alchemy.queue.job import (
     encode_dead_entry,
     encode_envelope,
 )
-from alchemy.queue.store import QueueStore
+from alchemy.queue.store import ClaimKind, QueueStore
 from alchemy.queue.topology import RedisClient
 from alchemy.worker.acks import AckBatcher
 from alchemy.worker.connections import Backoff, Episode, until_done
@@ -116,9 +116,12 @@ class QueueConsumer:
             give_back=self.give_back,
         )
         self._running: dict[asyncio.Task[None], bytes] = {}
-        # Claimed while every slot was busy (see PREFETCH_JOB_S): item, claim time in ms.
-        # Owned and in the processing list; started in order as slots free.
-        self._ready: deque[tuple[bytes, float]] = deque()
+        # Claimed while every slot was busy (see PREFETCH_JOB_S): item, claim time in ms,
+        # when its rate-limit token is due (None: no rate limit). Owned and in the
+        # processing list; started in order as slots free.
+        self._ready: deque[tuple[bytes, float, float | None]] = deque()
+        # A start later than its token by more than this takes a new token (see _new_token)
+        self._late_start_ms = store.rate.late_start_ms
         self._prefetch = 0 if config.rate_limit else 4 * config.concurrency
         # The recent handler time of this queue's jobs (weighted); no claiming ahead until
         # jobs have shown to be quick.
@@ -155,7 +158,7 @@ class QueueConsumer:
         """Return the jobs claimed ahead, unstarted, to the front of the wait list, in
         their order (the queue is paused, held or throttled now)."""
         while self._ready:
-            item, _ = self._ready.pop()  # the newest first: the oldest ends at the front
+            item, _, _ = self._ready.pop()  # the newest first: the oldest ends at the front
             await until_done(partial(self.store.requeue, item), what="requeue", queue=self.name)
             self.owned.release((item,))
 
@@ -165,23 +168,27 @@ class QueueConsumer:
         self.fetcher.request_stop()
         self._slot_free.set()
 
-    def _start(self, item: bytes, picked_ms: float, after_s: float = 0.0) -> None:
+    def _start(
+        self, item: bytes, picked_ms: float, after_s: float = 0.0, due_ms: float | None = None
+    ) -> None:
         """Run the job of ``item`` (taken at ``picked_ms``), ``after_s`` seconds from now
-        (the rate limit's next token), in a task of its own; or, every slot busy, once one
-        frees."""
+        (the rate limit's next token, due at ``due_ms`` on our wall clock), in a task of its
+        own; or, every slot busy, once one frees."""
         self.owned.take(item)
         if len(self._running) >= self.config.concurrency and not after_s:
-            self._ready.append((item, picked_ms))
+            self._ready.append((item, picked_ms, due_ms))
             return
-        self._run_task(item, picked_ms, after_s)
+        self._run_task(item, picked_ms, after_s, due_ms)
 
-    def _run_task(self, item: bytes, picked_ms: float, after_s: float = 0.0) -> None:
+    def _run_task(
+        self, item: bytes, picked_ms: float, after_s: float = 0.0, due_ms: float | None = None
+    ) -> None:
         # The loop, looked up once: asyncio.get_running_loop() (inside create_task() and
         # current_task()) makes a getpid() system call each time.
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        run = self._run_job(item, picked_ms)
+        run = self._run_job(item, picked_ms, due_ms)
         task = loop.create_task(_after(after_s, run) if after_s > 0 else run)
         self._running[task] = item
         task.add_done_callback(self._on_done)
@@ -189,7 +196,8 @@ class QueueConsumer:
     def _on_done(self, task: asyncio.Task[None]) -> None:
         item = self._running.pop(task)
         if self._ready and not self.fetcher.stopping.is_set():
-            self._run_task(*self._ready.popleft())
+            item_, picked_ms, due_ms = self._ready.popleft()
+            self._run_task(item_, picked_ms, 0.0, due_ms)
         self._slot_free.set()
         if task.cancelled():
             return
@@ -201,7 +209,13 @@ class QueueConsumer:
             log.error("job_step_failed", queue=self.name, error=f"{type(exc).__name__}: {exc}")
 
     # -- running one job ------------------------------------------------------------------
-    async def _run_job(self, item: bytes, picked_ms: float) -> None:
+    async def _run_job(self, item: bytes, picked_ms: float, due_ms: float | None) -> None:
+        if (
+            due_ms is not None
+            and self.fetcher.clock.late_ms(due_ms) > self._late_start_ms
+            and not await self._new_token(item, due_ms)
+        ):
+            return  # too late for its token, and back on the wait list
         try:
             ready = self._prepare(item, picked_ms)
         except Exception as exc:
@@ -259,6 +273,32 @@ class QueueConsumer:
                 first_run=first_run,
             )
         )
+
+    async def _new_token(self, item: bytes, due_ms: float) -> bool:
+        """The job's start came too late for its rate-limit token (this process was frozen
+        or starved of CPU, or read the claim's reply late): others have used the tokens
+        that came after it, so starting now could put more starts than the limit into one
+        window. Take a new token and start when it is due, or, with none to be had, let the
+        job go back to the front of the wait list. True: start now."""
+        fetcher = self.fetcher
+        late_ms = fetcher.clock.late_ms(due_ms)
+        while True:
+            self.observers.on_held_back(self.name, "late_start", 0)
+            log.info("start_too_late", queue=self.name, late_ms=round(late_ms, 1))
+            confirm = partial(self.store.confirm, item)
+            claim = await until_done(confirm, what="confirm", queue=self.name)
+            if claim.kind not in (ClaimKind.JOBS, ClaimKind.SCHEDULED):
+                # Throttled, paused or held: back at the front of the wait list. Gone: no
+                # longer ours (recovered while this process was frozen).
+                self.owned.release((item,))
+                return False
+            due = fetcher.due_ms(claim, time.time() * 1000)
+            assert due is not None
+            if claim.wait_ms:
+                await asyncio.sleep(claim.wait_ms / 1000)
+            late_ms = fetcher.clock.late_ms(due)
+            if late_ms <= self._late_start_ms:
+                return True
 
     def _prepare(self, item: bytes, picked_ms: float) -> tuple[Decoded, float | None] | BadJob:
         """The job of ``item`` with its runner, and its pickup time (first attempts)."""
@@ -492,7 +532,7 @@ class QueueConsumer:
     async def abandon(self) -> None:
         """Cancel every running job without a Redis step: the processing list is no longer
         ours (another process took our identity and returned what was in it)."""
-        self.owned.release(item for item, _ in self._ready)
+        self.owned.release(item for item, _, _ in self._ready)
         self._ready.clear()
         tasks = list(self._running)
         for task in tasks:

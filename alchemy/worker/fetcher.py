@@ -22,6 +22,7 @@ from alchemy.queue.topology import RedisClient
 from alchemy.worker.connections import Backoff, Episode, until_done
 from alchemy.worker.observer import Observers
 from alchemy.worker.owned import Owned
+from alchemy.worker.token_clock import TokenClock
 
 PAUSED_LOOK_S = 1.0  # a paused or held queue is looked at again after at most this
 # A fetch that fails (Redis away, failing over) is tried again after 50 ms, doubling up to
@@ -50,7 +51,7 @@ class Fetcher:
         owned: Owned,
         free_slots: Callable[[], int],
         wait_for_slot: Callable[[], Awaitable[None]],
-        start: Callable[[bytes, float, float], None],
+        start: Callable[[bytes, float, float, float | None], None],
         observers: Observers,
         give_back: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -66,10 +67,19 @@ class Fetcher:
         self.observers = observers
         self.give_back = give_back
         self.stopping = asyncio.Event()
+        self.clock = TokenClock()
+        self.limited = store.rate.limit > 0
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def due_ms(self, claim: Claim, read_ms: float) -> float | None:
+        """When the tokens of ``claim`` (read at ``read_ms``) fall due, on our wall clock;
+        None on a queue without a rate limit."""
+        if not self.limited:
+            return None
+        return self.clock.due_ms(claim.redis_ms, claim.wait_ms, read_ms)
 
     def request_stop(self) -> None:
         self.stopping.set()
@@ -99,12 +109,14 @@ class Fetcher:
     async def _act_on(self, claim: Claim) -> None:
         if claim.kind is ClaimKind.JOBS:
             picked = time.time() * 1000
+            due = self.due_ms(claim, picked)
             for item in claim.items:
-                self.start(item, picked, 0.0)
+                self.start(item, picked, 0.0, due)
         elif claim.kind is ClaimKind.SCHEDULED:
             # Taken with the next rate-limit token: the job starts when the token arrives.
             [item] = claim.items
-            self.start(item, time.time() * 1000, claim.wait_ms / 1000)
+            picked = time.time() * 1000
+            self.start(item, picked, claim.wait_ms / 1000, self.due_ms(claim, picked))
         elif claim.kind is ClaimKind.THROTTLED:
             self.observers.on_held_back(self.name, "throttled", claim.wait_ms)
             spread = random.random() * THROTTLE_SPREAD_S

@@ -56,7 +56,8 @@ class JobObserver(Protocol):
     def on_job(self, event: JobEvent) -> None: ...
 
     def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
-        """``why``: "throttled" (no rate-limit token) or "paused"."""
+        """``why``: "throttled" (no rate-limit token), "paused", "held", or "late_start" (a
+        start later than its token, which took a new one)."""
 
 
 class Observers:

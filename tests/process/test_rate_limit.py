@@ -202,3 +202,38 @@ async def test_concurrency_never_exceeds_setting(
     in_flight = [s["in_flight"] for s in await read_records(redis, record)]
     assert len(in_flight) == 30
     assert max(in_flight) == 3
+
+
+async def test_a_process_frozen_with_its_token_does_not_start_late_into_a_full_window(
+    redis: Redis, prefix: str, spawn_worker: Any
+) -> None:
+    """A start must come when its token says, not later: a process frozen (SIGSTOP) while
+    it waits for its token, or between the token and the start, would otherwise start after
+    others used the tokens that follow, putting more than the limit into one window. Each
+    worker in turn is frozen for 0.35 s, again and again; no 5 s window may hold more than
+    20 starts, and the queue still moves."""
+    record = f"{prefix}:starts"
+    producer = Producer(redis, prefix=prefix)
+    for i in range(200):
+        await producer.enqueue("q", {"record": record, "n": i})
+    queues = queue_table("q", concurrency=4, rate_limit=RATE_LIMIT, rate_period=RATE_PERIOD)
+    workers = [spawn_worker(queues, worker={"name": f"f{i}"}) for i in range(3)]
+    for worker in workers:
+        await wait_started(worker)
+    until = time.monotonic() + 20.0
+    turn = 0
+    while time.monotonic() < until:
+        frozen = workers[turn % 3]
+        turn += 1
+        frozen.signal(signal.SIGSTOP)
+        await asyncio.sleep(0.35 + 0.1 * (turn % 4) / 4)
+        frozen.signal(signal.SIGCONT)
+        await asyncio.sleep(0.25 + 0.2 * (turn % 5) / 5)
+    await stop_all(workers)
+    times = sorted(s["t"] for s in await read_records(redis, record))
+    most, opening = max_in_any_window(times, RATE_PERIOD)
+    print(f"{len(times)} starts, {turn} freezes, most in a 5 s window {most}")
+    assert most <= RATE_LIMIT, f"{most} starts in the 5 s from {opening}"
+    assert len(times) >= 0.8 * 20.0 * RATE_LIMIT / RATE_PERIOD, len(times)
+    # The freezes did catch starts late, and those took new tokens.
+    assert any('"start_too_late"' in w.log_path.read_text() for w in workers)

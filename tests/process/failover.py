@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
@@ -156,8 +157,15 @@ async def run_through_failover(
     await asyncio.sleep(PUSHING_AFTER)
     enough.set()
     await late
-    await wait_for(lambda: _all_done(redis, record, acked), within=60, interval=0.2)
     keys = QueueKeys(prefix, queue)
+    try:
+        await wait_for(lambda: _all_done(redis, record, acked), within=60, interval=0.2)
+    except AssertionError as exc:
+        where = await _whereabouts(redis, client, keys, record, acked)
+        said = [
+            Counter(e.get("event") for e in w.events() if e.get("level") != "info") for w in workers
+        ]
+        raise AssertionError(f"{exc}: acknowledged jobs not done: {where}; logs: {said}") from None
     for member in [m.decode() for m in await client.zrange(keys.consumers, 0, -1)]:
         await wait_for(lambda m=member: _empty(client, keys.processing(m)), within=15)
     assert await client.llen(keys.wait) == 0
@@ -184,6 +192,34 @@ async def _done_at_least(redis: Redis, record: str, n: int) -> bool:
 
 async def _all_done(redis: Redis, record: str, ids: list[str]) -> bool:
     return set(await done_ids(redis, record)) >= set(ids)
+
+
+async def _whereabouts(
+    redis: Redis, client: RedisClient, keys: QueueKeys, record: str, acked: list[str]
+) -> dict[str, Any]:
+    """Where the acknowledged jobs that never finished are: the lists holding them, whether
+    they ever started, and what each worker's log said about Redis (for a failure that
+    happened once in a full suite and never alone)."""
+    missing = set(acked) - set(await done_ids(redis, record))
+    found: dict[str, list[str]] = {}
+    lists = {"wait": keys.wait, "dead": keys.dead}
+    for member in [m.decode() for m in await client.zrange(keys.consumers, 0, -1)]:
+        lists[f"processing:{member}"] = keys.processing(member)
+    for name, key in lists.items():
+        for raw in await client.lrange(key, 0, -1):
+            job_id = str(orjson.loads(raw).get("id", "?")) if raw.startswith(b"{") else "?"
+            if job_id in missing:
+                found.setdefault(name, []).append(job_id)
+    for raw in await client.zrange(keys.delayed, 0, -1):
+        job_id = str(orjson.loads(raw).get("id", "?")) if raw.startswith(b"{") else "?"
+        if job_id in missing:
+            found.setdefault("delayed", []).append(job_id)
+    started = {r["id"] for r in await read_records(redis, record)}
+    return {
+        "missing": sorted(missing),
+        "found": found,
+        "started_but_not_done": sorted(missing & started),
+    }
 
 
 async def _empty(client: RedisClient, key: str) -> bool:

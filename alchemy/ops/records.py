@@ -129,7 +129,10 @@ def _record_general(history: Sequence[_Noted]) -> tuple[JobRecord, int]:
     runs, joins = _runs(ran)
     latest = reports[-1] if reports else event
     duration = event.duration_s
-    record["started_ms"] = started
+    # The latest run's start as its own STARTED event heard it, when that is in this batch
+    # (finish time minus duration is later by whatever ran around the handler).
+    latest_run = runs[-1]["started_ms"] if runs else None
+    record["started_ms"] = started if latest_run is None else latest_run
     record["first_started_ms"] = first
     record["finished_ms"] = at if transition in FINISHED else None
     record["duration_ms"] = None if duration is None else round(duration * 1e3, 3)
@@ -153,7 +156,6 @@ def _one_run(begun: JobEvent, begun_at: int, event: JobEvent, at: int) -> tuple[
     transition = event.transition
     duration = event.duration_s
     duration_ms = None if duration is None else round(duration * 1e3, 3)
-    started = None if duration is None else at - round(duration * 1000)
     retry_in = event.retry_in_s
     error = event.error if event.error is not None else begun.error
     record: JobRecord = {
@@ -163,7 +165,7 @@ def _one_run(begun: JobEvent, begun_at: int, event: JobEvent, at: int) -> tuple[
         "attempt": event.attempt,
         "worker": event.worker,
         "updated_ms": at,
-        "started_ms": started,
+        "started_ms": begun_at,
         "first_started_ms": begun_at if begun.attempt == 1 else None,
         "finished_ms": at if transition in FINISHED else None,
         "duration_ms": duration_ms,

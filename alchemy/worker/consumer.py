@@ -292,8 +292,7 @@ class QueueConsumer:
                 # longer ours (recovered while this process was frozen).
                 self.owned.release((item,))
                 return False
-            due = fetcher.due_ms(claim, time.time() * 1000)
-            assert due is not None
+            due = fetcher.clock.due_ms(claim.redis_ms, claim.wait_ms, time.time() * 1000)
             if claim.wait_ms:
                 await asyncio.sleep(claim.wait_ms / 1000)
             late_ms = fetcher.clock.late_ms(due)

@@ -68,7 +68,6 @@ class Fetcher:
         self.give_back = give_back
         self.stopping = asyncio.Event()
         self.clock = TokenClock()
-        self.limited = store.rate.limit > 0
 
     @property
     def name(self) -> str:
@@ -77,7 +76,7 @@ class Fetcher:
     def due_ms(self, claim: Claim, read_ms: float) -> float | None:
         """When the tokens of ``claim`` (read at ``read_ms``) fall due, on our wall clock;
         None on a queue without a rate limit."""
-        if not self.limited:
+        if not self.store.rate.limit:
             return None
         return self.clock.due_ms(claim.redis_ms, claim.wait_ms, read_ms)
 

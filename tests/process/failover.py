@@ -197,29 +197,39 @@ async def _all_done(redis: Redis, record: str, ids: list[str]) -> bool:
 async def _whereabouts(
     redis: Redis, client: RedisClient, keys: QueueKeys, record: str, acked: list[str]
 ) -> dict[str, Any]:
-    """Where the acknowledged jobs that never finished are: the lists holding them, whether
-    they ever started, and what each worker's log said about Redis (for a failure that
-    happened once in a full suite and never alone)."""
+    """Where the acknowledged jobs that never finished are: the lists holding them and
+    whether they ever started (for a failure seen once in a full suite and never alone)."""
     missing = set(acked) - set(await done_ids(redis, record))
-    found: dict[str, list[str]] = {}
-    lists = {"wait": keys.wait, "dead": keys.dead}
+    held: dict[str, list[bytes]] = {
+        "wait": await client.lrange(keys.wait, 0, -1),
+        "delayed": await client.zrange(keys.delayed, 0, -1),
+        "dead": await client.lrange(keys.dead, 0, -1),
+    }
     for member in [m.decode() for m in await client.zrange(keys.consumers, 0, -1)]:
-        lists[f"processing:{member}"] = keys.processing(member)
-    for name, key in lists.items():
-        for raw in await client.lrange(key, 0, -1):
-            job_id = str(orjson.loads(raw).get("id", "?")) if raw.startswith(b"{") else "?"
-            if job_id in missing:
-                found.setdefault(name, []).append(job_id)
-    for raw in await client.zrange(keys.delayed, 0, -1):
-        job_id = str(orjson.loads(raw).get("id", "?")) if raw.startswith(b"{") else "?"
-        if job_id in missing:
-            found.setdefault("delayed", []).append(job_id)
+        held[f"processing:{member}"] = await client.lrange(keys.processing(member), 0, -1)
+    found = {
+        name: ids
+        for name, items in held.items()
+        if (ids := [i for i in map(_id_of, items) if i in missing])
+    }
     started = {r["id"] for r in await read_records(redis, record)}
     return {
         "missing": sorted(missing),
         "found": found,
         "started_but_not_done": sorted(missing & started),
     }
+
+
+def _id_of(raw: bytes) -> str:
+    """The job id of a list item: a producer's job, an envelope (a retried or recovered
+    job: its id in the bookkeeping, else in the job it carries) or a dead-letter entry."""
+    try:
+        obj = orjson.loads(raw)
+        if "_alchemy" in obj:
+            return str(obj["_alchemy"].get("id") or orjson.loads(obj["job"]).get("id"))
+        return str(obj.get("id"))
+    except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+        return "?"
 
 
 async def _empty(client: RedisClient, key: str) -> bool:

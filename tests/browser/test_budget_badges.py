@@ -16,9 +16,10 @@ from selenium.webdriver.common.by import By
 
 from alchemy.queue.job import ErrorInfo, Meta, encode_envelope
 from alchemy.queue.keys import QueueKeys
-from tests.browser.conftest import free_port, screenshot
+from tests.browser.conftest import screenshot
 from tests.browser.test_dashboard import Driver, start, until
 from tests.conftest import WorkerProcess
+from tests.ports import free_port
 
 
 def badges(driver: Driver, queue: str) -> list[str]:

@@ -23,8 +23,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from alchemy.queue.job import DeadReason, ErrorInfo, Meta, encode_dead_entry
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.producer import Producer
-from tests.browser.conftest import free_port, screenshot
+from tests.browser.conftest import screenshot
 from tests.conftest import WorkerProcess, wait_exited, wait_for, wait_started
+from tests.ports import free_port
 
 TOKEN = "browser-token-0123456789"
 HANDLER = "tests.support.handlers:reporting"

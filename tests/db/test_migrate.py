@@ -19,7 +19,7 @@ from alchemy.db.migrate import MigrationError, load_migrations, migrate, migrate
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import REPO, build_config_dict, queue_table, wait_for
 from tests.fakes.postgres import empty_database as new_empty_database
-from tests.fakes.postgres import free_port
+from tests.ports import free_port
 
 EXPECTED_TABLES = {
     "schema_migrations",

@@ -14,7 +14,8 @@ import redis as sync_redis
 from alchemy.config import parse_config
 from tests.conftest import REPO
 from tests.fakes.redis_server import PrivateRedis
-from tests.fakes.redis_topologies import REDIS_SERVER, ServerProcess, free_port_pair
+from tests.fakes.redis_topologies import REDIS_SERVER, ServerProcess
+from tests.ports import free_port_pair
 
 OPERATIONS = REPO / "docs" / "operations.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,8 @@ from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+from tests.ports import free_port
 
 ADMIN_URL: Final = os.environ.get(
     "ALCHEMY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -98,13 +99,6 @@ async def empty_database() -> AsyncIterator[str]:
 
 async def truncate_all(conn: asyncpg.Connection) -> None:
     await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 PG_BIN: Final = Path("/usr/lib/postgresql/15/bin")

@@ -12,7 +12,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from tests.conftest import wait_for
-from tests.fakes.postgres import free_port
+from tests.ports import free_port
 
 REDIS_SERVER = "/usr/bin/redis-server"
 

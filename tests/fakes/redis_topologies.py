@@ -16,9 +16,7 @@ their data is thrown away (no AOF, no snapshots) unless a test asks otherwise.
 from __future__ import annotations
 
 import contextlib
-import random
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -28,30 +26,13 @@ from typing import Final
 import redis as sync_redis
 from redis.crc import key_slot
 
+from tests.ports import free_port_pair
+
 REDIS_SERVER: Final = "/usr/bin/redis-server"
 REDIS_CLI: Final = "/usr/bin/redis-cli"
 NODE_TIMEOUT_MS: Final = 2000  # cluster-node-timeout: a failover in ~3 s, not ~20 s
 DOWN_AFTER_MS: Final = 1000  # sentinel down-after-milliseconds
 MASTER_NAME: Final = "mymaster"
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_pair() -> int:
-    """A port P such that P and P + 10000 (a cluster node's bus port) are both free; drawn
-    below the kernel's ephemeral range, so an outgoing connection does not take it."""
-    for _ in range(1000):
-        port = random.randint(20000, 29999)
-        if _bindable(port) and _bindable(port + 10000):
-            return port
-    raise RuntimeError("no free port pair")
 
 
 def wait_until(check: object, *, within: float, what: str, interval: float = 0.05) -> None:

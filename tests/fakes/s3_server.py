@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Final
+
+from tests.ports import free_ports
 
 WEED: Final = Path(sys.executable).parent / "weed"
 ACCESS_KEY: Final = "AKIDALCHEMYTEST"
@@ -40,20 +41,6 @@ PORT_FLAGS: Final = (
     "admin.port",
     "admin.port.grpc",
 )
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports free right now (held open together while drawn)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class LocalS3:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,18 +26,13 @@ from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import WorkerProcess, wait_for, wait_started
+from tests.ports import free_port
 
 JOBS = 50_000
 PROCESSES = 3
 QUEUE = "load"
 TOKEN = "load-test-token-0123456789"
 POLL_EVERY = 0.1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -28,6 +28,7 @@ from alchemy.config import ENV_OVERRIDES
 from alchemy.queue.job import DeadReason, ErrorInfo, Meta, encode_dead_entry
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import REPO, WorkerProcess, build_config_dict, to_toml, wait_started
+from tests.ports import free_port
 
 QUEUES = {
     "research": {"handler": "alchemy.handlers.noop:handle", "concurrency": 2},
@@ -434,9 +435,7 @@ async def test_unknown_queue(cli: Cli) -> None:
 
 
 async def test_redis_unreachable(cli: Cli) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens on it
     env = {"REDIS_URL": f"redis://:{SECRETS['REDIS_PASSWORD']}@127.0.0.1:{port}/0"}
     for args in (
         ["status"],
@@ -455,9 +454,7 @@ async def test_redis_refusing_a_command(cli: Cli) -> None:
 
 
 async def test_database_unreachable_for_migrate(cli: Cli) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens on it
     result = await cli("migrate", env={"DATABASE_URL": f"postgresql://u@127.0.0.1:{port}/x"})
     assert result.failed_with(69, "database unreachable")
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.conftest import REPO
 from tests.fakes.postgres import ADMIN_URL
+from tests.ports import free_port
 
 
 def as_non_root() -> list[str]:
@@ -23,13 +23,6 @@ def as_non_root() -> list[str]:
     unshare = shutil.which("unshare")
     assert unshare is not None, "unshare (util-linux) is needed to run this as root"
     return [unshare, "--user", "--"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def test_without_redis_and_without_root_it_prints_the_command_and_exits_69(

@@ -23,7 +23,6 @@ from redis.asyncio import Redis
 from alchemy.providers.prices import shipped_prices
 from tests.conftest import REPO, build_config_dict, to_toml, wait_for, wait_started
 from tests.fakes.ai_server import FakeAI
-from tests.fakes.postgres import free_port
 from tests.handlers.support import (
     create_content_request,
     drained,
@@ -32,6 +31,7 @@ from tests.handlers.support import (
     worker_sections,
 )
 from tests.ops.test_cli import clean_env
+from tests.ports import free_port
 
 OPERATIONS = REPO / "docs" / "operations.md"
 BRAND = uuid.UUID("0b9d5a52-6f1e-4c8e-9a55-3f0c2d7e1a10")

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import WorkerProcess, queue_table, wait_exited, wait_for, wait_started
+from tests.ports import free_port
 
 QUEUE = "notify"
 SpawnWorker = Callable[..., WorkerProcess]
@@ -131,9 +132,7 @@ async def test_no_ready_while_postgres_does_not_answer(
     redis: Redis, prefix: str, spawn_worker: SpawnWorker, listener: NotifyListener
 ) -> None:
     """The consumers run, but READY waits for PostgreSQL; a stop still reports STOPPING."""
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens on it
     process = spawn_worker(
         queue_table(QUEUE),
         env=notify_env(listener, watchdog_usec=0),

@@ -23,9 +23,9 @@ from alchemy.queue.keys import QueueKeys
 from alchemy.queue.topology import RedisClient
 from alchemy.worker.connections import RedisClients
 from tests.conftest import REPO, WorkerProcess, queue_table, wait_for, wait_started
-from tests.fakes.postgres import free_port
 from tests.fakes.redis_topologies import MASTER_NAME, LocalCluster, LocalSentinel
 from tests.ops.test_cli import clean_env
+from tests.ports import free_port
 
 QUEUE = "topo"
 

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,11 @@ from alchemy.config import ENV_OVERRIDES, parse_config
 from alchemy.queue.job import DEAD_JOB_HEAD
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import REPO, build_config_dict, queue_table, wait_for, wait_started
+from tests.ports import free_port
 
 TOKEN = "bounded-input-token-0123456789"
 MB = 1_000_000
 PAYLOAD_BYTES = 50 * MB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def peak_rss_bytes(pid: int) -> int:

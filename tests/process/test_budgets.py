@@ -23,8 +23,8 @@ from alchemy.queue.admin import QueueAdmin
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import REPO, wait_for, wait_started
 from tests.fakes.ai_server import FakeAI
-from tests.fakes.postgres import free_port
 from tests.handlers.support import queue_tables
+from tests.ports import free_port
 from tests.process.budgets import (
     CALL_USD,
     QUEUE,

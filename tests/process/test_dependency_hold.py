@@ -21,7 +21,8 @@ from redis.asyncio import Redis
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.producer import Producer
 from tests.conftest import REPO, queue_table, wait_for, wait_started
-from tests.fakes.postgres import ThrowawayCluster, free_port
+from tests.fakes.postgres import ThrowawayCluster
+from tests.ports import free_port
 
 JOBS = 60
 HANDLER = "tests.support.db_handlers:query"

@@ -27,8 +27,9 @@ from alchemy.db.migrate import migrate_url
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import REPO, wait_for, wait_started
 from tests.fakes.ai_server import FakeAI
-from tests.fakes.postgres import ThrowawayCluster, free_port
+from tests.fakes.postgres import ThrowawayCluster
 from tests.handlers.support import HANDLERS, create_brand, create_idea, drained, worker_sections
+from tests.ports import free_port
 
 CONTENT = 60
 RESEARCH = 60

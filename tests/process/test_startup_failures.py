@@ -13,12 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import queue_table, wait_exited, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.ports import free_port
 
 
 @pytest.fixture

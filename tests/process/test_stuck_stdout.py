@@ -17,7 +17,6 @@ import os
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +40,7 @@ from tests.conftest import (
     to_toml,
     wait_for,
 )
+from tests.ports import free_port
 
 QUEUE = "stuck"
 HOST = "stuck-host"
@@ -48,12 +48,6 @@ IDENTITY = f"{HOST}:w1"
 JOBS = 3000
 MORE_JOBS = 1500
 BUFFER_LINES = 100
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -27,8 +27,9 @@ from alchemy.queue.admin import QueueAdmin
 from alchemy.queue.keys import QueueKeys
 from tests.conftest import REPO, build_config_dict, to_toml, wait_exited, wait_for, wait_started
 from tests.fakes.ai_server import FakeAI, Reply, png_bytes
-from tests.fakes.s3_server import SECRET_KEY, free_ports
+from tests.fakes.s3_server import SECRET_KEY
 from tests.handlers.support import create_brand, queue_tables, wait_status, worker_sections
+from tests.ports import free_ports
 
 Q = "media-generation"
 URL_SECRET = "shared-media-url-secret-0123456789"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final, cast
 
+from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from alchemy.queue import scripts
@@ -197,6 +198,27 @@ class QueueStore:
         """BRPOPLPUSH on a connection of its own, with a server-side timeout."""
         item = await connection.brpoplpush(self.keys.wait, self.processing, block_seconds)
         return cast(bytes | None, item)
+
+    async def block_fetch_gated(
+        self, connection: Redis, block_seconds: float
+    ) -> tuple[bytes | None, bool]:
+        """BRPOPLPUSH with a read of the queue's pause and hold keys pipelined behind it on
+        the same connection. A blocked client's next command waits in Redis until the block
+        ends, so Redis reads the keys right after it hands the job over and both replies
+        come back together: a queue without a rate limit knows, without a confirming round
+        trip, whether the job may start. Returns the item (None: the block timed out) and
+        whether every gate was open (no pause, no hold) just after it was taken."""
+        k = self.keys
+        async with connection.pipeline(transaction=False) as pipe:
+            pipe.brpoplpush(k.wait, self.processing, block_seconds)
+            pipe.mget(k.paused, k.paused_until, k.held)
+            item, gates = await pipe.execute(raise_on_error=False)
+        if isinstance(item, Exception):
+            raise item
+        if item is None:
+            return None, False
+        # Anything else (a key set, or the read failing) lets the confirm script decide.
+        return cast(bytes, item), isinstance(gates, list) and not any(gates)
 
     async def confirm(self, item: bytes) -> Claim:
         """After a blocking fetch: take a token and go on (JOBS), or the job went back to

@@ -121,7 +121,8 @@ class RedisClients:
         elif cfg.topology == "sentinel":
             client = self._sentinel_master(options, blocking=blocking)
         elif blocking:
-            client = Redis.from_url(cfg.url.reveal(), single_connection_client=True, **options)
+            # One connection, as a pool of one: its pipelines use it too.
+            client = Redis.from_url(cfg.url.reveal(), max_connections=1, **options)
         else:
             client = Redis.from_url(
                 cfg.url.reveal(), max_connections=cfg.max_connections, **options

@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+from redis.asyncio.cluster import RedisCluster
+
 from alchemy.config import QueueConfig
 from alchemy.queue.store import Claim, ClaimKind, QueueStore
 from alchemy.queue.topology import RedisClient
@@ -133,16 +135,26 @@ class Fetcher:
         block = self.block_timeout
         if next_due_ms >= 0:
             block = min(block, max(0.01, next_due_ms / 1000))
-        item = await self.store.block_fetch(self.blocking, block)
+        blocking = self.blocking
+        gates_open = False
+        if self.store.rate.limit or isinstance(blocking, RedisCluster):
+            item = await self.store.block_fetch(blocking, block)
+        else:
+            # No token to take: the pause and hold keys, read by Redis just after it handed
+            # the job over, say whether it may start (a Cluster client may split a pipeline,
+            # so there the confirm step reads them).
+            item, gates_open = await self.store.block_fetch_gated(blocking, block)
         if item is None:
             return Claim(ClaimKind.EMPTY)
-        # Taken without a token: the confirm step takes one, or puts the job back at the
-        # front of the queue (throttled, paused or held meanwhile).
+        # Otherwise taken without a token: the confirm step takes one, or puts the job back
+        # at the front of the queue (throttled, paused or held meanwhile).
         self.owned.take(item)
         try:
             if self.stopping.is_set():
                 await until_done(partial(self.store.requeue, item), what="requeue", queue=self.name)
                 return Claim(ClaimKind.EMPTY)
+            if gates_open:
+                return Claim(ClaimKind.JOBS, items=(item,))
             confirm = partial(self.store.confirm, item)
             claim = await until_done(confirm, what="confirm", queue=self.name)
             return Claim(ClaimKind.EMPTY) if claim.kind is ClaimKind.GONE else claim

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from redis.asyncio import Redis
@@ -9,6 +10,7 @@ from redis.asyncio import Redis
 from alchemy.queue.admin import DeadRetry, QueueAdmin
 from alchemy.queue.job import DeadReason, ErrorInfo, Meta, encode_dead_entry, encode_envelope
 from alchemy.queue.store import ClaimKind, QueueStore, RateLimit, RecoveredJob
+from tests.conftest import REDIS_URL, wait_for
 
 ME = "host:me"
 
@@ -253,3 +255,48 @@ async def test_dead_letter_retry_and_purge(redis: Redis, prefix: str) -> None:
     await s.dead_letter(raws[0], b'{"id":"j0","job":"x"}')
     assert await admin.dead_purge("q", "j0") == 1
     assert await admin.dead_purge("q") == 0
+
+
+async def _blocked_fetches(redis: Redis) -> int:
+    clients = await redis.client_list()
+    return sum(1 for c in clients if c.get("cmd") == "brpoplpush" and "b" in c.get("flags", ""))
+
+
+async def test_a_gated_blocking_fetch_reads_the_gates_just_after_it_takes_the_job(
+    redis: Redis, prefix: str
+) -> None:
+    """The pause and hold keys are read in the same reply as the job, as they stood after
+    Redis handed it over: a pause set while the fetch was blocked is seen."""
+    s = store(redis, prefix)
+    blocking = Redis.from_url(REDIS_URL, max_connections=1)
+    try:
+        before = await _blocked_fetches(redis)
+        assert await s.block_fetch_gated(blocking, 0.1) == (None, False)  # timed out
+
+        async def fetch_after(set_gate: object) -> tuple[bytes | None, bool]:
+            fetch = asyncio.create_task(s.block_fetch_gated(blocking, 5.0))
+            await wait_for(lambda: _more_blocked(redis, before))
+            if set_gate is not None:
+                await set_gate  # type: ignore[misc]
+            await redis.lpush(s.keys.wait, b'{"id":"g"}')
+            return await fetch
+
+        assert await fetch_after(None) == (b'{"id":"g"}', True)
+        assert await s.ack([b'{"id":"g"}']) == 1  # it was in the processing list
+        gates = {
+            "paused": redis.set(s.keys.paused, 1),
+            "paused_until": redis.set(s.keys.paused_until, "x", px=5000),
+            "held": redis.set(s.keys.held, b'{"dependency":"postgres"}', px=5000),
+        }
+        for name, set_gate in gates.items():
+            assert await fetch_after(set_gate) == (b'{"id":"g"}', False), name
+            assert (await s.confirm(b'{"id":"g"}')).kind in (ClaimKind.PAUSED, ClaimKind.HELD)
+            assert await redis.lindex(s.keys.wait, -1) == b'{"id":"g"}'  # back at the front
+            await redis.delete(s.keys.wait, s.keys.paused, s.keys.paused_until, s.keys.held)
+        assert await redis.llen(s.processing) == 0
+    finally:
+        await blocking.aclose()
+
+
+async def _more_blocked(redis: Redis, before: int) -> bool:
+    return await _blocked_fetches(redis) > before

@@ -82,7 +82,7 @@ async def test_single_clients_are_a_pool_and_one_connection_per_blocking_client(
         assert isinstance(shared, Redis)
         assert isinstance(blocking, Redis)
         assert shared.connection_pool.max_connections == 7
-        assert blocking.single_connection_client
+        assert blocking.connection_pool.max_connections == 1
         assert clients.shared is shared
         assert await shared.ping()
         assert await blocking.ping()

@@ -183,6 +183,11 @@ def pickup_rows(s: Settings, r: Results) -> list[Row]:
             ),
             ("  control: floor pickup p50 / p99", f"{_pickup(r.floor)} ms", "", ""),
         ]
+        if r.floor.pickup is not None:
+            # The goal is absolute, but the floor's own p99 shows what this machine allows
+            # right now: the engine's p99 above it is what the engine adds.
+            above = p99 - r.floor.pickup.p99_ms
+            rows.append(("  engine p99 above the floor's", f"{above:+.2f} ms", "", ""))
         if bull is not None and bull.pickup is not None:
             rows.append(("  BullMQ pickup p50 / p99", f"{_pickup(bull)} ms", "", ""))
     if not math.isnan(engine.rss_mb):

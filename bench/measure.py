@@ -158,7 +158,9 @@ async def measure_floor(redis: Redis, s: Settings, prefix: str) -> Drain:
     return Drain(s.jobs / seconds, result["cpu_s"] / s.jobs * 1e6)
 
 
-async def measure_floor_pickup(redis: Redis, s: Settings, prefix: str) -> list[float]:
+async def measure_floor_pickup(
+    redis: Redis, s: Settings, prefix: str, seconds: float
+) -> list[float]:
     """The control for the engine's pickup latency: the floor, fed the same way."""
     keys = QueueKeys(prefix, "floor")
     proc = floor.start(s.url, keys.wait, keys.processing("floor"), s.concurrency, REPO, pickup=True)
@@ -166,7 +168,7 @@ async def measure_floor_pickup(redis: Redis, s: Settings, prefix: str) -> list[f
         assert proc.stdout is not None
         if (await asyncio.to_thread(proc.stdout.readline)).strip() != "ready":
             raise RuntimeError("the floor did not start")
-        count = await feed(redis, prefix, "floor", s.rate, s.seconds)
+        count = await feed(redis, prefix, "floor", s.rate, seconds)
         await wait_empty(redis, keys.wait, keys.processing("floor"), within=30)
         result = await floor.result(proc)
     finally:
@@ -201,12 +203,16 @@ async def measure_engine_drain(redis: Redis, s: Settings, worker: EngineWorker) 
     return Drain(s.jobs / seconds, cpu / s.jobs * 1e6)
 
 
-async def measure_pickup(redis: Redis, s: Settings, worker: EngineWorker) -> list[float]:
+async def measure_pickup(
+    redis: Redis, s: Settings, worker: EngineWorker, seconds: float
+) -> list[float]:
     """Feed the idle worker; return each job's ``pickup_ms`` from its job_finished line
     (the worker's pickup time minus the producer's ``enqueued_at``)."""
-    count = await feed(redis, worker.keys.prefix, QUEUE, s.rate, s.seconds)
+    before = len(worker.finished("lat-"))
+    count = await feed(redis, worker.keys.prefix, QUEUE, s.rate, seconds)
     await wait_empty(redis, worker.keys.wait, worker.processing, within=30)
-    picked = [float(e["pickup_ms"]) for e in worker.finished("lat-") if "pickup_ms" in e]
+    fresh = worker.finished("lat-")[before:]
+    picked = [float(e["pickup_ms"]) for e in fresh if "pickup_ms" in e]
     if len(picked) != count:
         raise RuntimeError(f"{len(picked)} of {count} latency jobs logged a pickup time")
     return picked
@@ -258,10 +264,20 @@ async def run(s: Settings) -> Results:
                     if worker.proc is None:
                         worker.start(REPO)
                         await worker.wait_started()
-                    floor_pickup = Pickup(await measure_floor_pickup(redis, s, prefix))
-                    engine_pickup = Pickup(await measure_pickup(redis, s, worker))
+                    # Interleaved in rounds that share the feeding time, so a busy
+                    # neighbour slows all three alike.
+                    floor_times: list[float] = []
+                    engine_times: list[float] = []
+                    bull_times: list[float] = []
+                    each = s.seconds / max(1, s.rounds)
+                    for _ in range(max(1, s.rounds)):
+                        floor_times += await measure_floor_pickup(redis, s, prefix, each)
+                        engine_times += await measure_pickup(redis, s, worker, each)
+                        if peer is not None:
+                            bull_times += await peer.pickup(s.rate, each)
+                    floor_pickup, engine_pickup = Pickup(floor_times), Pickup(engine_times)
                     if peer is not None:
-                        bull_pickup = Pickup(await peer.pickup(s.rate, s.seconds))
+                        bull_pickup = Pickup(bull_times)
                 rss_mb = worker.peak_rss_mb() if worker.proc is not None else math.nan
                 bull_rss = peer.peak_rss_mb() if peer is not None else math.nan
             finally:

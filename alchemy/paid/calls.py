@@ -30,7 +30,7 @@ import structlog
 from alchemy.db import DEPENDENCY, TRANSIENT_DB_ERRORS, job_error_for
 from alchemy.errors import DependencyUnavailableError, JobError, RetryableError
 from alchemy.paid.estimate import worst_image_cost, worst_text_cost
-from alchemy.paid.ledger import CallEnd, CallStart
+from alchemy.paid.ledger import CallEnd, CallStart, StoredReply
 from alchemy.providers.base import (
     ImageProvider,
     ImageRequest,
@@ -183,7 +183,8 @@ def _text_end(piece: Piece, result: TextResult) -> CallEnd:
 # -- images -------------------------------------------------------------------------
 async def call_image(piece: Piece, provider: ImageProvider, request: ImageRequest) -> PaidImage:
     """One image: a stored one for the same request, or a ledgered call whose bytes go
-    to the media store before the reply is recorded."""
+    to the media store before the reply is recorded (or, the store refusing them, to
+    Redis, from where the next run stores them: a store's fault never pays twice)."""
     fingerprint = image_fingerprint(provider.name, request)
     if not piece.lease.fresh:
         reused = await _stored_image(piece, fingerprint, provider.name)
@@ -192,41 +193,69 @@ async def call_image(piece: Piece, provider: ImageProvider, request: ImageReques
     start = _start(piece, provider.name, request.model, fingerprint)
     worst = None if provider.local else worst_image_cost(piece.work.prices, request)
     stored: list[Stored] = []
+    kept: list[str] = []  # the store refused the image: where its bytes went instead
 
     async def send() -> ImageResult:
         return await provider.send(replace(request, call_id=str(start.id)))
 
     async def end_of(result: ImageResult) -> CallEnd:
-        return await _image_end(piece, result, stored)
+        return await _image_end(piece, result, stored, kept)
 
     result = await _paid(piece, start, send, end_of, local=provider.local, worst=worst)
     raise_failure(result)
-    if not stored:  # the media store refused the bytes: recorded as an error
-        raise RetryableError("media store: the image could not be written (logged)")
+    if not stored:  # the media store refused the bytes (logged)
+        where = kept[0] if kept else "lost with this run (Redis refused them too)"
+        raise RetryableError(f"media store: the paid image could not be written; it is {where}")
     return PaidImage(result, stored[0])
 
 
-async def _image_end(piece: Piece, result: ImageResult, stored: list[Stored]) -> CallEnd:
-    end = _reply_end(piece, result, result.images)
-    if result.failure:
-        return end
-    try:
-        kept = await piece.work.media.put(result.data, result.mime_type)
-    except StoreError as exc:
-        log.error("media_store_failed", error=str(exc))
-        return replace(end, outcome="error", error=str(exc))
-    stored.append(kept)
-    reply = {
-        "store": kept.store,
-        "storage_path": kept.path,
-        "sha256": kept.sha256,
-        "bytes": kept.bytes,
+def _image_reply(result: ImageResult, sha256: str, size: int) -> dict[str, Any]:
+    return {
+        "sha256": sha256,
+        "bytes": size,
         "mime_type": result.mime_type,
         "size": result.size,
         "quality": result.quality,
         "revised_prompt": result.revised_prompt,
         "model": result.model,
     }
+
+
+async def _image_end(
+    piece: Piece, result: ImageResult, stored: list[Stored], kept: list[str]
+) -> CallEnd:
+    end = _reply_end(piece, result, result.images)
+    if result.failure:
+        return end
+    try:
+        put = await piece.work.media.put(result.data, result.mime_type)
+    except StoreError as exc:
+        log.error("media_store_failed", error=str(exc))
+        return await _keep_refused_image(piece, result, end, exc, kept)
+    stored.append(put)
+    reply = {
+        "store": put.store,
+        "storage_path": put.path,
+        **_image_reply(result, put.sha256, put.bytes),
+    }
+    return replace(end, reply=cast(dict[str, Any], storable(reply)))
+
+
+async def _keep_refused_image(
+    piece: Piece, result: ImageResult, end: CallEnd, refused: StoreError, kept: list[str]
+) -> CallEnd:
+    """The media store refused a paid image: its bytes wait in Redis for the next run,
+    and the ledger records the reply as kept there. With Redis refusing too, the call is
+    recorded as an error: the bytes are lost and a retry pays again."""
+    sha256 = hashlib.sha256(result.data).hexdigest()
+    try:
+        await piece.work.stash.keep_image(piece.key, sha256, result.data)
+    except Exception as exc:
+        log.error("paid_image_lost", work_key=piece.key, error=type(exc).__name__)
+        return replace(end, outcome="error", error=str(refused))
+    log.warning("paid_image_kept", work_key=piece.key, sha256=sha256, bytes=len(result.data))
+    kept.append("kept in Redis for the retry")
+    reply = {"kept_in_redis": True, **_image_reply(result, sha256, len(result.data))}
     return replace(end, reply=cast(dict[str, Any], storable(reply)))
 
 
@@ -235,6 +264,8 @@ async def _stored_image(piece: Piece, fingerprint: str, provider: str) -> PaidIm
     if stored is None:
         return None
     reply = stored.reply
+    if reply.get("kept_in_redis"):
+        return await _image_from_redis(piece, stored, provider)
     store = reply.get("store", "local")  # replies kept before stores had names: local
     try:
         data = await piece.work.media.get(store, reply["storage_path"])
@@ -247,7 +278,35 @@ async def _stored_image(piece: Piece, fingerprint: str, provider: str) -> PaidIm
         await piece.set_aside("file_missing")
         return None
     log.info("paid_reply_reused", work_key=piece.key, call_id=str(stored.call_id))
-    result = ImageResult(
+    kept = Stored(store, reply["storage_path"], reply["sha256"], len(data))
+    return PaidImage(_reused_image(stored, data, provider), kept)
+
+
+async def _image_from_redis(piece: Piece, stored: StoredReply, provider: str) -> PaidImage | None:
+    """A paid image the media store refused last time: from Redis into the store now."""
+    reply = stored.reply
+    try:
+        data = await piece.work.stash.image(piece.key, reply["sha256"])
+    except Exception as exc:  # Redis away: not a reason to pay again
+        why = f"{type(exc).__name__}: {exc}"
+        raise RetryableError(
+            f"redis: the paid image kept for the retry cannot be read: {why}"
+        ) from None
+    if data is None or hashlib.sha256(data).hexdigest() != reply["sha256"]:
+        log.warning("paid_image_missing", work_key=piece.key, path="redis")  # expired
+        await piece.set_aside("file_missing")
+        return None
+    try:
+        put = await piece.work.media.put(data, reply["mime_type"])
+    except StoreError as exc:
+        raise RetryableError(f"media store: the paid image is still not written: {exc}") from None
+    log.info("paid_reply_reused", work_key=piece.key, call_id=str(stored.call_id), kept_in="redis")
+    return PaidImage(_reused_image(stored, data, provider), put)
+
+
+def _reused_image(stored: StoredReply, data: bytes, provider: str) -> ImageResult:
+    reply = stored.reply
+    return ImageResult(
         data,
         reply["mime_type"],
         provider,
@@ -258,7 +317,6 @@ async def _stored_image(piece: Piece, fingerprint: str, provider: str) -> PaidIm
         stored.request_id,
         Usage(stored.input_tokens, stored.output_tokens),
     )
-    return PaidImage(result, Stored(store, reply["storage_path"], reply["sha256"], len(data)))
 
 
 # -- the ledgered call ----------------------------------------------------------------

@@ -50,12 +50,20 @@ WORK_TEMPLATES: Final = {
     # Hash of provider call id -> JSON of a paid reply that could not be written to the
     # ledger (PostgreSQL was away), with a TTL of days; the next run of the work writes it.
     "replies": "{prefix}:paid:{{{work_key}}}:replies",
+    # Hash of sha256 -> the bytes of a paid image the media store refused, with a TTL of
+    # days; the next run of the work stores them instead of paying again.
+    "images": "{prefix}:paid:{{{work_key}}}:images",
 }
 
 
 def paid_replies_key(prefix: str, work_key: str) -> str:
     """Where paid replies wait for the ledger while PostgreSQL is away."""
     return WORK_TEMPLATES["replies"].format(prefix=prefix, work_key=work_key)
+
+
+def paid_images_key(prefix: str, work_key: str) -> str:
+    """Where paid images wait for the media store while it refuses writes."""
+    return WORK_TEMPLATES["images"].format(prefix=prefix, work_key=work_key)
 
 
 def ended_runs_key(prefix: str, identity: str) -> str:

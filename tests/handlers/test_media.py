@@ -12,7 +12,7 @@ import asyncpg
 from PIL import Image
 from redis.asyncio import Redis
 
-from tests.conftest import plant_dying_job
+from tests.conftest import plant_dying_job, wait_for
 from tests.fakes.ai_server import FakeAI, Reply, png_bytes
 from tests.handlers.support import create_brand, push, wait_dead, wait_status
 
@@ -277,3 +277,43 @@ async def test_a_thumbnail_of_an_api_image_is_thumbnail_size_on_its_longest_edge
     original = media_dir / f"{hashlib.sha256(api_image).hexdigest()[:2]}"
     assert any(original.iterdir())
     assert row["sha256"] != hashlib.sha256(api_image).hexdigest()
+
+
+async def test_an_image_the_media_store_refuses_is_kept_and_stored_by_the_retry_unpaid(
+    db: asyncpg.Pool,
+    redis: Redis,
+    prefix: str,
+    fake_ai: FakeAI,
+    make_app_config: Any,
+    run_worker: Any,
+    media_dir: Path,
+) -> None:
+    """A real write error: the image's shard directory is a file, so the local store
+    cannot write it. The paid bytes wait in Redis; once the store takes writes again, a
+    retry stores them without a second call."""
+    brand_id = await create_brand(db)
+    image = png_bytes(48, 32)
+    digest = hashlib.sha256(image).hexdigest()
+    fake_ai.script("images", Reply.image_b64(image), Reply.image_b64(image))
+    blocker = _file_in_place_of(media_dir / digest[:2])
+    run_worker(make_app_config(queues={"max_attempts": 30, "backoff_max": 0.2}))
+    await push(redis, prefix, Q, "m-refused", brand_id=str(brand_id), prompt="a boiler")
+    kept = f"{prefix}:paid:{{media:m-refused}}:images"
+    assert await wait_for(lambda: redis.hget(kept, digest), within=15) == image
+    await asyncio.sleep(0.5)  # retries that find the store still refusing
+    assert await db.fetchval("SELECT status FROM media WHERE job_id = 'm-refused'") != "completed"
+    blocker.unlink()
+    row = await wait_status(db, "media", "m-refused", ("completed", "failed"))
+    assert row["status"] == "completed", row["error"]
+    assert fake_ai.count("images") == 1  # paid once
+    assert row["sha256"] == digest
+    assert (media_dir / row["storage_path"]).read_bytes() == image
+    calls = await db.fetch("SELECT outcome FROM provider_calls WHERE work_key = 'media:m-refused'")
+    assert [c["outcome"] for c in calls] == ["ok"]
+
+
+def _file_in_place_of(directory: Path) -> Path:
+    """A file where the store would make ``directory``: its writes there fail."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    directory.write_bytes(b"not a directory")
+    return directory

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from alchemy.config import Secret, load_config, mask_url, parse_config, url_secrets
+from alchemy.config import ENV_OVERRIDES, Secret, load_config, mask_url, parse_config, url_secrets
 from alchemy.errors import ConfigError
 from tests.conftest import REPO
 
@@ -32,6 +32,12 @@ def test_shipped_config_declares_the_original_queues() -> None:
         )
         assert queue.max_attempts == 3
     assert config.redis.prefix == "alchemy"
+
+
+def test_the_header_of_config_toml_names_every_environment_override() -> None:
+    header = (REPO / "config.toml").read_text().split("\n[", 1)[0]
+    missing = [name for name in ENV_OVERRIDES if name not in header]
+    assert not missing, f"config.toml's header does not name {missing}"
 
 
 def test_every_default_is_written_in_config_toml() -> None:

@@ -187,6 +187,25 @@ async def test_the_providers_own_spend_limit_pauses_the_provider(
     assert caught.value.provider == name
 
 
+# Anthropic's two refusals for money, word for word as its API users have posted them
+# (public issue threads of anthropics/claude-code and anthropics/claude-quickstarts).
+ANTHROPIC_MONEY_REFUSALS = [
+    "You have reached your specified API usage limits. You will regain access on 2026-04-01"
+    " at 00:00 UTC.",
+    "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing"
+    " to upgrade or purchase credits.",
+]
+
+
+@pytest.mark.parametrize("message", ANTHROPIC_MONEY_REFUSALS)
+async def test_anthropics_reported_spend_limit_wordings_pause_the_provider(
+    fake_ai: FakeAI, providers: Providers, message: str
+) -> None:
+    fake_ai.script(ENDPOINT["anthropic"], Reply.error(400, "invalid_request_error", message))
+    with pytest.raises(ProviderPausedError, match="spend limit"):
+        await generate(providers, "anthropic")
+
+
 async def test_slow_reply_past_the_timeout_is_retryable(fake_ai: FakeAI, name: str) -> None:
     providers = providers_for(fake_ai, timeout=0.3)
     fake_ai.script(ENDPOINT[name], Reply.slow(0.8))

@@ -97,6 +97,7 @@ async def test_ready_status_watchdog_and_stopping(
     await wait_for(lambda: listener.times("READY"), within=10)
     ready = listener.first("READY")
     assert ready == {"READY": "1", "STATUS": f"ready; jobs in flight: {QUEUE} 0/2"}
+    await wait_for(lambda: process.has_event("systemd_ready"), within=5)  # logs lag READY
     names = events(process)
     assert names.index("worker_started") < names.index("systemd_ready"), names
 

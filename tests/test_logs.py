@@ -6,6 +6,7 @@ instead of blocking the loop, and says how many once it takes lines again."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import io
 import json
 import logging
@@ -21,6 +22,7 @@ import structlog
 
 from alchemy.logs import (
     _UtcStamper,
+    bind_job_context,
     configure_logging,
     dropped_lines,
     fast_info,
@@ -343,3 +345,15 @@ def test_lines_of_a_turn_its_loop_never_ended_come_first() -> None:
         assert [e["event"] for e in lines(stream)] == ["last turn", "after the loop", "next loop"]
     finally:
         configure_logging(level="info", fmt="json")
+
+
+def test_a_job_context_binds_what_bind_contextvars_binds_in_its_own_context_only() -> None:
+    def bound(*job: Any) -> dict[str, Any]:
+        bind_job_context(*job)
+        return structlog.contextvars.get_contextvars()
+
+    first = contextvars.copy_context().run(bound, "research", "j-1", 1, "host:a")
+    second = contextvars.copy_context().run(bound, "media", "j-2", 3, "host:b")
+    assert first == {"queue": "research", "job_id": "j-1", "attempt": 1, "worker": "host:a"}
+    assert second == {"queue": "media", "job_id": "j-2", "attempt": 3, "worker": "host:b"}
+    assert "job_id" not in structlog.contextvars.get_contextvars()  # the caller's is untouched

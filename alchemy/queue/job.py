@@ -256,7 +256,7 @@ def _decode_item(
 
 
 def _looks_like_envelope(item: bytes) -> bool:
-    return item.startswith(b"{") and b'"_alchemy"' in item[:4096]
+    return item.startswith(b"{") and item.find(b'"_alchemy"', 0, 4096) >= 0
 
 
 def _parse_json(text: str) -> tuple[Any, str | None]:

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from alchemy.config import QueueConfig
-from alchemy.logs import fast_info, redact
+from alchemy.logs import bind_job_context, fast_info, redact
 from alchemy.queue.job import (
     BadJob,
     DeadReason,
@@ -37,6 +37,7 @@ from alchemy.queue.store import ClaimKind, QueueStore
 from alchemy.queue.topology import RedisClient
 from alchemy.worker.acks import AckBatcher
 from alchemy.worker.connections import Backoff, Episode, until_done
+from alchemy.worker.deadlines import Deadlines
 from alchemy.worker.dependencies import DependencyMonitor, pause_value
 from alchemy.worker.fetcher import Fetcher
 from alchemy.worker.handlers import HandlerModule, Unavailable
@@ -127,6 +128,7 @@ class QueueConsumer:
         # jobs have shown to be quick.
         self._recent_s = PREFETCH_JOB_S
         self._timed_out: set[asyncio.Task[None]] = set()  # cancelled by the queue timeout
+        self._deadlines = Deadlines(config.timeout, self._time_out)
         self._slot_free = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None  # the one running the jobs
         self._runs = itertools.count(1)
@@ -244,9 +246,7 @@ class QueueConsumer:
         )
         # Each job runs in a task of its own, whose context is a copy: binding here never
         # leaks into another job, and needs no reset.
-        structlog.contextvars.bind_contextvars(
-            queue=self.name, job_id=job.id, attempt=job.attempt, worker=self.store.identity
-        )
+        bind_job_context(self.name, job.id, job.attempt, self.store.identity)
         started = time.perf_counter()
         try:
             outcome = await self._call_handler(item, decoded, picked_ms)
@@ -323,21 +323,21 @@ class QueueConsumer:
             return await self._dead_letter(
                 item, decoded.raw_job, DeadReason.NO_HANDLER, error, meta, announce=False
             )
-        # The queue timeout: a timer that cancels this task (a plain loop timer costs a third
-        # of asyncio.timeout(), which matters at thousands of jobs a second).
+        # The queue timeout cancels this task (one timer for all the running jobs: see
+        # Deadlines; asyncio.timeout() would cost three loop timers' worth a job).
         loop = self._loop
         assert loop is not None
         task = asyncio.current_task(loop)
         assert task is not None
-        timer = loop.call_at(loop.time() + self.config.timeout, self._time_out, task)
+        self._deadlines.arm(loop, task)
         timed_out, other_cancels = False, 0
         try:
             try:
                 returned = await handler.handle(decoded.job)
             finally:
-                # Disarmed before any failure step runs, so the timer can only ever cancel
+                # Disarmed before any failure step runs, so the timeout can only ever cancel
                 # the handler.
-                timer.cancel()
+                self._deadlines.disarm(task)
                 if task in self._timed_out:
                     self._timed_out.discard(task)
                     timed_out, other_cancels = True, task.uncancel()

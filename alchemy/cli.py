@@ -314,7 +314,17 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         extensions=extensions,
         paid_observer=ops.paid_observer,
     )
-    return asyncio.run(worker.run())
+    return run_on_loop(worker.run(), config.worker.event_loop)
+
+
+def run_on_loop(main: Coroutine[Any, Any, int], event_loop: str) -> int:
+    """``asyncio.run(main)`` on the configured loop: uvloop's or the standard one."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)
 
 
 def keep_out_trio() -> None:

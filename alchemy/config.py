@@ -208,6 +208,7 @@ class WorkerConfig:
     recovery_interval: float = _spec(0.5, min=0.1, max=600.0)
     reconcile_interval: float = _spec(10.0, min=0.5, max=3600.0)
     max_recoveries: int = _spec(2, min=0, max=1000)
+    event_loop: str = _spec("uvloop", choices=("uvloop", "asyncio"))
 
     @property
     def identity(self) -> str:

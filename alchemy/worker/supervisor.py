@@ -243,6 +243,7 @@ class Supervisor:
             worker=membership.identity,
             pid=os.getpid(),
             queues=[c.name for c in consumers],
+            event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
         try:
             for extension in self.extensions:

@@ -299,7 +299,9 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     if config.http.port:
         from alchemy.http.server import HttpServer  # aiohttp only where it serves
 
-        extensions.append(HttpServer(config, metrics=ops.metrics))
+        server = HttpServer(config, metrics=ops.metrics)
+        server.bind()  # a port in use stops the start here, before any job is taken
+        extensions.append(server)
     # ---------------------------------------------------------------------------------------
     # sd_notify (a no-op outside systemd); last, so READY=1 follows the others' start.
     check_watchdog(os.environ, os.getpid(), config.worker)

@@ -1,12 +1,16 @@
-"""The worker extension that serves the HTTP listener (aiohttp ``AppRunner`` + ``TCPSite``).
+"""The worker extension that serves the HTTP listener (aiohttp ``AppRunner`` on a socket).
 
-It starts once the consumers run and closes at the very end of a stop; from the moment a
-stop begins, ``/readyz`` answers 503 (``stopping``) while the rest keeps answering.
+``run`` binds the socket first, before the process claims its identity or takes a job, so
+a port in use stops the start (exit 78, naming ``http.port``) with nothing taken; the app
+starts answering once the consumers run (connections wait in the socket's backlog until
+then) and closes at the very end of a stop. From the moment a stop begins, ``/readyz``
+answers 503 (``stopping``) while the rest keeps answering.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any, Final
 
@@ -14,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from alchemy.config import Config
-from alchemy.errors import AlchemyError
+from alchemy.errors import AlchemyError, ConfigError
 from alchemy.http.app import create_app
 from alchemy.http.budgets import BudgetBook
 from alchemy.http.deps import Deps
@@ -52,6 +56,29 @@ class HttpServer:
         self._ready_at = float("-inf")
         self._ready: list[str] = []
         self._ready_lock = asyncio.Lock()
+        self._socket: socket.socket | None = None  # bound by bind(), served by start()
+
+    def bind(self) -> None:
+        """Take the configured address now (no event loop needed). A port in use or an
+        address that cannot be had is a :class:`ConfigError` naming ``http.port``."""
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            listener = socket.socket(family, kind, proto)
+        except OSError as exc:
+            where = f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            raise ConfigError("http.host", where) from None
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address)
+            listener.listen(128)
+        except OSError as exc:
+            listener.close()
+            where = f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            raise ConfigError("http.port", where) from None
+        self._socket = listener
+        self.port = listener.getsockname()[1]
 
     # -- Extension --------------------------------------------------------------------------
     async def start(self, running: Running) -> None:
@@ -81,8 +108,12 @@ class HttpServer:
         )
         runner = web.AppRunner(create_app(deps), handle_signals=False, access_log=None)
         await runner.setup()
+        listener, self._socket = self._socket, None
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            if listener is not None:
+                await web.SockSite(runner, listener).start()
+            else:
+                await web.TCPSite(runner, self.host, self.port).start()
         except OSError as exc:
             await runner.cleanup()
             raise AlchemyError(
@@ -96,6 +127,9 @@ class HttpServer:
         self._stopping = True
 
     async def close(self) -> None:
+        listener, self._socket = self._socket, None
+        if listener is not None:  # bound, never served (the start stopped before)
+            listener.close()
         runner, self.runner = self.runner, None
         if runner is not None:
             await runner.cleanup()

@@ -91,10 +91,9 @@ async def test_a_brand_out_of_money_is_held_while_another_flows_and_a_raise_free
     kw = sections(fake_ai, database_url, tmp_path / "media", budgets)
     port = free_port()
     queues = queue_tables(concurrency=3, timeout=30.0)
-    workers = [
-        spawn_worker(queues, {"name": f"b{n}"}, **kw, **({"http": {"port": port}} if n else {}))
-        for n in range(3)
-    ]
+    # One worker serves HTTP (the metrics read below): one port, one listener.
+    http: list[dict[str, Any]] = [{}, {"http": {"port": port}}, {}]
+    workers = [spawn_worker(queues, {"name": f"b{n}"}, **kw, **http[n]) for n in range(3)]
     for worker in workers:
         await wait_started(worker)
     started = time.monotonic()

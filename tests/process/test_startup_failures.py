@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -11,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
+from alchemy.queue.keys import QueueKeys
+from alchemy.queue.producer import Producer
 from tests.conftest import queue_table, wait_exited, wait_for
 from tests.ports import free_port
 
@@ -71,3 +75,26 @@ async def test_sigterm_while_waiting_for_redis_exits_at_once(spawn_worker: Any) 
     worker.signal(signal.SIGTERM)
     assert await wait_exited(worker, within=5) == 0
     assert time.monotonic() - sent < 3
+
+
+async def test_an_http_port_in_use_stops_startup_before_any_job_is_taken(
+    redis: Redis, prefix: str, spawn_worker: Any
+) -> None:
+    holder = socket.create_server(("127.0.0.1", free_port()))
+    port = holder.getsockname()[1]
+    try:
+        producer = Producer(redis, prefix=prefix)
+        job_id = await producer.enqueue("q", {"n": 1}, id="waits")
+        worker = spawn_worker(queue_table("q"), http={"port": port})
+        assert await wait_exited(worker, within=15) == 78
+        output = worker.log_path.read_text()
+        lines = [line for line in output.splitlines() if "config error" in line]
+        assert lines == [
+            f"alchemy: config error: http.port: cannot listen on 127.0.0.1:{port}: "
+            "Address already in use"
+        ], output
+        assert not worker.has_event("worker_started")
+        keys = QueueKeys(prefix, "q")
+        assert [json.loads(item)["id"] for item in await redis.lrange(keys.wait, 0, -1)] == [job_id]
+    finally:
+        holder.close()

@@ -67,18 +67,19 @@ class HttpServer:
             )[0]
             listener = socket.socket(family, kind, proto)
         except OSError as exc:
-            where = f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
-            raise ConfigError("http.host", where) from None
+            raise self._cannot_listen("http.host", exc) from None
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind(address)
             listener.listen(128)
         except OSError as exc:
             listener.close()
-            where = f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
-            raise ConfigError("http.port", where) from None
+            raise self._cannot_listen("http.port", exc) from None
         self._socket = listener
         self.port = listener.getsockname()[1]
+
+    def _cannot_listen(self, key: str, exc: OSError) -> ConfigError:
+        return ConfigError(key, f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}")
 
     # -- Extension --------------------------------------------------------------------------
     async def start(self, running: Running) -> None:

@@ -23,7 +23,6 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,6 @@ from types import ModuleType
 from typing import Final
 
 PACKAGES: Final = ("anthropic.types", "anthropic.resources", "openai.types", "openai.resources")
-
-_install_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +162,8 @@ def _submodule(package: str, name: str) -> ModuleType:
 
 
 def install(packages: Sequence[str] = PACKAGES) -> None:
-    """Put the finder first on ``sys.meta_path`` (once). Packages already imported stay
-    as they are; call this before the SDKs are imported."""
-    with _install_lock:
-        if any(isinstance(f, ReExportFinder) for f in sys.meta_path):
-            return
+    """Put the finder first on ``sys.meta_path`` (once; ``alchemy.providers`` calls it while
+    the import system holds its lock). Packages already imported stay as they are; call
+    this before the SDKs are imported."""
+    if not any(isinstance(f, ReExportFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, ReExportFinder(packages))

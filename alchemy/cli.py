@@ -28,6 +28,7 @@ from alchemy.config import (
     url_secrets,
 )
 from alchemy.errors import AlchemyError, ConfigError, IdentityInUseError
+from alchemy.lean import keep_out_trio
 from alchemy.logs import configure_logging, flush_logs, redact, register_secrets
 from alchemy.ops.systemd import SystemdNotifier, check_watchdog
 from alchemy.paid.spend import GROUPINGS
@@ -327,15 +328,6 @@ def run_on_loop(main: Coroutine[Any, Any, int], event_loop: str) -> int:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(main)
     return asyncio.run(main)
-
-
-def keep_out_trio() -> None:
-    """The worker runs on asyncio only, but httpcore2 (under both SDKs) imports trio
-    whenever it is installed (selenium, a test tool, brings it): 94 modules and ~3 MB no
-    worker uses. A ``None`` entry makes its guarded ``import trio`` take the not-installed
-    branch."""
-    if "trio" not in sys.modules:
-        sys.modules["trio"] = None  # type: ignore[assignment]
 
 
 def _with_redis(config: Config, action: Callable[[RedisClient], Awaitable[int]]) -> int:

@@ -33,7 +33,12 @@ log = structlog.get_logger("alchemy.ops")
 
 DEFAULT_MAX_PENDING: Final = 100_000
 DEFAULT_LINGER: Final = 0.01  # seconds a batch waits for more items
-DEFAULT_MAX_BATCH: Final = 2000  # items per write at most (bounds one Lua call's run time)
+# Items per write at most. A write is one Lua call, and Redis answers nothing else while it
+# runs (about 10 us an item with events and records): 256 keep it to a few milliseconds, so
+# the claims and acknowledgements queued behind it stay quick, and bound the batch's memory.
+# Measured on a no-op drain (issue 12): 2,000 -> 256 gave 1.2x the jobs/s and 0.4 MB less
+# peak RSS, for a round trip every 128 jobs.
+DEFAULT_MAX_BATCH: Final = 256
 CLOSE_TIMEOUT: Final = 5.0  # seconds close() waits for the last writes
 
 

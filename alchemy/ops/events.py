@@ -6,8 +6,8 @@ retrying, paused, dead, recovered) to ``PREFIX:{QUEUE}:events``, capped with
 (docs/protocol.md, "The events stream"). It also counts completed and failed attempts per
 second for the admin API's recent throughput (read by
 :meth:`alchemy.queue.admin.QueueAdmin.throughput`) and per minute for the dashboard's hour
-(:meth:`alchemy.queue.admin.QueueAdmin.per_minute`). Both are written by one Lua call per
-queue per batch (see :mod:`alchemy.ops.batching`).
+(:meth:`alchemy.queue.admin.QueueAdmin.per_minute`). Both are written, with the job records
+when they are on, by one Lua call per queue per batch (:mod:`alchemy.ops.transitions`).
 
 :class:`EventHooks` calls Python code on ``completed`` and ``failed`` transitions in the
 worker process. :data:`hooks` is the instance ``python -m alchemy run`` wires in, so a
@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import orjson
 import structlog
 
-from alchemy.ops.batching import QueueBatchWriter
-from alchemy.queue import scripts
+from alchemy.ops.transitions import TransitionWriter
 from alchemy.queue.admin import PER_MINUTE_WINDOW, THROUGHPUT_WINDOW_S
-from alchemy.queue.topology import RedisClient
 from alchemy.worker.observer import JobEvent, Transition
 from alchemy.worker.supervisor import Running
 
@@ -76,54 +72,46 @@ def event_fields(event: JobEvent, ts_ms: int) -> list[str]:
     return fields
 
 
-class EventStream(QueueBatchWriter[tuple[JobEvent, int]]):
-    """Observer and extension: appends each transition to its queue's stream.
-
-    The hot path keeps the engine's event and the time; the entry is built when the batch
-    is written."""
+class StreamEntries:
+    """The events part of a :class:`TransitionWriter`: one stream entry per transition, and
+    the queue's completed and failed counts (``TRANSITIONS_WRITE``, ARGV[1..6]). The entries
+    are built when the batch is written, not on the job's path."""
 
     name = "events"
+
+    def __init__(self, max_length: int = 10_000) -> None:
+        self.max_length = max_length
+
+    def args(self, noted: Sequence[tuple[JobEvent, int]]) -> list[Any]:
+        done = failed = 0
+        entries = []
+        for event, ts_ms in noted:
+            transition = event.transition
+            if transition is Transition.COMPLETED:
+                done += 1
+            elif transition in FAILED:
+                failed += 1
+            entries.append(event_fields(event, ts_ms))
+        return [
+            self.max_length,
+            THROUGHPUT_WINDOW_S,
+            done,
+            failed,
+            orjson.dumps(entries),
+            PER_MINUTE_WINDOW,
+        ]
+
+
+class EventStream(TransitionWriter):
+    """Observer and extension: appends each transition to its queue's stream (the writer
+    with the events part only; ``python -m alchemy run`` adds records to the same writer
+    when they are on)."""
 
     def __init__(
         self, prefix: str, *, identity: str, max_length: int = 10_000, max_pending: int = 100_000
     ) -> None:
-        super().__init__(prefix, max_pending=max_pending)
+        super().__init__(prefix, entries=StreamEntries(max_length), max_pending=max_pending)
         self.identity = identity
-        self.max_length = max_length
-        self._script: Any = None
-
-    # -- JobObserver ------------------------------------------------------------------------
-    def on_job(self, event: JobEvent) -> None:
-        self.add((event, int(time.time() * 1000)))
-
-    def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
-        return None  # a throttled claim is not a job transition; metrics count it
-
-    # -- writing ----------------------------------------------------------------------------
-    async def write(self, redis: RedisClient, batch: Sequence[tuple[JobEvent, int]]) -> None:
-        if self._script is None:
-            self._script = redis.register_script(scripts.EVENTS_APPEND)
-        by_queue: dict[str, list[list[str]]] = defaultdict(list)
-        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for event, ts_ms in batch:
-            queue = event.queue
-            if event.transition is Transition.COMPLETED:
-                counts[queue][0] += 1
-            elif event.transition in FAILED:
-                counts[queue][1] += 1
-            by_queue[queue].append(event_fields(event, ts_ms))
-        for queue, entries in by_queue.items():
-            keys = self.keys(queue)
-            done, failed = counts[queue]
-            args = [
-                self.max_length,
-                THROUGHPUT_WINDOW_S,
-                done,
-                failed,
-                orjson.dumps(entries),
-                PER_MINUTE_WINDOW,
-            ]
-            await self._script(keys=[keys.events, keys.throughput, keys.per_minute], args=args)
 
 
 Callback = Callable[[JobEvent], Awaitable[None] | None]

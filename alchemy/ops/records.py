@@ -18,22 +18,20 @@ jobs whose record expired or was pushed out. Jobs without an id have none either
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
 
-from alchemy.ops.batching import QueueBatchWriter
-from alchemy.queue import scripts
+from alchemy.ops.transitions import Noted as _Noted
+from alchemy.ops.transitions import TransitionWriter
 from alchemy.queue.admin import AttemptJson, ErrorJson, JobRecord
 from alchemy.queue.job import ErrorInfo
-from alchemy.queue.topology import RedisClient
 from alchemy.worker.observer import JobEvent, Transition
 
 FINISHED: Final = frozenset({Transition.COMPLETED, Transition.DEAD})
 MAX_ATTEMPTS_KEPT: Final = 20  # runs listed in a record's attempts; older ones are counted
-# Flags of one record written (scripts.RECORDS_WRITE):
+# Flags of one record written (scripts.TRANSITIONS_WRITE, the records part):
 LEND: Final = 1  # an earlier run may be stored: lend its history (first start, error, runs)
 PATCH: Final = 2  # only progress: update the stored record of the same attempt
 JOINS: Final = 4  # the first run listed ended a run the stored record lists as running
@@ -41,9 +39,6 @@ JOINS: Final = 4  # the first run listed ended a run the stored record lists as 
 
 def _error(error: ErrorInfo | None) -> ErrorJson | None:
     return None if error is None else {"type": error.type, "message": error.message}
-
-
-_Noted = tuple[JobEvent, int]  # an event and when it was heard, in ms
 
 
 def _started_ms(event: JobEvent, at: int) -> int | None:
@@ -215,14 +210,43 @@ def _blank(event: JobEvent, at: int, state: str) -> JobRecord:
     }
 
 
-class JobRecords(QueueBatchWriter[_Noted]):
-    """Observer and extension: keeps each job's last transition as its record.
-
-    The hot path only notes the event and the time; records are built when the batch is
-    written, and only for the last transition of each job in the batch (under load a job's
-    start and finish usually share a batch)."""
+class RecordEntries:
+    """The records part of a :class:`TransitionWriter` (``TRANSITIONS_WRITE``, ARGV[7..10]):
+    a record for the last transition of each job in the batch (under load a job's start and
+    finish usually share a batch), built when the batch is written."""
 
     name = "records"
+
+    def __init__(self, max_per_queue: int = 10_000, ttl: float = 86_400.0) -> None:
+        self.max_per_queue = max_per_queue
+        self.ttl_ms = int(ttl * 1000)
+
+    def args(self, noted: Sequence[_Noted]) -> list[Any]:
+        by_id: dict[str, list[_Noted]] = {}
+        for item in noted:
+            job_id = item[0].job_id
+            if job_id is None:
+                continue  # no id, no record
+            history = by_id.get(job_id)
+            if history is None:
+                by_id[job_id] = [item]
+            else:
+                history.append(item)
+        per_generation = max(1, self.max_per_queue // 2)
+        if not by_id:
+            return [self.ttl_ms, per_generation, "", MAX_ATTEMPTS_KEPT]
+        dumps = orjson.dumps
+        items = []
+        for job_id, history in by_id.items():
+            record, flags = _record(history)
+            items.append((job_id, flags, dumps(record).decode()))
+        return [self.ttl_ms, per_generation, dumps(items), MAX_ATTEMPTS_KEPT]
+
+
+class JobRecords(TransitionWriter):
+    """Observer and extension: keeps each job's last transition as its record (the writer
+    with the records part only; ``python -m alchemy run`` writes them with the events stream
+    when both are on)."""
 
     def __init__(
         self,
@@ -232,41 +256,4 @@ class JobRecords(QueueBatchWriter[_Noted]):
         ttl: float = 86_400.0,
         max_pending: int = 100_000,
     ) -> None:
-        super().__init__(prefix, max_pending=max_pending)
-        self.max_per_queue = max_per_queue
-        self.ttl_ms = int(ttl * 1000)
-        self._script: Any = None
-
-    # -- JobObserver ------------------------------------------------------------------------
-    def on_job(self, event: JobEvent) -> None:
-        if event.job_id is not None:
-            self.add((event, int(time.time() * 1000)))
-
-    def on_held_back(self, queue: str, why: str, wait_ms: int) -> None:
-        return None
-
-    # -- writing ----------------------------------------------------------------------------
-    async def write(self, redis: RedisClient, batch: Sequence[_Noted]) -> None:
-        if self._script is None:
-            self._script = redis.register_script(scripts.RECORDS_WRITE)
-        by_queue: dict[str, dict[str, list[_Noted]]] = {}
-        for noted in batch:
-            event = noted[0]
-            by_id = by_queue.get(event.queue)
-            if by_id is None:
-                by_id = by_queue[event.queue] = {}
-            history = by_id.get(event.job_id or "")
-            if history is None:
-                by_id[event.job_id or ""] = [noted]
-            else:
-                history.append(noted)
-        dumps = orjson.dumps
-        for queue, by_id in by_queue.items():
-            items = []
-            for job_id, history in by_id.items():
-                record, flags = _record(history)
-                items.append((job_id, flags, dumps(record).decode()))
-            keys = self.keys(queue)
-            per_generation = max(1, self.max_per_queue // 2)
-            args = [self.ttl_ms, per_generation, dumps(items), MAX_ATTEMPTS_KEPT]
-            await self._script(keys=[keys.records, keys.records_old], args=args)
+        super().__init__(prefix, records=RecordEntries(max_per_queue, ttl), max_pending=max_pending)

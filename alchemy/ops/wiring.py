@@ -1,6 +1,7 @@
 """What ``python -m alchemy run`` adds around the engine for operators: metrics, the events
 stream, job records and the in-process event hooks, each from its own section of the
 configuration. (The HTTP listener, a face of the process, is added by the command line.)
+The events stream and the records are written by one writer (:mod:`alchemy.ops.transitions`).
 
 Metrics are collected only where something can read them (the listener's ``/metrics``):
 a process without a listener imports no Prometheus client and counts nothing per job."""
@@ -11,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from alchemy.config import Config
-from alchemy.ops.events import EventHooks, EventStream, hooks
-from alchemy.ops.records import JobRecords
+from alchemy.ops.events import EventHooks, StreamEntries, hooks
+from alchemy.ops.records import RecordEntries
+from alchemy.ops.transitions import TransitionWriter
 from alchemy.paid.observe import PaidObserver
 from alchemy.worker.observer import JobObserver
 from alchemy.worker.supervisor import Extension
@@ -48,17 +50,14 @@ def operations(
         metrics.providers_in_use(config.providers.text, config.providers.image)
         ops.observers.insert(0, metrics)
         ops.paid_observer = metrics if install_metrics else None
-    prefix = config.redis.prefix
+    # The events stream and the records share one writer: one Lua call per queue and batch.
+    entries = records = None
     if config.events.enabled:
-        stream = EventStream(
-            prefix, identity=config.worker.identity, max_length=config.events.max_length
-        )
-        ops.observers.append(stream)
-        ops.extensions.append(stream)
+        entries = StreamEntries(config.events.max_length)
     if config.records.enabled:
-        records = JobRecords(
-            prefix, max_per_queue=config.records.max_per_queue, ttl=config.records.ttl
-        )
-        ops.observers.append(records)
-        ops.extensions.append(records)
+        records = RecordEntries(config.records.max_per_queue, config.records.ttl)
+    if entries is not None or records is not None:
+        writer = TransitionWriter(config.redis.prefix, entries=entries, records=records)
+        ops.observers.append(writer)
+        ops.extensions.append(writer)
     return ops

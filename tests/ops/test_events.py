@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 from redis.asyncio import Redis
 
+from alchemy.ops.batching import DEFAULT_MAX_BATCH
 from alchemy.ops.events import EventHooks, EventStream
 from alchemy.queue.admin import QueueAdmin
 from alchemy.queue.browse import QueueBrowser
@@ -135,7 +137,7 @@ async def test_writes_are_batched_and_bounded(redis: Redis, prefix: str) -> None
     for n in range(5000):
         events.on_job(JobEvent("q", Transition.STARTED, f"j{n}", 1, "w"))
     assert await events.flush()
-    assert events.batches == 3  # at most max_batch (2000) entries per Lua call
+    assert events.batches == math.ceil(5000 / DEFAULT_MAX_BATCH)  # at most max_batch a call
     assert await redis.xlen(QueueKeys(prefix, "q").events) == 5000
 
 

@@ -176,7 +176,7 @@ def test_the_worker_keeps_trio_out_even_when_it_is_installed() -> None:
         """
         import importlib.util, json
         installed = importlib.util.find_spec("trio") is not None
-        from alchemy.cli import keep_out_trio
+        from alchemy.lean import keep_out_trio
         keep_out_trio()
         from httpcore2 import _synchronization
         print(json.dumps({"installed": installed, "trio": _synchronization.trio is not None}))
@@ -185,3 +185,47 @@ def test_the_worker_keeps_trio_out_even_when_it_is_installed() -> None:
     result = run_python(script)
     assert result["trio"] is False
     assert result["installed"] is True  # selenium (a test dependency) brings it
+
+
+def test_the_worker_keeps_opentelemetry_metrics_out_and_the_sdks_still_trace() -> None:
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from alchemy.lean import keep_out_otel_metrics
+        keep_out_otel_metrics()
+        from redis.observability import metrics
+        import anthropic, openai
+        from anthropic import _tracing
+        print(json.dumps({
+            "redis_otel": metrics.OTEL_AVAILABLE,
+            "trace": "opentelemetry.trace" in sys.modules,
+            "tracer": type(_tracing.trace.get_tracer("t")).__name__,
+        }))
+        """
+    )
+    result = run_python(script)
+    assert result["redis_otel"] is False  # redis-py took its not-installed branch
+    assert result["trace"] is True  # the Anthropic SDK's tracing imports as before
+    assert result["tracer"]
+
+
+def test_python_m_alchemy_keeps_opentelemetry_metrics_out() -> None:
+    script = textwrap.dedent(
+        """
+        import contextlib, io, json, runpy, sys
+        sys.argv[1:] = ["--help"]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                runpy.run_module("alchemy", run_name="__main__", alter_sys=True)
+        except SystemExit:
+            pass
+        from redis.asyncio import Redis
+        from redis.observability import metrics
+        print(json.dumps({
+            "redis_otel": metrics.OTEL_AVAILABLE,
+            "api": "opentelemetry.metrics._internal" in sys.modules,
+        }))
+        """
+    )
+    result = run_python(script)
+    assert result == {"redis_otel": False, "api": False}

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.producer import Producer
+from alchemy.worker.consumer import PREFETCH_PER_SLOT
 from tests.conftest import queue_table, read_records, wait_for
 
 
@@ -28,18 +29,20 @@ async def test_jobs_claimed_ahead_wait_for_a_slot_and_a_stop_returns_them_unstar
 
     slow = f"{prefix}:slow"
     await redis.set(keys.paused, 1)  # all of them there before the next claim
-    ids = [await producer.enqueue("q", {"record": slow, "sleep": 1.0}) for _ in range(12)]
+    ahead = PREFETCH_PER_SLOT * 2
+    count = 2 + ahead + 2
+    ids = [await producer.enqueue("q", {"record": slow, "sleep": 1.0}) for _ in range(count)]
     await redis.delete(keys.paused)
-    # Two run; eight more (four times the concurrency) are claimed ahead, not started; two
-    # wait.
-    await wait_for(lambda: _count(redis, processing, 10))
+    # Two run; PREFETCH_PER_SLOT times the concurrency more are claimed ahead, not started;
+    # two wait.
+    await wait_for(lambda: _count(redis, processing, 2 + ahead))
     await wait_for(lambda: _count(redis, slow, 2))
     assert await redis.llen(keys.wait) == 2
-    assert await redis.llen(processing) == 10
+    assert await redis.llen(processing) == 2 + ahead
 
     worker.request_stop("test")
     await wait_for(lambda: _count(redis, f"{slow}:done", 2), within=10)
-    await wait_for(lambda: _count(redis, keys.wait, 10), within=10)
+    await wait_for(lambda: _count(redis, keys.wait, count - 2), within=10)
     started = [entry["id"] for entry in await read_records(redis, slow)]
     assert started == ids[:2]  # the ones claimed ahead never started
     assert await redis.llen(processing) == 0

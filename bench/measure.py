@@ -8,6 +8,7 @@ import asyncio
 import math
 import statistics
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from bench.engine import QUEUE, EngineWorker
 
 REPO = Path(__file__).resolve().parent.parent
 
+
+LOG_LINES_WITHIN_S: Final = 5.0  # for a worker's last log lines to reach its log file
 
 LINES: Final = ("drain", "pickup", "limiter", "handler", "dashboards", "lifecycle")
 
@@ -211,8 +214,15 @@ async def measure_pickup(
     before = len(worker.finished("lat-"))
     count = await feed(redis, worker.keys.prefix, QUEUE, s.rate, seconds)
     await wait_empty(redis, worker.keys.wait, worker.processing, within=30)
-    fresh = worker.finished("lat-")[before:]
-    picked = [float(e["pickup_ms"]) for e in fresh if "pickup_ms" in e]
+    # The job_finished lines are written by the worker's log thread a moment after the
+    # acknowledgement that emptied the lists: wait for the last ones.
+    deadline = time.monotonic() + LOG_LINES_WITHIN_S
+    while True:
+        fresh = worker.finished("lat-")[before:]
+        picked = [float(e["pickup_ms"]) for e in fresh if "pickup_ms" in e]
+        if len(picked) >= count or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
     if len(picked) != count:
         raise RuntimeError(f"{len(picked)} of {count} latency jobs logged a pickup time")
     return picked

@@ -1,6 +1,8 @@
-from alchemy.lean import keep_out_otel_metrics
+from alchemy.lean import defer_importlib_metadata, keep_out_otel_metrics
 
-keep_out_otel_metrics()  # before anything imports redis
+# Before anything imports redis (alchemy/lean.py).
+keep_out_otel_metrics()
+defer_importlib_metadata()
 
 from alchemy.cli import main  # noqa: E402
 

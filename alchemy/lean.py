@@ -1,11 +1,16 @@
-"""Modules the worker keeps out because nothing it runs uses them (issue 12: memory).
+"""Modules the worker keeps out, or loads late, because nothing it runs needs them at start
+(issue 12: memory).
 
-Both rely on the import system's rule that a ``None`` entry in ``sys.modules`` makes
+Two rely on the import system's rule that a ``None`` entry in ``sys.modules`` makes
 ``import NAME`` raise ``ImportError``: a library that guards an optional import then takes
-its not-installed branch. Neither is used by a handler or by alchemy itself."""
+its not-installed branch. Neither is used by a handler or by alchemy itself. The third gives
+a module that is imported everywhere but rarely read a stand-in that loads it on first
+use."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import sys
 
 
@@ -25,3 +30,25 @@ def keep_out_trio() -> None:
     worker uses."""
     if "trio" not in sys.modules:
         sys.modules["trio"] = None  # type: ignore[assignment]
+
+
+def defer_importlib_metadata() -> None:
+    """redis-py imports ``importlib.metadata`` when it is imported (it reads its own version
+    from it when a client names itself to Redis, which alchemy's clients do from
+    ``redis.__version__``: :mod:`alchemy.worker.connections`), and with it ``email``,
+    ``zipfile`` and more: ~1.4 MB of a worker that never reads package metadata. This puts
+    the standard library's lazy stand-in (``importlib.util.LazyLoader``) in its place: the
+    module runs the first time anything reads from it, so code that uses it (the SDKs do,
+    when they are imported at start) sees no difference. Must run before ``redis`` is
+    imported (``python -m alchemy`` calls it first)."""
+    if "importlib.metadata" in sys.modules:
+        return
+    spec = importlib.util.find_spec("importlib.metadata")
+    if spec is None or spec.loader is None:
+        return
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["importlib.metadata"] = module
+    importlib.metadata = module  # as an import would set it
+    loader.exec_module(module)

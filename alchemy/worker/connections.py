@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
+import redis
 import structlog
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis, Sentinel
@@ -36,6 +37,7 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
 
 from alchemy.config import RedisConfig, mask_url, node_address
 from alchemy.errors import AlchemyError
@@ -112,6 +114,9 @@ class RedisClients:
             else cfg.socket_timeout,
             "socket_connect_timeout": cfg.socket_timeout,
             "retry": _no_retries(),
+            # What the client tells Redis (CLIENT SETINFO), as redis-py's default says it,
+            # without reading the version from package metadata (alchemy/lean.py).
+            "driver_info": DriverInfo(lib_version=redis.__version__),
         }
         if not blocking:
             options["health_check_interval"] = 30

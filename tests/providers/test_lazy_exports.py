@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from alchemy.providers.lazy_exports import PACKAGES, read_reexports
+from tests.conftest import REDIS_URL
 
 REPO_ROOT = __file__.rsplit("/tests/", 1)[0]
 
@@ -229,3 +230,49 @@ def test_python_m_alchemy_keeps_opentelemetry_metrics_out() -> None:
     )
     result = run_python(script)
     assert result == {"redis_otel": False, "api": False}
+
+
+def test_package_metadata_loads_on_first_read_and_clients_still_name_themselves() -> None:
+    """``python -m alchemy`` gives ``importlib.metadata`` a lazy stand-in: building the
+    worker's Redis clients and talking to Redis does not load it, the clients still name
+    themselves redis-py and its version (CLIENT SETINFO, Redis 7.2+), and the first read
+    loads the real module."""
+    script = textwrap.dedent(
+        """
+        import asyncio, contextlib, io, json, runpy, sys
+        url = sys.argv[1]
+        sys.argv[1:] = ["--help"]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                runpy.run_module("alchemy", run_name="__main__", alter_sys=True)
+        except SystemExit:
+            pass
+        import redis
+        from alchemy.config import parse_config
+        from alchemy.worker.connections import RedisClients
+
+        async def client_info():
+            config = parse_config({"redis": {"url": url}})
+            async with RedisClients(config.redis) as clients:
+                assert await clients.shared.ping()
+                await clients.blocking().ping()
+                driver = clients.shared.connection_pool.connection_kwargs["driver_info"]
+            return driver.name, driver.lib_version
+
+        name, version = asyncio.run(client_info())
+        lazy = type(sys.modules["importlib.metadata"]).__name__
+        import importlib.metadata
+        print(json.dumps({
+            "lazy_after_clients": lazy,
+            "client": [name, version, redis.__version__],
+            "read": importlib.metadata.version("redis"),
+            "loaded": type(sys.modules["importlib.metadata"]).__name__,
+        }))
+        """
+    )
+    result = run_python(script, REDIS_URL)
+    assert result["lazy_after_clients"] == "_LazyModule"
+    name, version, installed = result["client"]
+    assert (name, version) == ("redis-py", installed)
+    assert result["read"] == installed  # the stand-in loads on first read
+    assert result["loaded"] == "module"

@@ -210,16 +210,26 @@ def test_the_worker_keeps_opentelemetry_metrics_out_and_the_sdks_still_trace() -
     assert result["tracer"]
 
 
+# What ``python -m alchemy --help`` does before it exits (alchemy/__main__.py runs first);
+# a script goes on from there. Its first argument is kept in ``url``.
+AS_PYTHON_M_ALCHEMY = textwrap.dedent(
+    """
+    import contextlib, io, runpy, sys
+    url = sys.argv[1] if len(sys.argv) > 1 else ""
+    sys.argv[1:] = ["--help"]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            runpy.run_module("alchemy", run_name="__main__", alter_sys=True)
+    except SystemExit:
+        pass
+    """
+)
+
+
 def test_python_m_alchemy_keeps_opentelemetry_metrics_out() -> None:
-    script = textwrap.dedent(
+    script = AS_PYTHON_M_ALCHEMY + textwrap.dedent(
         """
-        import contextlib, io, json, runpy, sys
-        sys.argv[1:] = ["--help"]
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                runpy.run_module("alchemy", run_name="__main__", alter_sys=True)
-        except SystemExit:
-            pass
+        import json, sys
         from redis.asyncio import Redis
         from redis.observability import metrics
         print(json.dumps({
@@ -237,16 +247,9 @@ def test_package_metadata_loads_on_first_read_and_clients_still_name_themselves(
     worker's Redis clients and talking to Redis does not load it, the clients still name
     themselves redis-py and its version (CLIENT SETINFO, Redis 7.2+), and the first read
     loads the real module."""
-    script = textwrap.dedent(
+    script = AS_PYTHON_M_ALCHEMY + textwrap.dedent(
         """
-        import asyncio, contextlib, io, json, runpy, sys
-        url = sys.argv[1]
-        sys.argv[1:] = ["--help"]
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                runpy.run_module("alchemy", run_name="__main__", alter_sys=True)
-        except SystemExit:
-            pass
+        import asyncio, json, sys
         import redis
         from alchemy.config import parse_config
         from alchemy.worker.connections import RedisClients

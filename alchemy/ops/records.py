@@ -23,8 +23,8 @@ from typing import Any, Final
 
 import orjson
 
+from alchemy.ops.transitions import NO_RECORDS, TransitionWriter
 from alchemy.ops.transitions import Noted as _Noted
-from alchemy.ops.transitions import TransitionWriter
 from alchemy.queue.admin import AttemptJson, ErrorJson, JobRecord
 from alchemy.queue.job import ErrorInfo
 from alchemy.worker.observer import JobEvent, Transition
@@ -232,14 +232,14 @@ class RecordEntries:
                 by_id[job_id] = [item]
             else:
                 history.append(item)
-        per_generation = max(1, self.max_per_queue // 2)
         if not by_id:
-            return [self.ttl_ms, per_generation, "", MAX_ATTEMPTS_KEPT]
+            return NO_RECORDS  # the script leaves the records alone
         dumps = orjson.dumps
         items = []
         for job_id, history in by_id.items():
             record, flags = _record(history)
             items.append((job_id, flags, dumps(record).decode()))
+        per_generation = max(1, self.max_per_queue // 2)
         return [self.ttl_ms, per_generation, dumps(items), MAX_ATTEMPTS_KEPT]
 
 

@@ -543,7 +543,6 @@ return removed
 # The per-second counts are keyed by Redis's clock, so every process counts alike; fields
 # older than the window are dropped once the hash holds four times the window.
 _EVENTS_PART: Final = """
-
 local maxlen = tonumber(ARGV[1])
 if maxlen > 0 then
   for _, fields in ipairs(cjson.decode(ARGV[5])) do
@@ -674,7 +673,7 @@ end
 """
 
 # Both parts in one call: a writer with events and records on makes one round trip per queue
-# and batch, not two (issue 12: about 15 us less of the worker's CPU per job).
+# and batch, not two (issue 12: 109 -> 88 us of the worker's CPU per no-op job).
 TRANSITIONS_WRITE: Final = _EVENTS_PART + _RECORDS_PART + "return 1\n"
 
 # -- for the dashboard: bounded reads --------------------------------------------------------

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Callable
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from alchemy.queue.keys import QueueKeys
 from alchemy.queue.producer import Producer
@@ -36,6 +37,9 @@ async def test_consumers_follow_their_queue_to_another_master(
     client = cluster_client(own_cluster.seeds)
     producer = Producer(client, prefix=prefix)
     try:
+        # Both consumers up before the first job: otherwise one process can take every job
+        # and see the move before the other has even started.
+        await wait_for(lambda: _registered(client, prefix, 2), within=15)
         first = [await producer.enqueue(QUEUE, {"record": record}) for _ in range(10)]
         await wait_for(lambda: _done(redis, record, 10), within=15)
         await wait_for(lambda: asyncio.to_thread(blocked_fetches, source), within=10)
@@ -57,3 +61,7 @@ async def test_consumers_follow_their_queue_to_another_master(
 
 async def _done(redis: Redis, record: str, n: int) -> bool:
     return int(await redis.llen(f"{record}:done")) >= n
+
+
+async def _registered(client: RedisCluster, prefix: str, n: int) -> bool:
+    return int(await client.zcard(QueueKeys(prefix, QUEUE).consumers)) >= n

@@ -9,7 +9,8 @@
    there, BullMQ drain: N no-op jobs through one long-lived BullMQ worker at
    ``concurrency`` (bench/bullmq.py, installed with ``npm ci`` from the committed lockfile);
 2. pickup (line ``pickup``): the floor (a control), the engine and BullMQ, each idle, fed
-   R jobs/s for S seconds; then each worker's peak RSS;
+   R jobs/s for S seconds, in turns with a bare sleep of 1/R s (bench/timer.py: how late
+   this machine wakes a process, the floor of every pickup); then each worker's peak RSS;
 3. the rate limit (line ``limiter``): three workers share a queue limited to 50 starts per
    2 s, with a backlog, for 12 s (bench/limiter.py): the worst window and the throughput, as
    % of the limit;
@@ -188,6 +189,11 @@ def pickup_rows(s: Settings, r: Results) -> list[Row]:
             # right now: the engine's p99 above it is what the engine adds.
             above = p99 - r.floor.pickup.p99_ms
             rows.append(("  engine p99 above the floor's", f"{above:+.2f} ms", "", ""))
+        if r.wake is not None:
+            # No consumer wakes sooner than a bare sleep does: above 1 ms here, the goal
+            # cannot be met on this machine while it lasts.
+            late = f"{r.wake.p50_ms:.2f} / {r.wake.p99_ms:.2f} ms"
+            rows.append((f"  control: a {1000 / s.rate:g} ms sleep wakes late", late, "", ""))
         if bull is not None and bull.pickup is not None:
             rows.append(("  BullMQ pickup p50 / p99", f"{_pickup(bull)} ms", "", ""))
     if not math.isnan(engine.rss_mb):

@@ -17,7 +17,7 @@ from typing import Final
 from redis.asyncio import Redis
 
 from alchemy.queue.keys import QueueKeys
-from bench import bullmq, floor
+from bench import bullmq, floor, timer
 from bench.common import (
     delete_prefix,
     feed,
@@ -102,6 +102,9 @@ class Results:
     floor: Side
     bullmq: Side | None  # None: not measured (``peer_note`` says why)
     peer_note: str | None = None
+    # How late a bare sleep of one feeding interval woke, in rounds beside the pickup ones:
+    # the machine's own floor for pickup latency (None: the pickup line did not run)
+    wake: Pickup | None = None
 
     @property
     def ratio(self) -> float:
@@ -131,6 +134,8 @@ class Results:
         if self.engine.pickup is not None:
             out["p50_ms"] = round(self.engine.pickup.p50_ms, 3)
             out["p99_ms"] = round(self.engine.pickup.p99_ms, 3)
+        if self.wake is not None:
+            out["wake_late_p99_ms"] = round(self.wake.p99_ms, 3)
         if not math.isnan(self.engine.rss_mb):
             out["rss_mb"] = round(self.engine.rss_mb, 1)
         bull = self.bullmq
@@ -251,7 +256,7 @@ async def run(s: Settings) -> Results:
     floor_rounds: list[Drain] = []
     engine_rounds: list[Drain] = []
     bull_rounds: list[Drain] = []
-    floor_pickup = engine_pickup = bull_pickup = None
+    floor_pickup = engine_pickup = bull_pickup = wake = None
     peer, note = await start_peer(s)
     try:
         with tempfile.TemporaryDirectory(prefix="alchemy-bench-") as workdir:
@@ -279,13 +284,16 @@ async def run(s: Settings) -> Results:
                     floor_times: list[float] = []
                     engine_times: list[float] = []
                     bull_times: list[float] = []
+                    wake_late: list[float] = []
                     each = s.seconds / max(1, s.rounds)
                     for _ in range(max(1, s.rounds)):
+                        wake_late += await timer.measure(1 / s.rate, each, REPO)
                         floor_times += await measure_floor_pickup(redis, s, prefix, each)
                         engine_times += await measure_pickup(redis, s, worker, each)
                         if peer is not None:
                             bull_times += await peer.pickup(s.rate, each)
                     floor_pickup, engine_pickup = Pickup(floor_times), Pickup(engine_times)
+                    wake = Pickup(wake_late)
                     if peer is not None:
                         bull_pickup = Pickup(bull_times)
                 rss_mb = worker.peak_rss_mb() if worker.proc is not None else math.nan
@@ -302,6 +310,7 @@ async def run(s: Settings) -> Results:
             floor=Side(floor_rounds, floor_pickup),
             bullmq=bull_side,
             peer_note=note,
+            wake=wake,
         )
     finally:
         await delete_prefix(redis, prefix)

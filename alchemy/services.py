@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from alchemy.config import Config
+from alchemy.db.statements import prepare_on, sql_constants
 from alchemy.paid.leases import lease_seconds, worst_call_seconds
 from alchemy.paid.observe import PaidObserver
 from alchemy.queue.producer import Producer
@@ -40,6 +41,14 @@ log = structlog.get_logger("alchemy.services")
 
 _current: ContextVar[Services] = ContextVar("alchemy_services")
 PING_TIMEOUT: Final = 3.0  # seconds for the database to answer a probe
+PREPARE_TIMEOUT: Final = 10.0  # seconds for a warm-up to prepare its statements
+# The modules whose SQL every paid piece runs (the lease, the ledger, the budget, the fence)
+PAID_SQL: Final = (
+    "alchemy.paid.leases",
+    "alchemy.paid.ledger",
+    "alchemy.paid.budgets",
+    "alchemy.paid.piece",
+)
 
 
 class Services:
@@ -60,7 +69,9 @@ class Services:
         self._paid: PaidWork | None = None
         self._db: Any = None
         self._db_lock = asyncio.Lock()
-        self._connections_warmed = False  # tried once per process, whatever the outcome
+        # Tried once per process, whatever the outcome (None: not yet)
+        self._connections_warmed: bool | None = None
+        self._prepared: set[str] = set()  # on every connection the warm-up opened
 
     @property
     def providers(self) -> Providers:
@@ -103,11 +114,14 @@ class Services:
         text: bool = False,
         images: bool = False,
         load: Sequence[Callable[[], object]] = (),
+        statements_of: Sequence[str] = (),
     ) -> None:
         """Load before the first job what it would load on the event loop (a handler
         module's ``warm`` hook calls this): the paid-work machinery, the SDK clients of the
         text providers a job may use (``text``) and of the image provider (``images``),
-        whatever ``load`` loads (a dictionary), and the database pool's first connection.
+        whatever ``load`` loads (a dictionary), the database pool's connections, and on
+        each of them the SQL constants of the modules named in ``statements_of`` and of the
+        paid-work modules (alchemy.db.statements).
 
         The imports and ``load`` run in a thread (the SDKs take about a second), the rest
         on the loop. A database that does not answer within ``PING_TIMEOUT`` is left for
@@ -123,24 +137,49 @@ class Services:
         await asyncio.to_thread(load_all)
         _ = self.paid
         self.providers.warm(text=text, images=images)
-        if self._connections_warmed:
-            return  # another handler module's hook did (or could not): once is enough
-        self._connections_warmed = True
+        if self._connections_warmed is None:
+            try:
+                async with asyncio.timeout(PING_TIMEOUT):
+                    await self.open_connections()
+                self._connections_warmed = True
+            except Exception as exc:  # warming is best effort; the first job reports it
+                self._connections_warmed = False
+                log.warning("database_not_warmed", error=f"{type(exc).__name__}: {exc}")
+        if not self._connections_warmed:
+            return  # no database now: the first jobs prepare what they run
+        sql_modules = [importlib.import_module(name) for name in (*PAID_SQL, *statements_of)]
+        statements = [sql for sql in sql_constants(sql_modules) if sql not in self._prepared]
         try:
-            async with asyncio.timeout(PING_TIMEOUT):
-                await self.open_connections()
-        except Exception as exc:  # warming is best effort; the first job reports it
-            log.warning("database_not_warmed", error=f"{type(exc).__name__}: {exc}")
+            async with asyncio.timeout(PREPARE_TIMEOUT):
+                await self.prepare_statements(statements)
+        except Exception as exc:
+            log.warning("statements_not_prepared", error=f"{type(exc).__name__}: {exc}")
+
+    async def prepare_statements(self, statements: Sequence[str]) -> None:
+        """Prepare ``statements`` on each connection the warm-up opened, all held at once
+        (so each is a different one)."""
+        if not statements:
+            return
+        pool = await self.db()
+        held = await asyncio.gather(*(pool.acquire() for _ in range(self._warm_connections())))
+        try:
+            await asyncio.gather(*(prepare_on(connection, statements) for connection in held))
+        finally:
+            for connection in held:
+                await pool.release(connection)
+        self._prepared.update(statements)
 
     async def open_connections(self) -> None:
         """Open as many pooled connections as the queues' jobs can use at once (at most
         ``pool_size``), so the first jobs do not each wait for a connection of their own."""
         pool = await self.db()
-        running = sum(queue.concurrency for queue in self.config.queues if queue.enabled)
-        wanted = max(1, min(self.config.database.pool_size, running))
-        held = await asyncio.gather(*(pool.acquire() for _ in range(wanted)))
+        held = await asyncio.gather(*(pool.acquire() for _ in range(self._warm_connections())))
         for connection in held:
             await pool.release(connection)
+
+    def _warm_connections(self) -> int:
+        running = sum(queue.concurrency for queue in self.config.queues if queue.enabled)
+        return max(1, min(self.config.database.pool_size, running))
 
     async def ping_database(self) -> None:
         """Return when PostgreSQL answers ``SELECT 1`` through the pool within

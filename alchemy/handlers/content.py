@@ -187,8 +187,9 @@ async def on_dead(job: Job, death: Death) -> None:
 
 async def warm() -> None:
     """Before the first job: the text providers' SDK clients, the reply schema, the
-    syllable table and hyphenation dictionary of the quality score, the database pool."""
-    await current_services().warm(text=True, load=[readability.load])
+    syllable table and hyphenation dictionary of the quality score, the database pool
+    and, on each of its connections, this module's SQL."""
+    await current_services().warm(text=True, load=[readability.load], statements_of=[__name__])
     strict_schema(ContentDraft)
 
 

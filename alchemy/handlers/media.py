@@ -155,8 +155,8 @@ async def on_dead(job: Job, death: Death) -> None:
 
 async def warm() -> None:
     """Before the first job: the image provider's SDK client and HTTP session, Pillow,
-    the database pool."""
-    await current_services().warm(images=True, load=[load_pillow])
+    the database pool and, on each of its connections, this module's SQL."""
+    await current_services().warm(images=True, load=[load_pillow], statements_of=[__name__])
 
 
 def load_pillow() -> None:

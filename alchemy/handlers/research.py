@@ -138,8 +138,8 @@ async def on_dead(job: Job, death: Death) -> None:
 
 async def warm() -> None:
     """Before the first job: the text providers' SDK clients, the reply schemas, the
-    database pool."""
-    await current_services().warm(text=True)
+    database pool and, on each of its connections, this module's SQL."""
+    await current_services().warm(text=True, statements_of=[__name__])
     for model in RESEARCH_MODELS.values():
         strict_schema(model)
 
